@@ -1,0 +1,72 @@
+"""`aim-vllm flops`: LLM prefill TFLOPs of a published architecture with and without AIM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from aim_vllm.core.architectures import ARCHITECTURES
+from aim_vllm.core.budget import estimate_flops, solve_budget
+from aim_vllm.core.schedule import PRESETS, AimSchedule, preset_schedule
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
+    media = parser.add_mutually_exclusive_group(required=True)
+    media.add_argument("--frames", type=int, help="one video with this many frames")
+    media.add_argument("--images", type=int, help="this many images")
+    parser.add_argument("--text-tokens", type=int, required=True, help="text tokens in the prompt")
+    knob = parser.add_mutually_exclusive_group()
+    knob.add_argument("--preset", choices=PRESETS, help="named AIM level (default: balanced)")
+    knob.add_argument("--merge-ratio", type=float, help="kept fraction of each frame's tokens")
+    knob.add_argument("--budget", type=float, help="fraction of the baseline FLOPs to spend")
+    parser.add_argument("--prune", help="pruning layers L1,L2 (with --merge-ratio or alone)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = ARCHITECTURES[args.arch]
+    layout = spec.layout(frames=args.frames or 0, images=args.images or 0)
+    schedule = _schedule(
+        args, spec.llm.num_layers, lambda b: solve_budget(b, spec.llm, layout, args.text_tokens)
+    )
+    est = estimate_flops(schedule, spec.llm, layout, args.text_tokens)
+    result = {
+        "arch": args.arch,
+        "visual_tokens": est.visual_in,
+        "visual_tokens_merged": est.visual_merged,
+        "text_tokens": args.text_tokens,
+        "merge_ratio": schedule.merge_ratio,
+        "prune_layers": list(schedule.prune_layers) if schedule.prune_layers else None,
+        "baseline_tflops": est.baseline / 1e12,
+        "aim_tflops": est.paper / 1e12,
+        "aim_executed_tflops": est.executed / 1e12,
+        "ratio": est.ratio,
+        "executed_ratio": est.executed_ratio,
+    }
+    print(json.dumps(result) if args.json else _table(result))
+    return 0
+
+
+def _schedule(args: argparse.Namespace, num_layers: int, solve) -> AimSchedule:
+    prune = tuple(int(v) for v in args.prune.split(",")) if args.prune else None
+    if args.budget is not None:
+        return solve(args.budget)
+    if args.merge_ratio is not None or prune is not None:
+        return AimSchedule(args.merge_ratio if args.merge_ratio is not None else 1.0, prune)
+    return preset_schedule(args.preset or "balanced", num_layers)
+
+
+def _table(r: dict) -> str:
+    prune = "none" if r["prune_layers"] is None else "{},{}".format(*r["prune_layers"])
+    return "\n".join(
+        [
+            f"arch                {r['arch']}",
+            f"visual tokens       {r['visual_tokens']} -> {r['visual_tokens_merged']} after merging",
+            f"text tokens         {r['text_tokens']}",
+            f"schedule            merge ratio {r['merge_ratio']:.4g}, prune layers {prune}",
+            f"baseline TFLOPs     {r['baseline_tflops']:.2f}",
+            f"AIM TFLOPs          {r['aim_tflops']:.2f}  (paper convention, {1 / r['ratio']:.2f}x fewer)",
+            f"AIM executed TFLOPs {r['aim_executed_tflops']:.2f}  ({1 / r['executed_ratio']:.2f}x fewer)",
+        ]
+    )

@@ -1,0 +1,106 @@
+"""Multi-modal token importance by PageRank over one layer's attention (AIM §3.2).
+
+Each head's attention matrix M = softmax(Q K^T / sqrt(d_head) / tau) (causal) is read as a
+transition matrix; starting from the uniform distribution, v <- v M is iterated (no damping),
+so a token is important when much attention flows into it. The importance of a token is the RMS
+over heads of its PageRank mass. Text tokens are never pruned; only visual tokens are ranked.
+
+The paged attention kernels return no attention weights, so callers pass the layer's rotated
+queries and keys and the logits are recomputed here one head chunk at a time: never all heads'
+N x N matrices in float32 at once.
+
+Dimensions:
+    N: tokens of one sequence; H: query heads; Hkv: key/value heads; D: head size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# From the reference implementation (LaVi-Lab/AIM, get_importance): temperature and iterations.
+DEFAULT_TAU = 0.1
+DEFAULT_ITERS = 5
+
+
+def pagerank_importance(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    tau: float = DEFAULT_TAU,
+    iters: int = DEFAULT_ITERS,
+    head_chunk: int = 4,
+) -> torch.Tensor:
+    """PageRank importance of every token of one causal sequence.
+
+    Args:
+        q: [N, H, D] rotated queries of the tokens the layer processed.
+        k: [N, Hkv, D] rotated keys of the same tokens (H % Hkv == 0, grouped-query heads).
+        tau: softmax temperature applied to the scaled logits.
+        iters: PageRank iterations v <- v M from the uniform start.
+        head_chunk: heads whose N x N matrices are held at once.
+    Returns:
+        [N] float32 importance, sqrt(mean over heads of v_h^2).
+    """
+    num_tokens, num_heads, head_size = q.shape
+    group = num_heads // k.shape[1]
+    scale = head_size**-0.5 / tau
+    causal = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=q.device).tril()
+    sum_sq = torch.zeros(num_tokens, dtype=torch.float32, device=q.device)
+    for start in range(0, num_heads, head_chunk):
+        heads = torch.arange(start, min(start + head_chunk, num_heads), device=q.device)
+        qh = q[:, heads].float().transpose(0, 1)  # (h, N, D)
+        kh = k[:, heads // group].float().transpose(0, 1)  # (h, N, D)
+        logits = (qh @ kh.transpose(-1, -2)) * scale  # (h, N, N)
+        attn = logits.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        v = torch.full((len(heads), 1, num_tokens), 1.0 / num_tokens, device=q.device)
+        for _ in range(iters):
+            v = v @ attn  # (h, 1, N)
+        sum_sq += v.squeeze(1).square().sum(dim=0)
+    return (sum_sq / num_heads).sqrt()
+
+
+def pagerank_importance_masked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    active: torch.Tensor,
+    tau: float = DEFAULT_TAU,
+    iters: int = DEFAULT_ITERS,
+) -> torch.Tensor:
+    """PageRank over all N tokens with inactive (pruned) tokens masked as queries and keys.
+
+    The paper's definition written on the full matrix, all heads at once: inactive keys get no
+    attention, inactive queries hold no mass (zero rows, zero start). It equals
+    `pagerank_importance` on the active tokens alone; inactive tokens score 0.
+    """
+    num_tokens, num_heads, head_size = q.shape
+    k = k.repeat_interleave(num_heads // k.shape[1], dim=1)
+    logits = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * head_size**-0.5
+    allowed = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=q.device).tril()
+    allowed &= active[None, :] & active[:, None]
+    attn = (logits / tau).masked_fill(~allowed, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+    v = (active.float() / active.sum()).expand(num_heads, 1, num_tokens)
+    for _ in range(iters):
+        v = v @ attn
+    return v.squeeze(1).square().mean(dim=0).sqrt()
+
+
+def select_kept_tokens(
+    importance: torch.Tensor, is_visual: torch.Tensor, num_visual_kept: int
+) -> torch.Tensor:
+    """Indices (increasing) of the tokens that survive: all text + the top visual tokens.
+
+    Args:
+        importance: [N] scores from `pagerank_importance`.
+        is_visual: [N] bool, True for prunable visual tokens.
+        num_visual_kept: visual tokens to keep (0 <= k <= number of visual tokens).
+    Returns:
+        [N_text + num_visual_kept] long indices in original order. Ties among equal scores
+        go to the earlier token (stable sort), so the choice is deterministic.
+    """
+    visual_idx = is_visual.nonzero().squeeze(-1)
+    if not 0 <= num_visual_kept <= visual_idx.numel():
+        raise ValueError(f"num_visual_kept must be in [0, {visual_idx.numel()}], got {num_visual_kept}")
+    order = torch.sort(importance[visual_idx], descending=True, stable=True).indices
+    keep = torch.zeros_like(is_visual)
+    keep[~is_visual] = True
+    keep[visual_idx[order[:num_visual_kept]]] = True
+    return keep.nonzero().squeeze(-1)

@@ -1,0 +1,112 @@
+"""Iterative bipartite token merging of one frame's visual tokens (AIM §3.1, ToMe-style).
+
+AIM (arXiv:2412.03248) merges the visual tokens of each frame before the LLM with
+bipartite soft matching: cosine similarity on the token features themselves, sources A at even
+indices, destinations B at odd indices, each destination becoming the *plain mean* of itself and
+the sources merged into it (no size weights). Passes repeat until the target count is reached
+(196 -> 98 -> 49 for the paper's 25% on LLaVA-OneVision video).
+
+Order of survivors (documented deviation from the reference code): every surviving token keeps
+its own original index, so the output is in original spatial order. The reference puts unmerged
+sources first; the two orders coincide whenever a pass merges all of A (e.g. 25%, 50%).
+
+Dimensions:
+    F: frames (or crops) merged independently; T: tokens per frame; C: channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aim_vllm.core.token_counts import merge_passes
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Decision of one merge pass over F frames of T tokens (apply with `apply_merge`).
+
+    Attributes:
+        dst: [F, T] index of the output token each input token goes to (its own for survivors).
+        kept: [F, T - r] input index of each output token's survivor, increasing.
+    """
+
+    dst: torch.Tensor
+    kept: torch.Tensor
+
+    @property
+    def num_out(self) -> int:
+        return self.kept.shape[1]
+
+
+@torch.no_grad()
+def plan_merge(metric: torch.Tensor, r: int) -> MergePlan:
+    """Bipartite soft matching: choose which r tokens of each frame merge, and where.
+
+    Args:
+        metric: [F, T, C] features used for similarity (cosine, computed in float32).
+        r: tokens removed per frame, 0 <= r <= T // 2.
+    Returns:
+        A `MergePlan` whose survivors are in original order.
+    """
+    num_frames, num_tokens, _ = metric.shape
+    if not 0 <= r <= num_tokens // 2:
+        raise ValueError(f"r must be in [0, {num_tokens // 2}] for {num_tokens} tokens, got {r}")
+    # 1. Cosine similarity between sources A (even indices) and destinations B (odd indices).
+    m = metric.float()
+    m = m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    scores = m[:, 0::2] @ m[:, 1::2].transpose(-1, -2)  # (F, Ta, Tb)
+    # 2. Each source's best destination; rank sources by that similarity (stable: ties by index).
+    best_sim, best_b = scores.max(dim=-1)  # (F, Ta)
+    order = torch.sort(best_sim, dim=-1, descending=True, stable=True).indices
+    merged_a = torch.zeros_like(best_sim, dtype=torch.bool)
+    merged_a.scatter_(1, order[:, :r], True)
+    # 3. Output slots: survivors (unmerged A and all B) numbered in original order.
+    survives = torch.ones(num_frames, num_tokens, dtype=torch.bool, device=metric.device)
+    survives[:, 0::2] = ~merged_a
+    slot = survives.long().cumsum(dim=-1) - 1  # (F, T): output index of each survivor
+    # 4. Merged sources go to their destination's slot; survivors to their own.
+    dst_of_a = torch.gather(slot[:, 1::2], 1, best_b)  # slot of each source's chosen B
+    dst = slot.clone()
+    dst[:, 0::2] = torch.where(merged_a, dst_of_a, slot[:, 0::2])
+    kept = survives.nonzero()[:, 1].view(num_frames, num_tokens - r)
+    return MergePlan(dst=dst, kept=kept)
+
+
+def apply_merge(x: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    """Apply a plan: each output token is the plain mean of the inputs assigned to it.
+
+    Args:
+        x: [F, T, C] features to merge (any float dtype; accumulated in float32).
+    Returns:
+        [F, plan.num_out, C] in the dtype of `x`.
+    """
+    num_frames, _, channels = x.shape
+    index = plan.dst.unsqueeze(-1).expand(-1, -1, channels)
+    out = torch.zeros(num_frames, plan.num_out, channels, dtype=torch.float32, device=x.device)
+    out.scatter_reduce_(1, index, x.float(), reduce="mean", include_self=False)
+    return out.to(x.dtype)
+
+
+def merge_frames(x: torch.Tensor, target: int) -> torch.Tensor:
+    """Merge each frame of `x` [F, T, C] down to `target` tokens (iterative passes).
+
+    The metric of every pass is the current (already merged) features, as in the paper.
+    Returns [F, target, C]; a no-op when target == T.
+    """
+    return merge_frames_with_origin(x, target)[0]
+
+
+def merge_frames_with_origin(x: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`merge_frames` that also returns [F, target], the original index of each output token.
+
+    An output token sits where its surviving destination was in the unmerged frame; positional
+    encodings that follow the merged layout (e.g. M-RoPE) can be read from it.
+    """
+    origin = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+    for r in merge_passes(x.shape[1], target):
+        plan = plan_merge(x, r)
+        x = apply_merge(x, plan)
+        origin = torch.gather(origin, 1, plan.kept)
+    return x, origin

@@ -1,0 +1,54 @@
+"""Token counts of AIM, known before any tensor exists (plain Python, no torch).
+
+These are the counts the prompt placeholders, the merge and the pruning must all agree on:
+the merge of a frame produces exactly `merged_token_count` tokens, and pruning after layer l
+keeps exactly `visual_kept_after_layer(...)[l]` visual tokens (AIM §3.1-3.2).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def merged_token_count(num_tokens: int, ratio: float) -> int:
+    """Tokens a frame of `num_tokens` keeps at merge `ratio` (kept fraction, in (0, 1]).
+
+    Rounds to nearest (half up) and keeps at least one token; 196 at 0.25 -> 49.
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"merge ratio must be in (0, 1], got {ratio}")
+    return max(1, min(num_tokens, math.floor(num_tokens * ratio + 0.5)))
+
+
+def merge_passes(num_tokens: int, target: int) -> list[int]:
+    """Tokens removed by each bipartite pass (r per pass) to go from `num_tokens` to `target`.
+
+    A pass removes at most half the tokens (r <= T // 2): 196 -> 49 is [98, 49].
+    """
+    if not 1 <= target <= num_tokens:
+        raise ValueError(f"target must be in [1, {num_tokens}], got {target}")
+    passes, t = [], num_tokens
+    while t > target:
+        r = min(t // 2, t - target)
+        passes.append(r)
+        t -= r
+    return passes
+
+
+def retention_at_layer(layer: int, l1: int, l2: int) -> float:
+    """Keep ratio r_l applied to the output of `layer`: clip((l2 - 1 - l) / (l2 - l1), 0, 1).
+
+    With the paper's (14, 22): 1.0 up to layer 13, 0.875 at 14, ..., 0.0 at 21.
+    """
+    return min(1.0, max(0.0, (l2 - 1 - layer) / (l2 - l1)))
+
+
+def visual_kept_after_layer(
+    num_visual: int, num_layers: int, prune_layers: tuple[int, int] | None
+) -> list[int]:
+    """Visual tokens leaving each layer: int(N_vis * r_l), computed exactly in integers."""
+    if prune_layers is None:
+        return [num_visual] * num_layers
+    l1, l2 = prune_layers
+    span = l2 - l1
+    return [num_visual * min(span, max(0, l2 - 1 - layer)) // span for layer in range(num_layers)]

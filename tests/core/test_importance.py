@@ -1,0 +1,72 @@
+"""PageRank importance (AIM §3.2) against a naive loop, and the top-k selection."""
+
+import pytest
+import torch
+
+from aim_vllm.core.importance import pagerank_importance, pagerank_importance_masked, select_kept_tokens
+
+
+def _qk(n: int = 12, heads: int = 4, kv_heads: int = 2, dim: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, heads, dim, generator=g), torch.randn(n, kv_heads, dim, generator=g)
+
+
+def _naive(q: torch.Tensor, k: torch.Tensor, tau: float = 0.1, iters: int = 5) -> torch.Tensor:
+    """Scalar loops over heads, rows and columns: the definition, written out."""
+    n, heads, dim = q.shape
+    group = heads // k.shape[1]
+    per_head = []
+    for h in range(heads):
+        m = torch.zeros(n, n, dtype=torch.float64)
+        for i in range(n):
+            logits = [float(q[i, h] @ k[j, h // group]) / dim**0.5 / tau for j in range(i + 1)]
+            row = torch.tensor(logits, dtype=torch.float64).softmax(0)
+            m[i, : i + 1] = row
+        v = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        for _ in range(iters):
+            v = v @ m
+        per_head.append(v)
+    return torch.stack(per_head).square().mean(0).sqrt()
+
+
+@pytest.mark.parametrize("head_chunk", [1, 3, 4])
+def test_pagerank_matches_naive_loop(head_chunk: int) -> None:
+    q, k = _qk()
+    expected = _naive(q, k)
+    got = pagerank_importance(q, k, head_chunk=head_chunk)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_pagerank_mass_is_a_distribution() -> None:
+    """Without damping the mass per head stays 1: sum_j v_j = 1 for every head."""
+    q, k = _qk(n=20, heads=1, kv_heads=1)
+    v = pagerank_importance(q, k)  # one head: RMS = |v|
+    torch.testing.assert_close(v.sum(), torch.tensor(1.0))
+
+
+def test_masked_pagerank_equals_pagerank_on_the_active_tokens() -> None:
+    """Masking pruned tokens as queries and keys == removing them (the two formulations)."""
+    q, k = _qk(n=16)
+    active = torch.tensor([True, False, True, True, False, True] * 2 + [True] * 4)
+    masked = pagerank_importance_masked(q, k, active)
+    removed = pagerank_importance(q[active], k[active])
+    torch.testing.assert_close(masked[active], removed)
+    assert torch.all(masked[~active] == 0)
+
+
+def test_select_keeps_all_text_and_top_visual_in_order() -> None:
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.7, 0.3, 0.2])
+    is_visual = torch.tensor([False, True, True, True, True, False])
+    kept = select_kept_tokens(scores, is_visual, 2)
+    assert kept.tolist() == [0, 2, 3, 5]
+
+
+def test_select_ties_go_to_the_earlier_token() -> None:
+    scores = torch.ones(6)
+    is_visual = torch.tensor([False, True, True, True, True, False])
+    assert select_kept_tokens(scores, is_visual, 1).tolist() == [0, 1, 5]
+
+
+def test_select_rejects_impossible_counts() -> None:
+    with pytest.raises(ValueError, match="num_visual_kept"):
+        select_kept_tokens(torch.ones(3), torch.tensor([True, False, True]), 3)
