@@ -1,4 +1,4 @@
-"""`aim-vllm` command line: thin dispatch to one module per subcommand (imported lazily)."""
+"""`aim-vllm` command line: thin dispatch to one module per subcommand, imported on use."""
 
 from __future__ import annotations
 
@@ -16,27 +16,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aim-vllm", description=__doc__)
+def _top_level_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aim-vllm", description="AIM for vLLM: serve, benchmark, build models."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        sub_parser.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(sub_parser)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["engine"]:
-        # vLLM parses its own flags: pass everything after `engine` through untouched.
-        return importlib.import_module("aim_vllm.commands.engine").main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_level_parser().parse_args(argv)  # prints usage, or an error for an unknown command
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    if name == "engine":  # vLLM parses its own flags: pass them through untouched
+        return module.main(rest)
+    parser = argparse.ArgumentParser(
+        prog=f"aim-vllm {name}",
+        description=module.__doc__ or help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        return int(module.run(args) or 0)
     except ValueError as exc:  # invalid user input found past argparse (e.g. a bad schedule)
-        parser.exit(2, f"aim-vllm {args.command}: error: {exc}\n")
+        parser.exit(2, f"aim-vllm {name}: error: {exc}\n")
 
 
 if __name__ == "__main__":

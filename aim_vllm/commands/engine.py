@@ -60,7 +60,7 @@ def _flag_value(args: list[str], flag: str) -> str:
 
 
 def main(user_args: list[str]) -> int:
-    from aim_vllm.tiny_model import default_model_dir
+    from aim_vllm.model_builders import default_model_dir
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     sys.argv = ["aim-vllm engine", *engine_argv(user_args, str(default_model_dir()))]

@@ -18,8 +18,10 @@ Dimensions:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -209,9 +211,12 @@ class ReferenceDecoder:
         prune_layers: tuple[int, int] | None = None,
         tau: float = DEFAULT_TAU,
         iters: int = DEFAULT_ITERS,
+        keep_sets: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All rows through all layers; pruned tokens masked as queries and keys.
 
+        `keep_sets` (per layer, indices of visual tokens kept, e.g. `PrefillResult.kept`) replaces
+        the PageRank selection: used to check decoding against a full recomputation.
         Returns the final hidden states [N, d] (meaningful on the last active set only) and,
         per layer, the boolean mask [N] of tokens leaving that layer.
         """
@@ -225,7 +230,10 @@ class ReferenceDecoder:
         for layer in range(c.num_layers):
             q, k, v = self._qkv(layer, x, cos, sin)
             attn = self._attend(q, k, v, causal & active[None, :] & active[:, None])
-            if targets[layer] < int((is_visual & active).sum()):
+            if keep_sets is not None:
+                active = ~is_visual.clone()
+                active[keep_sets[layer]] = True
+            elif targets[layer] < int((is_visual & active).sum()):
                 scores = pagerank_importance_masked(q, k, active, tau, iters)
                 present = active.nonzero().squeeze(-1)
                 keep = select_kept_tokens(scores[present], is_visual[present], targets[layer])
@@ -234,3 +242,23 @@ class ReferenceDecoder:
             x = self._finish_layer(layer, x, attn)
             masks.append(active)
         return x, masks
+
+
+def load_llm_weights(checkpoint_dir: str | Path) -> tuple[dict[str, torch.Tensor], DecoderConfig]:
+    """The LLM's weights (keys relative to the decoder) and config from a LLaVA-style checkpoint.
+
+    Reads `language_model.model.*` and `language_model.lm_head.*` from the safetensors files
+    (the published LLaVA checkpoint names) and `text_config` from config.json.
+    """
+    from safetensors.torch import load_file
+
+    root = Path(checkpoint_dir)
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted(root.glob("*.safetensors")):
+        for name, tensor in load_file(file).items():
+            for prefix in ("language_model.model.", "language_model."):
+                if name.startswith(prefix):
+                    weights[name[len(prefix) :]] = tensor
+                    break
+    config = json.loads((root / "config.json").read_text())
+    return weights, DecoderConfig.from_hf_text_config(config.get("text_config") or config)

@@ -1,0 +1,27 @@
+"""`aim-vllm make-tiny-model DIR`: build a model checkpoint offline and deterministically.
+
+`--size tiny` (default) writes random weights (fixed seed); `--size 0.5b|7b` writes the published
+architecture's config, tokenizer and processor with no weights, for `--load-format dummy`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aim_vllm.model_builders import BUILDERS, DEFAULT_ARCH, SIZES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out_dir", type=Path, help="directory to write the checkpoint into")
+    parser.add_argument("--arch", choices=sorted(BUILDERS), default=DEFAULT_ARCH)
+    parser.add_argument("--size", choices=SIZES, default="tiny", help="tiny (random weights) or a real shape")
+    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (tiny only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from aim_vllm.model_builders import build_model
+
+    out = build_model(args.out_dir, args.arch, args.size, args.seed)
+    print(out)
+    return 0

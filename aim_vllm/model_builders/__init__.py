@@ -1,0 +1,59 @@
+"""Checkpoints this project builds offline (no hub): tiny random-weight models and real shapes.
+
+`default_model_dir()` is the embedded default model: built on first use into the cache
+(`$AIM_VLLM_CACHE`, default ~/.cache/aim-vllm) under a key that changes whenever the builder's
+code or the transformers version changes, so a stale build is never reused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+DEFAULT_ARCH = "llava-onevision"
+# architecture -> builder module exposing build(out_dir, size, seed)
+BUILDERS = {"llava-onevision": "aim_vllm.model_builders.llava_onevision"}
+SIZES = ("tiny", "0.5b", "7b")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AIM_VLLM_CACHE", Path.home() / ".cache" / "aim-vllm"))
+
+
+def build_model(out_dir: Path, arch: str = DEFAULT_ARCH, size: str = "tiny", seed: int = 0) -> Path:
+    """Write the checkpoint of `arch` at `size` into `out_dir` (weights only for `tiny`)."""
+    import importlib
+
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(BUILDERS)}")
+    return importlib.import_module(BUILDERS[arch]).build(Path(out_dir), size=size, seed=seed)
+
+
+def default_model_dir(arch: str = DEFAULT_ARCH, size: str = "tiny") -> Path:
+    """The cached build of `arch`/`size`, built (once, under a file lock) if missing."""
+    target = cache_root() / "models" / f"{arch}-{size}-{_build_key(arch)}"
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            build_model(target, arch, size)
+            (target / ".complete").touch()
+    return target
+
+
+def _build_key(arch: str) -> str:
+    """Hash of the builder sources and the transformers version."""
+    import importlib.metadata
+
+    here = Path(__file__).parent
+    sources = [here / "tokenizer.py", here / f"{BUILDERS[arch].rsplit('.', 1)[1]}.py"]
+    digest = hashlib.sha256(importlib.metadata.version("transformers").encode())
+    for path in sources:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
