@@ -1,0 +1,174 @@
+"""The gateway application: `create_app(settings)` wires the pieces; handlers only delegate.
+
+Endpoints: `POST /v1/chat/completions`, `GET /v1/models` (from a healthy replica), `GET /health`
+(the gateway is alive), `GET /ready` (some replica is healthy), `GET /metrics` (Prometheus).
+With API keys configured, the `/v1/*` endpoints need `Authorization: Bearer <key>`; the
+operational endpoints stay open. Every error is OpenAI error JSON (`errors.py`).
+
+The lifespan owns one `httpx.AsyncClient` (upstream calls, health checks and media fetches; it
+ignores proxy environment variables so media fetches go to the checked address), runs a first
+health round before serving, then checks in the background.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.chat import ChatService
+from server.config import Settings
+from server.errors import AuthenticationError, NoReplicaError, install_error_handler
+from server.media import MediaFetcher, Resolver, system_resolver
+from server.metrics import GatewayMetrics
+from server.middleware import RequestContextMiddleware
+from server.routing import HealthChecker, ReplicaPool, make_policy
+from server.upstream import Upstream, until_disconnect
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs, built at startup and kept on `app.state.gateway`."""
+
+    settings: Settings
+    pool: ReplicaPool
+    metrics: GatewayMetrics
+    client: httpx.AsyncClient
+    upstream: Upstream
+    chat: ChatService
+    health: HealthChecker
+    api_keys: tuple[bytes, ...]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    resolver: Resolver = system_resolver,
+) -> FastAPI:
+    """A gateway app; `transport` and `resolver` replace the network and DNS in tests."""
+    metrics = GatewayMetrics()
+    pool = ReplicaPool(
+        settings.upstreams, settings.max_outstanding_per_replica, make_policy(settings.routing_policy),
+        settings.retry_after_s,
+    )  # fmt: skip
+    metrics.track_pool(pool)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with _client(settings, transport) as client:
+            gateway = _build_gateway(settings, pool, metrics, client, resolver)
+            app.state.gateway = gateway
+            await gateway.health.check_all()
+            async with anyio.create_task_group() as group:
+                group.start_soon(gateway.health.run)
+                yield
+                group.cancel_scope.cancel()
+
+    app = FastAPI(
+        title="aim-vllm gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+        redirect_slashes=False,
+    )  # fmt: skip
+    install_error_handler(app)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+    )  # fmt: skip
+    app.include_router(api_router)
+    app.include_router(ops_router)
+    return app
+
+
+def _client(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout_s, read=settings.read_timeout_s, write=settings.read_timeout_s,
+        pool=settings.connect_timeout_s,
+    )  # fmt: skip
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits, trust_env=False)
+
+
+def _build_gateway(
+    settings: Settings,
+    pool: ReplicaPool,
+    metrics: GatewayMetrics,
+    client: httpx.AsyncClient,
+    resolver: Resolver,
+) -> Gateway:
+    upstream = Upstream(client, pool, settings, metrics)
+    media = MediaFetcher(settings, client, resolver)
+    return Gateway(
+        settings=settings,
+        pool=pool,
+        metrics=metrics,
+        client=client,
+        upstream=upstream,
+        chat=ChatService(settings, upstream, media, metrics),
+        health=HealthChecker(pool, client, settings.health_interval_s, settings.health_timeout_s),
+        api_keys=tuple(key.get_secret_value().encode() for key in settings.api_keys),
+    )
+
+
+def gateway_of(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def require_api_key(request: Request) -> None:
+    """Bearer check against every configured key, in constant time per key."""
+    keys = gateway_of(request).api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    candidate = token.strip().encode("latin-1")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(key, candidate)
+    if scheme.lower() != "bearer" or not matched:
+        raise AuthenticationError("invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+api_router = APIRouter(dependencies=[Depends(require_api_key)])
+ops_router = APIRouter()
+
+
+@api_router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    gateway = gateway_of(request)
+    return await until_disconnect(request.receive, lambda: gateway.chat.handle(request))
+
+
+@api_router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    gateway = gateway_of(request)
+    request_id = request.scope["state"]["request_id"]
+    body = await until_disconnect(request.receive, lambda: gateway.upstream.get("/v1/models", request_id))
+    return Response(body, media_type="application/json")
+
+
+@ops_router.get("/health")
+async def health() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@ops_router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    pool = gateway_of(request).pool
+    if pool.healthy_count == 0:
+        raise NoReplicaError(
+            "no healthy replica", headers={"Retry-After": str(gateway_of(request).settings.retry_after_s)}
+        )
+    return JSONResponse(
+        {"status": "ready", "healthy_replicas": pool.healthy_count, "replicas": len(pool.replicas)}
+    )
+
+
+@ops_router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    body, content_type = gateway_of(request).metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,67 @@
+"""Reading a JSON request body safely: size cap, strict UTF-8 and JSON, nesting cap.
+
+Each failure is a 4xx in the OpenAI shape: 413 past the size cap, 400 for invalid UTF-8, invalid
+JSON (NaN/Infinity included), deep nesting, lone surrogates and bodies that are not objects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from server.errors import InvalidRequestError, PayloadTooLargeError
+
+
+async def read_json_object(request: Request, max_bytes: int, max_depth: int) -> dict[str, Any]:
+    """The body as a JSON object, read at most `max_bytes` far."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return parse_json_object(b"".join(chunks), max_depth)
+
+
+def parse_json_object(data: bytes, max_depth: int) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("request body is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidRequestError(f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise InvalidRequestError(f"request body is not valid JSON: {reason}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    check_json_tree(value, max_depth)
+    return value
+
+
+def check_json_tree(value: Any, max_depth: int) -> None:
+    """Refuse nesting deeper than `max_depth` and strings holding lone surrogates (not UTF-8)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > max_depth:
+                raise InvalidRequestError(f"JSON nested deeper than {max_depth} levels")
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequestError("request body holds a string that is not valid Unicode") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

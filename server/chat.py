@@ -1,0 +1,168 @@
+"""`POST /v1/chat/completions`: validate, apply the AIM knob, check media, proxy, annotate usage.
+
+The body the replica receives is the client's body minus `aim` and the engine overrides
+(`schemas.ENGINE_OVERRIDES`), plus `mm_processor_kwargs` from the validated knob; streams always
+ask the replica for the final usage chunk (`stream_options.include_usage`), which reaches the
+client only when the client asked for it too.
+
+`usage.aim` in every answer: the engine's object unchanged, plus `"level"` (the normalised knob,
+`knob.py` grammar); `{"level": ...}` alone when the engine sent none. Metrics aggregate the
+engine's fields under the knob's bounded label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.body import read_json_object
+from server.config import Settings
+from server.errors import GatewayError, InvalidRequestError, UpstreamError
+from server.knob import HEADER, AimKnob, resolve_knob
+from server.media import MediaFetcher
+from server.metrics import GatewayMetrics
+from server.schemas import ENGINE_OVERRIDES, MEDIA_PART_TYPES, validate_chat_request
+from server.upstream import Opened, ProxyStreamResponse, Upstream, UpstreamCall, status_error
+
+logger = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """A validated request, ready for a replica."""
+
+    body: bytes
+    knob: AimKnob
+    stream: bool
+    client_wants_usage: bool
+    started: float
+
+
+def build_upstream_body(raw: dict[str, Any], knob: AimKnob) -> dict[str, Any]:
+    """The body a replica receives (see module docstring)."""
+    body = {key: value for key, value in raw.items() if key not in ENGINE_OVERRIDES and key != "aim"}
+    body["mm_processor_kwargs"] = knob.mm_processor_kwargs()
+    if raw.get("stream"):
+        body["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
+    return body
+
+
+def annotate_usage(payload: dict[str, Any], knob: AimKnob) -> dict[str, Any] | None:
+    """Add `level` to `payload["usage"]["aim"]`; returns the engine's own aim object, if any."""
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    engine_aim = usage.get("aim") if isinstance(usage.get("aim"), dict) else None
+    usage["aim"] = {**(engine_aim or {}), "level": knob.level}
+    return engine_aim
+
+
+class ChatService:
+    def __init__(
+        self, settings: Settings, upstream: Upstream, media: MediaFetcher, metrics: GatewayMetrics
+    ) -> None:
+        self.settings = settings
+        self.default_knob = settings.default_knob
+        self.upstream = upstream
+        self.media = media
+        self.metrics = metrics
+
+    async def handle(self, request: Request) -> Response:
+        """The whole request: prepare, send to a replica, answer (JSON or SSE)."""
+        prepared = await self.prepare(request)
+        request_id = request.scope.get("state", {}).get("request_id", "")
+        call = UpstreamCall("POST", CHAT_PATH, prepared.body, prepared.stream, request_id)
+        deadline = self.upstream.deadline()
+        opened = await self.upstream.open(call, deadline)
+        logger.debug("chat level=%s replica=%s", prepared.knob.level, opened.replica.url)
+        if prepared.stream and opened.response.status_code == 200:
+            events = self.upstream.relay(opened, StreamUsage(self, prepared).transform, deadline)
+            return ProxyStreamResponse(events, opened.close)
+        return await self._complete(opened, prepared)
+
+    async def prepare(self, request: Request) -> PreparedChat:
+        started = time.monotonic()
+        settings = self.settings
+        raw = await read_json_object(request, settings.max_body_bytes, settings.max_json_depth)
+        checked = validate_chat_request(raw)
+        knob = resolve_knob(raw.get("aim"), request.headers.get(HEADER), self.default_knob)
+        if checked.media_count > settings.max_media_items:
+            raise InvalidRequestError(
+                f"{checked.media_count} images/videos in one request; at most {settings.max_media_items}",
+                param="messages",
+            )
+        await self._resolve_media(raw["messages"])
+        dropped = sorted(ENGINE_OVERRIDES.intersection(raw))
+        if dropped:
+            logger.debug("dropped engine overrides from the request: %s", dropped)
+        body = json.dumps(build_upstream_body(raw, knob), ensure_ascii=False, separators=(",", ":"))
+        wants_usage = bool(checked.stream_options and checked.stream_options.include_usage)
+        return PreparedChat(body.encode(), knob, bool(checked.stream), wants_usage, started)
+
+    async def _resolve_media(self, messages: list[dict[str, Any]]) -> None:
+        """Check every media URL in place; remote ones are replaced by the fetched data URL."""
+        for i, message in enumerate(messages):
+            parts = message.get("content")
+            for j, part in enumerate(parts if isinstance(parts, list) else ()):
+                kind = part.get("type")
+                if kind not in MEDIA_PART_TYPES:
+                    continue
+                try:
+                    part[kind]["url"] = await self.media.resolve(kind, part[kind]["url"])
+                except GatewayError as exc:
+                    exc.param = exc.param or f"messages[{i}].content[{j}].{kind}.url"
+                    raise
+
+    async def _complete(self, opened: Opened, prepared: PreparedChat) -> Response:
+        await opened.close()
+        status = opened.response.status_code
+        if status != 200:
+            raise status_error(status, opened.head)
+        try:
+            payload = json.loads(opened.head)
+        except (ValueError, RecursionError):
+            raise UpstreamError("the replica's answer is not JSON") from None
+        if not isinstance(payload, dict):
+            raise UpstreamError("the replica's answer is not a JSON object")
+        self.observe(prepared.knob, annotate_usage(payload, prepared.knob))
+        return JSONResponse(payload)
+
+    def observe(self, knob: AimKnob, engine_aim: dict[str, Any] | None) -> None:
+        if engine_aim:
+            self.metrics.observe_aim(knob.label, engine_aim)
+
+
+class StreamUsage:
+    """Per-stream event rewriting: TTFT on the first event, `usage.aim.level` on the usage chunk."""
+
+    def __init__(self, service: ChatService, prepared: PreparedChat) -> None:
+        self.service = service
+        self.prepared = prepared
+        self.first = True
+
+    def transform(self, event: bytes) -> bytes | None:
+        if self.first:
+            self.first = False
+            elapsed = time.monotonic() - self.prepared.started
+            self.service.metrics.ttft.labels(self.prepared.knob.label).observe(elapsed)
+        if b'"usage"' not in event or not event.startswith(b"data:"):
+            return event
+        try:
+            payload = json.loads(event[len(b"data:") :])
+        except (ValueError, RecursionError):
+            return event
+        if not isinstance(payload, dict) or not isinstance(payload.get("usage"), dict):
+            return event
+        self.service.observe(self.prepared.knob, annotate_usage(payload, self.prepared.knob))
+        if not self.prepared.client_wants_usage and not payload.get("choices"):
+            return None  # the usage-only chunk the gateway asked for on its own behalf
+        return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,100 @@
+"""Prometheus metrics of one gateway (its own registry: no process-global state).
+
+Names (all prefixed `aim_gateway_`):
+  requests_total{route,status}                 every HTTP request the gateway answered
+  request_seconds{route}                       time to the last byte
+  ttft_seconds{level}                          streaming: time to the first upstream event
+  visual_tokens_in_total{level}                from `usage.aim.visual_tokens_in`
+  visual_tokens_merged_total{level}            from `usage.aim.visual_tokens_merged`
+  llm_prefill_flops_total{level}               from `usage.aim.llm_prefill_flops`
+  llm_prefill_flops_off_total{level}           from `usage.aim.llm_prefill_flops_off`
+  flops_ratio{level}                           histogram of `usage.aim.flops_ratio`
+  upstream_connection_failures_total           replica connections that failed (retried)
+  replica_healthy{replica}, replica_outstanding{replica}
+`level` is the knob's bounded label: off, light, balanced, max, budget or custom.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from server.routing import ReplicaPool
+
+_RATIO_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "aim_gateway_requests", "Requests answered", ["route", "status"], registry=reg
+        )
+        self.latency = Histogram("aim_gateway_request_seconds", "Time to last byte", ["route"], registry=reg)
+        self.ttft = Histogram(
+            "aim_gateway_ttft_seconds", "Time to first token", ["level"], buckets=_TTFT_BUCKETS, registry=reg
+        )
+        self.visual_in = Counter("aim_gateway_visual_tokens_in", "Visual tokens in", ["level"], registry=reg)
+        self.visual_merged = Counter(
+            "aim_gateway_visual_tokens_merged", "Visual tokens after merging", ["level"], registry=reg
+        )
+        self.flops = Counter("aim_gateway_llm_prefill_flops", "LLM prefill FLOPs", ["level"], registry=reg)
+        self.flops_off = Counter(
+            "aim_gateway_llm_prefill_flops_off", "LLM prefill FLOPs with AIM off", ["level"], registry=reg
+        )
+        self.flops_ratio = Histogram(
+            "aim_gateway_flops_ratio", "FLOPs vs AIM off", ["level"], buckets=_RATIO_BUCKETS, registry=reg
+        )
+        self.connection_failures = Counter(
+            "aim_gateway_upstream_connection_failures", "Failed replica connections", registry=reg
+        )
+        self._healthy = Gauge("aim_gateway_replica_healthy", "1 if in rotation", ["replica"], registry=reg)
+        self._outstanding = Gauge(
+            "aim_gateway_replica_outstanding", "Requests outstanding", ["replica"], registry=reg
+        )
+
+    def track_pool(self, pool: ReplicaPool) -> None:
+        """Replica gauges read the pool at scrape time."""
+        for replica in pool.replicas:
+            self._healthy.labels(replica.url).set_function(lambda r=replica: float(r.healthy))
+            self._outstanding.labels(replica.url).set_function(lambda r=replica: float(r.outstanding))
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def observe_aim(self, label: str, aim: Mapping[str, Any]) -> None:
+        """Aggregate one response's `usage.aim` (fields that are missing or not numbers are skipped)."""
+        for counter, key in (
+            (self.visual_in, "visual_tokens_in"),
+            (self.visual_merged, "visual_tokens_merged"),
+            (self.flops, "llm_prefill_flops"),
+            (self.flops_off, "llm_prefill_flops_off"),
+        ):
+            value = _number(aim.get(key))
+            if value is not None and value >= 0:
+                counter.labels(label).inc(value)
+        ratio = _number(aim.get("flops_ratio"))
+        if ratio is not None:
+            self.flops_ratio.labels(label).observe(ratio)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,283 @@
+"""Talking to the replicas: timeouts, retries, SSE passthrough, cancellation.
+
+- Retry: a request moves to another replica only when the connection fails (cannot connect,
+  connection reset, the replica died) before any byte went to the client. For a stream the
+  gateway holds the response until the first upstream chunk has arrived, so a replica that dies
+  before its first token is retried too. Timeouts are not retried (the replica is slow, not dead).
+- Timeouts: connect and read (silence between bytes) per attempt, and one deadline for the whole
+  request, streaming included (`Settings.*_timeout_s`).
+- A stream that breaks after bytes went out ends with an SSE error event and `data: [DONE]`.
+- Cancellation: handlers run under `until_disconnect`, and `ProxyStreamResponse` watches the
+  client too; when the client goes away the upstream request is cancelled and its connection
+  closed, which makes vLLM abort the request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from server.config import Settings
+from server.errors import (
+    ClientDisconnectedError,
+    GatewayError,
+    NoReplicaError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from server.metrics import GatewayMetrics
+from server.routing import Replica, ReplicaPool
+
+T = TypeVar("T")
+# Failures that mean "this replica's connection is gone": eject it and try another one.
+_CONNECTION_FAILURES = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
+DONE_EVENT = b"data: [DONE]"
+_MAX_ERROR_TEXT = 500
+# Rewrites one SSE event (without its blank-line terminator); None drops it.
+EventTransform = Callable[[bytes], bytes | None]
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    method: str
+    path: str
+    body: bytes | None
+    stream: bool
+    request_id: str
+
+
+@dataclass
+class Opened:
+    """A replica's answer: status and headers, plus the whole body or (streams) its first chunk."""
+
+    replica: Replica
+    response: httpx.Response
+    head: bytes
+    chunks: AsyncIterator[bytes] | None
+    pool: ReplicaPool
+    closed: bool = False
+
+    async def close(self) -> None:
+        """Close the upstream response and free the replica's queue slot (idempotent, shielded)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pool.release(self.replica)
+        with anyio.CancelScope(shield=True):
+            if self.chunks is not None:
+                await self.chunks.aclose()  # type: ignore[attr-defined]
+            await self.response.aclose()
+
+
+class Upstream:
+    def __init__(
+        self, client: httpx.AsyncClient, pool: ReplicaPool, settings: Settings, metrics: GatewayMetrics
+    ) -> None:
+        self.client = client
+        self.pool = pool
+        self.metrics = metrics
+        self.max_attempts = settings.max_attempts
+        self.request_timeout_s = settings.request_timeout_s
+        key = settings.upstream_api_key
+        self._auth = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+    def deadline(self) -> float:
+        return anyio.current_time() + self.request_timeout_s
+
+    async def open(self, call: UpstreamCall, deadline: float) -> Opened:
+        """Send `call` to a replica, moving to another one on connection failures."""
+        tried: list[Replica] = []
+        failure: Exception | None = None
+        for _ in range(self.max_attempts):
+            replica = self._acquire(tried, failure)
+            try:
+                return await self._attempt(replica, call, deadline)
+            except _CONNECTION_FAILURES as exc:
+                self.pool.release(replica)
+                self.pool.mark_down(replica, f"{type(exc).__name__} on {call.path}")
+                tried.append(replica)
+                failure = exc
+                self.metrics.connection_failures.inc()
+            except BaseException:
+                self.pool.release(replica)
+                raise
+        raise UpstreamError(f"{len(tried)} replica(s) failed ({type(failure).__name__}); giving up")
+
+    async def get(self, path: str, request_id: str) -> bytes:
+        """Body of a GET that must answer 200 (e.g. /v1/models)."""
+        opened = await self.open(UpstreamCall("GET", path, None, False, request_id), self.deadline())
+        await opened.close()
+        if opened.response.status_code != 200:
+            raise status_error(opened.response.status_code, opened.head)
+        return opened.head
+
+    def _acquire(self, tried: list[Replica], failure: Exception | None) -> Replica:
+        try:
+            return self.pool.acquire(exclude=tried)
+        except NoReplicaError:
+            if failure is None:
+                raise
+            raise UpstreamError(f"{len(tried)} replica(s) failed ({type(failure).__name__})") from None
+
+    async def _attempt(self, replica: Replica, call: UpstreamCall, deadline: float) -> Opened:
+        headers = {"accept-encoding": "identity", "x-request-id": call.request_id, **self._auth}
+        if call.body is not None:
+            headers["content-type"] = "application/json"
+        request = self.client.build_request(
+            call.method, replica.url + call.path, content=call.body, headers=headers
+        )
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                response = await self.client.send(request, stream=True)
+                return await self._read_head(replica, call, response)
+        except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+            raise UpstreamTimeoutError("the replica did not answer in time") from None
+
+    async def _read_head(self, replica: Replica, call: UpstreamCall, response: httpx.Response) -> Opened:
+        try:
+            if call.stream and response.status_code == 200:
+                chunks = response.aiter_bytes()
+                head = await anext(chunks, b"")
+                return Opened(replica, response, head, chunks, self.pool)
+            return Opened(replica, response, await response.aread(), None, self.pool)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            raise
+
+    async def relay(self, opened: Opened, transform: EventTransform, deadline: float) -> AsyncIterator[bytes]:
+        """The SSE stream of `opened`, rewritten event by event; always ends with `[DONE]`."""
+        parser = SSEParser()
+        chunk: bytes | None = opened.head
+        try:
+            while chunk is not None:
+                out, done = _transform_events(parser.feed(chunk), transform)
+                if out:
+                    yield out
+                if done:
+                    return
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    chunk = await anext(opened.chunks, None) if opened.chunks else None
+            yield error_event(UpstreamError("the replica ended the stream early"))
+        except (TimeoutError, httpx.TimeoutException):
+            yield error_event(UpstreamTimeoutError("the replica stopped answering in time"))
+        except httpx.HTTPError as exc:
+            self.pool.mark_down(opened.replica, f"{type(exc).__name__} during a stream")
+            yield error_event(UpstreamError(f"the replica failed mid-stream ({type(exc).__name__})"))
+
+
+class SSEParser:
+    """Splits a byte stream into SSE events (blank-line separated; CRLF treated as LF)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buffer = (self._buffer + chunk).replace(b"\r\n", b"\n")
+        *events, self._buffer = self._buffer.split(b"\n\n")
+        return [event for event in events if event.strip()]
+
+
+def _transform_events(events: list[bytes], transform: EventTransform) -> tuple[bytes, bool]:
+    """(bytes to send, whether `[DONE]` was among the events); events after `[DONE]` are dropped."""
+    out = []
+    for event in events:
+        if event.strip() == DONE_EVENT:
+            out.append(DONE_EVENT + b"\n\n")
+            return b"".join(out), True
+        rewritten = transform(event)
+        if rewritten is not None:
+            out.append(rewritten + b"\n\n")
+    return b"".join(out), False
+
+
+def error_event(error: GatewayError) -> bytes:
+    """An SSE error event followed by `[DONE]`, for streams that already started."""
+    return b"data: " + json.dumps(error.body()).encode() + b"\n\n" + DONE_EVENT + b"\n\n"
+
+
+def status_error(status: int, body: bytes) -> GatewayError:
+    """The error to return for a replica's non-2xx answer (4xx passed through, 5xx as 502)."""
+    error = _error_object(body)
+    message = str(error.get("message") or f"the replica answered HTTP {status}")[:_MAX_ERROR_TEXT]
+    if 400 <= status < 500:
+        error_type = error.get("type") if isinstance(error.get("type"), str) else "invalid_request_error"
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+        code = error.get("code")
+        return UpstreamStatusError(
+            status, message, error_type=error_type, param=param, code=None if code is None else str(code)
+        )
+    return UpstreamError(f"the replica answered HTTP {status}: {message}")
+
+
+def _error_object(body: bytes) -> dict[str, Any]:
+    """The error object of vLLM/OpenAI error JSON (`{"error": {...}}` or flat), else {}."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return {"message": body[:_MAX_ERROR_TEXT].decode("utf-8", "replace").strip()} if body else {}
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return payload["error"]
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        return {"message": payload["error"]}
+    return payload if isinstance(payload, dict) else {}
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work`, cancelling it if the client disconnects (then ClientDisconnectedError)."""
+    finished, result, error = False, None, None
+    async with anyio.create_task_group() as group:
+        group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+        try:
+            result = await work()
+        except Exception as exc:
+            error = exc
+        finished = True
+        group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    if not finished:
+        raise ClientDisconnectedError("the client disconnected")
+    return result  # type: ignore[return-value]
+
+
+class ProxyStreamResponse(StreamingResponse):
+    """An SSE response that stops (and runs `on_close`) as soon as the client disconnects."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]) -> None:
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+                with contextlib.suppress(OSError):  # the server reports a vanished client on send
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                await self.on_close()
