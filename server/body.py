@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from server.errors import InvalidRequestError, PayloadTooLargeError
+from server.errors import ClientDisconnectedError, InvalidRequestError, PayloadTooLargeError
 
 
 async def read_json_object(request: Request, max_bytes: int, max_depth: int) -> dict[str, Any]:
@@ -20,11 +20,14 @@ async def read_json_object(request: Request, max_bytes: int, max_depth: int) -> 
     if declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnectedError("the client disconnected while sending the body") from None
     return parse_json_object(b"".join(chunks), max_depth)
 
 

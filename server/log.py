@@ -47,3 +47,5 @@ def configure_logging(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    for name in ("httpx", "httpcore"):  # one line per upstream call and health check: too chatty
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -38,14 +38,11 @@ from server.metrics import GatewayMetrics
 from server.routing import Replica, ReplicaPool
 
 T = TypeVar("T")
-# Failures that mean "this replica's connection is gone": eject it and try another one.
-_CONNECTION_FAILURES = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.ReadError,
-    httpx.WriteError,
-    httpx.RemoteProtocolError,
-)
+# Failures before any byte reached the client: the request moves to another replica. A replica
+# that cannot be connected to is ejected; a connection that broke later (possibly a stale
+# keep-alive connection) only makes the gateway prefer another replica for this request.
+_CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
+_RETRYABLE_FAILURES = (*_CONNECT_FAILURES, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 DONE_EVENT = b"data: [DONE]"
 _MAX_ERROR_TEXT = 500
 # Rewrites one SSE event (without its blank-line terminator); None drops it.
@@ -107,9 +104,10 @@ class Upstream:
             replica = self._acquire(tried, failure)
             try:
                 return await self._attempt(replica, call, deadline)
-            except _CONNECTION_FAILURES as exc:
+            except _RETRYABLE_FAILURES as exc:
                 self.pool.release(replica)
-                self.pool.mark_down(replica, f"{type(exc).__name__} on {call.path}")
+                if isinstance(exc, _CONNECT_FAILURES):
+                    self.pool.mark_down(replica, f"{type(exc).__name__} on {call.path}")
                 tried.append(replica)
                 failure = exc
                 self.metrics.connection_failures.inc()
@@ -127,11 +125,15 @@ class Upstream:
         return opened.head
 
     def _acquire(self, tried: list[Replica], failure: Exception | None) -> Replica:
+        """A replica not tried yet; after a failure, a tried one that is still in rotation."""
         try:
             return self.pool.acquire(exclude=tried)
         except NoReplicaError:
             if failure is None:
                 raise
+        try:
+            return self.pool.acquire()
+        except NoReplicaError:
             raise UpstreamError(f"{len(tried)} replica(s) failed ({type(failure).__name__})") from None
 
     async def _attempt(self, replica: Replica, call: UpstreamCall, deadline: float) -> Opened:

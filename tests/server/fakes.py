@@ -70,6 +70,7 @@ class FakeReplica:
         self.gate: anyio.Event | None = None  # chat waits for it (streams: after the first chunk)
         self.break_streams: anyio.Event | None = None  # open streams fail once it is set
         self.hold_answers: anyio.Event | None = None  # chat waits for it before answering at all
+        self.drop_next = 0  # this many chat requests lose their connection before any answer
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[httpx.Headers] = []
         self.streams_started = 0
@@ -87,6 +88,9 @@ class FakeReplica:
         body = json.loads(await request.aread())
         self.bodies.append(body)
         self.headers.append(request.headers)
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            raise httpx.RemoteProtocolError("server disconnected without sending a response", request=request)
         if self.hold_answers is not None:
             await self.hold_answers.wait()
             if self.down:  # killed while the request was in flight: no response at all

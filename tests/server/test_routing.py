@@ -111,6 +111,18 @@ async def test_connection_failure_retries_on_another_replica_and_ejects() -> Non
     assert "aim_gateway_upstream_connection_failures_total 1.0" in metrics
 
 
+async def test_broken_connection_on_the_only_replica_is_retried_there() -> None:
+    """A stale keep-alive connection must not eject the only replica (that would turn a blip into 503s)."""
+    cluster = FakeCluster("a")
+    cluster["a"].drop_next = 1
+    async with running_gateway(cluster) as (app, client):
+        response = await client.post("/v1/chat/completions", json=chat_body())
+        healthy = app.state.gateway.pool.replicas[0].healthy
+    assert response.status_code == 200
+    assert len(cluster["a"].bodies) == 2
+    assert healthy
+
+
 async def test_all_replicas_unreachable_is_502_and_ready_reports_it() -> None:
     """When every attempt fails to connect the client gets a clear 502; /ready turns 503 after the check."""
     cluster = FakeCluster("a", "b")
