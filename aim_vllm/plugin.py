@@ -1,7 +1,54 @@
-"""Plugin registration, run by vLLM in every process (API server, engine core, workers)."""
+"""Plugin registration, run by vLLM in every process (API server, engine core, workers).
+
+`register_all` registers lazy "module:Class" strings over vLLM's stock architectures (no heavy
+import, nothing CUDA-related happens here) and applies the runner patches. It is idempotent and
+does nothing when `AIM_VLLM_DISABLE=1`, which gives plain vLLM with the package installed.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+DISABLE_ENV = "AIM_VLLM_DISABLE"
+SKIP_VERSION_CHECK_ENV = "AIM_VLLM_SKIP_VERSION_CHECK"
+SUPPORTED_VLLM = ("0.32.",)  # version prefixes the glue in compat.py and models/ was written for
+
+# vLLM architecture name -> AIM class (lazy import path)
+MODELS = {
+    "LlavaOnevisionForConditionalGeneration": (
+        "aim_vllm.models.llava_onevision:AimLlavaOnevisionForConditionalGeneration"
+    ),
+}
+
+_registered = False
+
 
 def register_all() -> None:
-    """Register AIM's model classes and patches with vLLM (idempotent)."""
+    """Register AIM's model classes with vLLM's `ModelRegistry` (idempotent)."""
+    global _registered
+    if _registered or os.environ.get(DISABLE_ENV) == "1":
+        return
+    _check_vllm_version()
+    from vllm import ModelRegistry
+
+    from aim_vllm.patches import apply_all
+
+    for arch, cls in MODELS.items():
+        ModelRegistry.register_model(arch, cls)
+    apply_all()
+    _registered = True
+    logger.info("aim-vllm: registered AIM models for %s", ", ".join(MODELS))
+
+
+def _check_vllm_version() -> None:
+    import vllm
+
+    if os.environ.get(SKIP_VERSION_CHECK_ENV) == "1" or vllm.__version__.startswith(SUPPORTED_VLLM):
+        return
+    raise RuntimeError(
+        f"aim-vllm supports vLLM {' or '.join(v + 'x' for v in SUPPORTED_VLLM)}, found {vllm.__version__}; "
+        f"set {SKIP_VERSION_CHECK_ENV}=1 to try anyway or {DISABLE_ENV}=1 to run plain vLLM"
+    )

@@ -52,3 +52,17 @@ def visual_kept_after_layer(
     l1, l2 = prune_layers
     span = l2 - l1
     return [num_visual * min(span, max(0, l2 - 1 - layer)) // span for layer in range(num_layers)]
+
+
+def merged_video_tokens(num_frames: int, frame_tokens: int, ratio: float, extra: int = 1) -> int:
+    """Tokens of a video merged per frame, plus its unmerged extras (LLaVA-OV: one newline)."""
+    return num_frames * merged_token_count(frame_tokens, ratio) + extra
+
+
+def merged_anyres_image_tokens(base_tokens: int, grid_tokens: int, grid_rows: int, ratio: float) -> int:
+    """Tokens of an anyres image (base view + unpadded crop grid + one newline per grid row).
+
+    The base view and the crop grid are merged as two groups; newlines are kept (this project's
+    extension of AIM to LLaVA-OneVision images).
+    """
+    return merged_token_count(base_tokens, ratio) + merged_token_count(grid_tokens, ratio) + grid_rows

@@ -1,0 +1,36 @@
+"""The one place that imports vLLM internals (vllm==0.32.0): every other module imports from here.
+
+vLLM moves internal symbols between releases; when it does, this file (and the model files'
+parent classes below) is what changes. `plugin.SUPPORTED_VLLM` lists the versions it fits.
+"""
+
+from __future__ import annotations
+
+from vllm.forward_context import get_forward_context
+from vllm.model_executor.models.llava_onevision import (
+    LlavaOnevisionDummyInputsBuilder,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionMultiModalProcessor,
+    LlavaOnevisionProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems, VideoProcessorItems
+from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+from vllm.multimodal.processing.inputs import ProcessorInputs
+
+__all__ = [
+    "MULTIMODAL_REGISTRY",
+    "get_forward_context",
+    "ImageProcessorItems",
+    "LlavaOnevisionDummyInputsBuilder",
+    "LlavaOnevisionForConditionalGeneration",
+    "LlavaOnevisionMultiModalProcessor",
+    "LlavaOnevisionProcessingInfo",
+    "MultiModalDataItems",
+    "MultiModalFieldConfig",
+    "ProcessorInputs",
+    "PromptReplacement",
+    "PromptUpdate",
+    "VideoProcessorItems",
+]

@@ -1,0 +1,92 @@
+"""Glue shared by the AIM model files: resolving a request's level in the multimodal processor.
+
+Flow (vllm==0.32.0, `BaseMultiModalProcessor.apply`):
+1. `AimProcessorMixin.apply` reads the AIM keys of the request's `mm_processor_kwargs` (or the
+   server default), resolves them against the model and this prompt into an `AimSchedule`, and
+   replaces them by the canonical explicit keys, so processor/encoder/prefix caches key on the
+   schedule applied. AIM off leaves the kwargs exactly as stock vLLM sees them.
+2. The model file's processor strips AIM keys before the HF processor runs, adds one per-item
+   tensor field `aim_<modality>` (`ItemParams`), and sizes the placeholders with the merged count.
+3. The model's `embed_multimodal` merges each item with its `ItemParams`; the runner reads the
+   pruning layers from the same field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from aim_vllm.config import (
+    AIM_KEYS,
+    MERGE_RATIO,
+    PRUNE_L1,
+    PRUNE_L2,
+    canonical_kwargs,
+    default_request,
+    parse_request,
+)
+from aim_vllm.core.budget import VisualLayout, solve_budget
+from aim_vllm.core.flops import LLMShape
+from aim_vllm.core.schedule import OFF, AimSchedule
+
+
+@dataclass(frozen=True)
+class ItemParams:
+    """Per-item AIM parameters, carried as a float tensor [5] in the item's `aim_<modality>` field.
+
+    Attributes:
+        schedule: the request's schedule (the same on every item of a request).
+        base_tokens, grid_rows: layout of a packed anyres image (0 for videos).
+    """
+
+    schedule: AimSchedule
+    base_tokens: int = 0
+    grid_rows: int = 0
+
+    def to_tensor(self) -> torch.Tensor:
+        l1, l2 = self.schedule.prune_layers or (-1, -1)
+        values = [self.schedule.merge_ratio, l1, l2, self.base_tokens, self.grid_rows]
+        return torch.tensor(values, dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> ItemParams:
+        ratio, l1, l2, base, rows = values.tolist()
+        prune = (int(l1), int(l2)) if l1 >= 0 else None
+        return cls(AimSchedule(ratio, prune), int(base), int(rows))
+
+
+def field_name(modality: str) -> str:
+    return f"aim_{modality}"
+
+
+def schedule_from_kwargs(kwargs: dict) -> AimSchedule:
+    """The schedule of canonical kwargs (as written by `AimProcessorMixin.apply`)."""
+    if not any(key in kwargs for key in (MERGE_RATIO, PRUNE_L1)):
+        return OFF
+    prune = (kwargs[PRUNE_L1], kwargs[PRUNE_L2]) if PRUNE_L1 in kwargs else None
+    return AimSchedule(kwargs.get(MERGE_RATIO, 1.0), prune)
+
+
+class AimProcessorMixin:
+    """Resolves the AIM level once per request in `apply` (put before vLLM's processor class)."""
+
+    def aim_layout(self, mm_items) -> VisualLayout:
+        """The request's visual tokens as the merger sees them (model specific)."""
+        raise NotImplementedError
+
+    def apply(self, inputs, timing_ctx):  # overrides BaseMultiModalProcessor.apply
+        request = parse_request(inputs.hf_processor_mm_kwargs) or default_request()
+        kwargs = {k: v for k, v in inputs.hf_processor_mm_kwargs.items() if k not in AIM_KEYS}
+        if request is not None:
+            schedule = request.resolve(self._aim_llm_shape().num_layers, lambda b: self._solve(b, inputs))
+            kwargs.update(canonical_kwargs(schedule))
+        return super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
+
+    def _aim_llm_shape(self) -> LLMShape:
+        return LLMShape.from_hf_config(self.info.get_hf_config().to_dict())
+
+    def _solve(self, budget: float, inputs) -> AimSchedule:
+        num_items = sum(len(items) for items in inputs.mm_data_items.values())
+        text_tokens = max(0, len(inputs.prompt) - num_items)  # one placeholder token per item
+        return solve_budget(budget, self._aim_llm_shape(), self.aim_layout(inputs.mm_data_items), text_tokens)

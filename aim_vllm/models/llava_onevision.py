@@ -1,0 +1,205 @@
+"""AIM for LLaVA-OneVision in vLLM: per-frame / per-crop token merging after the projector.
+
+Subclasses of vllm==0.32.0 `model_executor/models/llava_onevision.py`, overriding only what
+changes (see `models/common.py` for the flow):
+- videos: each frame's 196 pooled tokens merge to `merged_token_count(196, r)`; the single
+  newline token stays last (AIM §3.1, the paper's setting);
+- images (this project's extension): the base view and the unpadded crop grid merge as two
+  groups; each grid row's newline stays at the end of that row;
+- precomputed `image_embeds` inputs are never merged (their count is the given feature size).
+AIM off (no AIM keys) is stock vLLM: same prompt, same tensors, same outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+from aim_vllm.compat import (
+    MULTIMODAL_REGISTRY,
+    ImageProcessorItems,
+    LlavaOnevisionDummyInputsBuilder,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionMultiModalProcessor,
+    LlavaOnevisionProcessingInfo,
+    MultiModalFieldConfig,
+    PromptReplacement,
+    PromptUpdate,
+    VideoProcessorItems,
+)
+from aim_vllm.config import without_aim_keys
+from aim_vllm.core.budget import VisualLayout
+from aim_vllm.core.packing import merge_anyres_image_embedding, merge_video_embedding
+from aim_vllm.core.token_counts import merged_anyres_image_tokens, merged_video_tokens
+from aim_vllm.models.common import AimProcessorMixin, ItemParams, field_name, schedule_from_kwargs
+from aim_vllm.pruning.decoder import PruningDecoder
+
+
+class AimLlavaOnevisionProcessingInfo(LlavaOnevisionProcessingInfo):
+    """Adds the unmerged token layout of an image/video; counts stay upper bounds for profiling."""
+
+    def image_parts(self, width: int, height: int) -> tuple[int, int, int]:
+        """(base view tokens, unpadded grid tokens, grid rows) of an anyres image.
+
+        Same quantities as `LlavaNextProcessingInfo.get_num_image_tokens`, kept apart.
+        """
+        config = self.get_hf_config()
+        encoder = self.get_vision_encoder_info()
+        rows_of_crops, cols_of_crops = get_anyres_image_grid_shape(
+            (height, width), config.image_grid_pinpoints, encoder.get_image_size()
+        )
+        grid_tokens, rows = self._get_num_unpadded_features(
+            original_height=height,
+            original_width=width,
+            npatches=encoder.get_patch_grid_length(),
+            num_patch_height=rows_of_crops,
+            num_patch_width=cols_of_crops,
+        )
+        base = self.get_num_image_tokens(image_width=width, image_height=height) - grid_tokens - rows
+        return base, grid_tokens, rows
+
+    def frame_tokens(self, width: int, height: int) -> int:
+        return self._get_num_frame_tokens(image_width=width, image_height=height)
+
+
+class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMultiModalProcessor):
+    """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
+
+    def aim_layout(self, mm_items) -> VisualLayout:
+        groups, extra = [], 0
+        for width, height, frames in _video_sizes(mm_items):
+            groups += [self.info.frame_tokens(width, height)] * frames
+            extra += 1  # newline
+        for width, height in _image_sizes(mm_items):
+            base, grid, rows = self.info.image_parts(width, height)
+            groups += [base, grid]
+            extra += rows
+        return VisualLayout(tuple(groups), extra)
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        for modality in ("image", "video"):
+            if field_name(modality) in hf_inputs:
+                fields[field_name(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+        return fields
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        processed = super()._apply_hf_processor_main(mm_items, without_aim_keys(hf_kwargs))
+        schedule = schedule_from_kwargs(dict(hf_kwargs))
+        if schedule.is_off:
+            return processed
+        videos = [ItemParams(schedule) for _ in _video_sizes(mm_items)]
+        images = [ItemParams(schedule, *self.info.image_parts(w, h)[::2]) for w, h in _image_sizes(mm_items)]
+        for modality, params in (("video", videos), ("image", images)):
+            if params:
+                processed[field_name(modality)] = torch.stack([p.to_tensor() for p in params])
+        return processed
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptUpdate]:
+        schedule = schedule_from_kwargs(dict(hf_processor_mm_kwargs))
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        if not schedule.merges:
+            return updates
+        config = self.info.get_hf_config()
+        counts = {
+            "video": [
+                merged_video_tokens(f, self.info.frame_tokens(w, h), schedule.merge_ratio)
+                for w, h, f in _video_sizes(mm_items)
+            ],
+            "image": [
+                merged_anyres_image_tokens(*self.info.image_parts(w, h), schedule.merge_ratio)
+                for w, h in _image_sizes(mm_items)
+            ],
+        }
+        token_ids = {"video": config.video_token_index, "image": config.image_token_index}
+        merged = [
+            PromptReplacement(
+                modality=m, target=[token_ids[m]], replacement=_replacement(token_ids[m], counts[m])
+            )
+            for m in ("image", "video")
+            if counts[m]
+        ]
+        return [u for u in updates if u.modality not in {r.modality for r in merged}] + merged
+
+
+def _replacement(token_id: int, counts: list[int]):
+    return lambda item_idx: [token_id] * counts[item_idx]
+
+
+def _video_sizes(mm_items) -> list[tuple[int, int, int]]:
+    """(width, height, frames) of each pixel video item."""
+    videos = mm_items.get("video") if "video" in mm_items else None
+    if not isinstance(videos, VideoProcessorItems):
+        return []
+    sizes = []
+    for i in range(len(videos)):
+        size = videos.get_frame_size(i)
+        sizes.append((size.width, size.height, videos.get_num_frames(i)))
+    return sizes
+
+
+def _image_sizes(mm_items) -> list[tuple[int, int]]:
+    """(width, height) of each pixel image item."""
+    images = mm_items.get("image") if "image" in mm_items else None
+    if not isinstance(images, ImageProcessorItems):
+        return []
+    return [(s.width, s.height) for s in (images.get_image_size(i) for i in range(len(images)))]
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    AimLlavaOnevisionMultiModalProcessor,
+    info=AimLlavaOnevisionProcessingInfo,
+    dummy_inputs=LlavaOnevisionDummyInputsBuilder,
+)
+class AimLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+    """Merges each item's embedding per its `aim_<modality>` parameters; prunes in the decoder."""
+
+    aim_accepts_step = True  # the runner patch passes `aim_step` to forward
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.aim_pruner = PruningDecoder(self.config.text_config.num_hidden_layers)
+
+    def forward(
+        self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
+    ):
+        if aim_step is not None and intermediate_tensors is None:
+            decoder = self.language_model.model
+            hidden = inputs_embeds if inputs_embeds is not None else decoder.embed_input_ids(input_ids)
+            pruned = self.aim_pruner.forward(decoder, positions, hidden, aim_step)
+            if pruned is not None:
+                return pruned
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+
+    def embed_multimodal(self, **kwargs: object):
+        # Adapted from LlavaOnevisionForConditionalGeneration.embed_multimodal @ vllm==0.32.0
+        params = {m: kwargs.pop(field_name(m), None) for m in ("image", "video")}
+        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
+        embeddings: tuple[torch.Tensor, ...] = ()
+        for modality, inputs in by_modality.items():
+            if modality == "image":
+                items = self._process_image_input(inputs)
+            else:
+                items = self._process_video_pixels(inputs)
+            items = [e.reshape(-1, e.shape[-1]) for e in items]
+            if params[modality] is not None:
+                items = self._merge(modality, inputs, items, params[modality])
+            embeddings += tuple(items)
+        return embeddings
+
+    def _merge(self, modality: str, inputs, items: list[torch.Tensor], params) -> list[torch.Tensor]:
+        # AIM: begin
+        merged = []
+        for i, embeds in enumerate(items):
+            item = ItemParams.from_tensor(params[i])
+            ratio = item.schedule.merge_ratio
+            if ratio >= 1.0:
+                merged.append(embeds)
+            elif modality == "video":
+                merged.append(merge_video_embedding(embeds, len(inputs["pixel_values_videos"][i]), ratio))
+            else:
+                merged.append(merge_anyres_image_embedding(embeds, item.base_tokens, item.grid_rows, ratio))
+        return merged
+        # AIM: end

@@ -1,0 +1,1 @@
+"""In-LLM progressive pruning with real removal (AIM §3.2) inside vLLM's model forward."""

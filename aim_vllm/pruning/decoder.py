@@ -1,0 +1,164 @@
+"""The decoder forward with AIM's progressive pruning and real removal (AIM §3.2; Design A).
+
+Replaces `Qwen2Model.forward` / `LlamaModel.forward` (vllm==0.32.0) for batches that hold a
+pruned request; otherwise the stock forward runs untouched. Per layer l:
+1. each layer gets attention metadata for the rows it actually has (`attention.compaction`):
+   compacted query ranges, shorter sequences, KV slots of the compacted layout;
+2. QKV + RoPE + attention run on the present rows; the layer's rotated q/k are kept;
+3. for a request whose schedule prunes at l (whole prompt in this step), PageRank importance
+   over its present rows (`core.importance`) picks text + the top-k visual rows;
+4. pruned rows are dropped right after attention: o_proj, MLP and every later layer run on the
+   kept rows only; kept rows keep their original positions (RoPE ids).
+Decode steps of a pruned request use the same per-layer metadata with no row drops: layer l
+attends to exactly the prompt tokens it kept plus the generated ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aim_vllm.attention.compaction import compact_common_metadata
+from aim_vllm.compat import get_forward_context
+from aim_vllm.core.importance import pagerank_importance, select_kept_tokens
+from aim_vllm.pruning.state import PRUNED, SKIPPED_SPLIT, PruneRecord, RequestStep, StepContext
+
+
+@dataclass
+class BatchPlan:
+    """Per layer, each request's rows (this step) and KV tokens missing; who prunes where."""
+
+    steps: tuple[RequestStep, ...]
+    rows: list[torch.Tensor]  # [num_layers] x [R] rows entering each layer
+    missing: list[torch.Tensor]  # [num_layers] x [R] prompt tokens absent from each layer's KV
+    pruning: dict[int, PruneRecord]  # batch index -> record of requests pruning in this step
+    token_index: torch.Tensor  # [N] index of each row in its request's sequence
+
+    def changes_layout(self) -> bool:
+        return bool(self.pruning) or any(bool(m.any()) for m in self.missing)
+
+
+class PruningDecoder:
+    """Runs a vLLM decoder stack with per-request pruning; remembers each request's outcome."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.num_layers = num_layers
+        self.records: dict[str, PruneRecord] = {}
+
+    # -- planning ----------------------------------------------------------------------------
+    def plan(self, step: StepContext, query_start_loc: torch.Tensor, seq_lens: torch.Tensor) -> BatchPlan:
+        """Counts for every layer, from the step's requests and their records (no tensors read)."""
+        self.records = {k: v for k, v in self.records.items() if k in step.live_req_ids}
+        scheduled = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
+        computed = [int(s) - q for s, q in zip(seq_lens.tolist(), scheduled, strict=True)]
+        rows = torch.tensor([scheduled] * self.num_layers, dtype=torch.int64)
+        missing = torch.zeros_like(rows)
+        pruning: dict[int, PruneRecord] = {}
+        for r, req in enumerate(step.requests):
+            record = self._record_for(req, computed[r], scheduled[r], step)
+            if record is None or record.status != PRUNED:
+                continue
+            missing[:, r] = torch.tensor(record.missing)
+            if computed[r] == 0:  # this step is its prefill: rows shrink layer by layer
+                rows[:, r] = torch.tensor(record.rows_per_layer)
+                pruning[r] = record
+        token_index = torch.cat([torch.arange(c, c + q) for c, q in zip(computed, scheduled, strict=True)])
+        return BatchPlan(step.requests, list(rows), list(missing), pruning, token_index)
+
+    def _record_for(self, req: RequestStep, computed: int, scheduled: int, step: StepContext):
+        if req.prune_layers is None or req.num_visual == 0:
+            return None
+        if computed == 0:  # a (re)started prefill decides afresh
+            if not step.pruning_enabled:
+                self.records[req.req_id] = PruneRecord(status=f"skipped: {step.disabled_reason}")
+            elif scheduled < req.num_prompt:
+                self.records[req.req_id] = PruneRecord(status=SKIPPED_SPLIT)
+            else:
+                self.records[req.req_id] = PruneRecord.planned(req, self.num_layers)
+        return self.records.get(req.req_id)
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, model, positions: torch.Tensor, hidden: torch.Tensor, step: StepContext):
+        """Hidden states [N, d] of the decoder stack `model` (a vLLM Qwen2Model/LlamaModel) with pruning.
+
+        Returns None when this batch needs no AIM work (the caller then runs the stock forward).
+        """
+        fc = get_forward_context()
+        stock = fc.attn_metadata[model.layers[0].self_attn.attn.layer_name]
+        common = stock.aim_common
+        plan = self.plan(
+            step, common.query_start_loc_cpu[: common.num_reqs + 1], common.seq_lens[: common.num_reqs]
+        )
+        if not plan.changes_layout():
+            return None
+        idx, residual, layouts = torch.arange(hidden.shape[0]), None, {}
+        for layer_idx, layer in enumerate(model.layers):
+            attn = layer.self_attn
+            _install(
+                fc,
+                attn.attn.layer_name,
+                compacted_metadata(stock, plan.rows[layer_idx], plan.missing[layer_idx], layouts),
+            )
+            # Adapted from Qwen2DecoderLayer.forward / Qwen2Attention.forward @ vllm==0.32.0
+            if residual is None:
+                residual, h = hidden, layer.input_layernorm(hidden)
+            else:
+                h, residual = layer.input_layernorm(hidden, residual)
+            q, k, v = attn.qkv_proj(h)[0].split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+            q, k = attn.rotary_emb(positions[..., idx], q, k)
+            out = attn.attn(q, k, v)
+            # AIM: begin -- drop pruned rows right after attention
+            keep = self.select(plan, layer_idx, q, k, attn.attn, plan.token_index[idx])
+            if keep is not None:
+                out, residual, idx = out[keep], residual[keep], idx[keep]
+            # AIM: end
+            h, residual = layer.post_attention_layernorm(attn.o_proj(out)[0], residual)
+            hidden = layer.mlp(h)
+        hidden, _ = model.norm(hidden, residual)
+        full = hidden.new_zeros(positions.shape[-1], hidden.shape[-1])
+        full[idx] = hidden  # pruned rows are visual, never sampled from
+        return full
+
+    # -- selection ---------------------------------------------------------------------------
+    def select(self, plan: BatchPlan, layer: int, q, k, attn_layer, token_index: torch.Tensor):
+        """Indices (into the current rows) that leave `layer`, or None when nobody prunes here."""
+        pruners = {
+            r: rec.kept_after_layer[layer]
+            for r, rec in plan.pruning.items()
+            if rec.kept_after_layer[layer] < _entering(rec, layer)
+        }
+        if not pruners:
+            return None
+        rows = plan.rows[layer].tolist()
+        keep, start = [], 0
+        for r, count in enumerate(rows):
+            local = torch.arange(count)
+            if r in pruners:
+                span = slice(start, start + count)
+                is_visual = torch.tensor([plan.steps[r].is_visual(p) for p in token_index[span].tolist()])
+                q_r = q[span].view(count, attn_layer.num_heads, attn_layer.head_size)
+                k_r = k[span].view(count, attn_layer.num_kv_heads, attn_layer.head_size)
+                local = select_kept_tokens(pagerank_importance(q_r, k_r), is_visual, pruners[r])
+            keep.append(local + start)
+            start += count
+        return torch.cat(keep)
+
+
+def _install(fc, layer_name: str, metadata) -> None:
+    """Give one layer its own metadata and KV slots (replacing this step's dict entries only)."""
+    fc.attn_metadata[layer_name] = metadata
+    fc.slot_mapping[layer_name] = metadata.slot_mapping
+
+
+def _entering(record: PruneRecord, layer: int) -> int:
+    return record.num_visual if layer == 0 else record.kept_after_layer[layer - 1]
+
+
+def compacted_metadata(stock, rows: torch.Tensor, missing: torch.Tensor, cache: dict):
+    """Metadata for one layout (cached per step by its counts)."""
+    key = (tuple(rows.tolist()), tuple(missing.tolist()))
+    if key not in cache:
+        block_size = stock.aim_builder.kv_cache_spec.block_size
+        cache[key] = stock.rebuild(compact_common_metadata(stock.aim_common, rows, missing, block_size))
+    return cache[key]

@@ -1,0 +1,109 @@
+"""End-to-end reference of one LLaVA-OneVision request with AIM, independent of vLLM.
+
+transformers computes each item's unmerged packed embedding (vision tower, projector, pooling,
+anyres packing with newlines); `core.packing` merges it; `core.reference.ReferenceDecoder` runs
+the LLM with pruning by removal. Engine tests compare vLLM's tokens and logprobs with this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aim_vllm.core.packing import merge_anyres_image_embedding, merge_video_embedding
+from aim_vllm.core.reference import ReferenceDecoder, load_llm_weights
+from aim_vllm.core.schedule import AimSchedule
+
+
+@dataclass
+class ReferenceRun:
+    """Teacher-forced logprobs of given tokens, and what the reference itself would pick."""
+
+    logprobs: list[float]  # logprob of each given token at its step
+    argmax: list[int]  # the reference's greedy choice at each step
+    margins: list[float]  # top-1 minus top-2 logprob at each step (ties make argmax fragile)
+    num_prompt_tokens: int
+
+
+class ReferenceModel:
+    """A checkpoint loaded for reference computations (float32, CPU)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+        self.hf = LlavaOnevisionForConditionalGeneration.from_pretrained(
+            model_dir, dtype=torch.float32
+        ).eval()
+        self.processor = AutoProcessor.from_pretrained(model_dir)
+        weights, config = load_llm_weights(model_dir)
+        self.decoder = ReferenceDecoder(weights, config)
+        self.embed_tokens = weights["embed_tokens.weight"]
+        self.base_tokens = (
+            self.hf.config.vision_config.image_size // self.hf.config.vision_config.patch_size
+        ) ** 2
+
+    @torch.no_grad()
+    def image_embedding(self, image) -> torch.Tensor:
+        """Packed anyres embedding [base + rows * (W + 1), C] of a PIL image."""
+        out = self.processor.image_processor(images=[image], return_tensors="pt")
+        feats = self.hf.model.get_image_features(
+            pixel_values=out["pixel_values"],
+            image_sizes=out["image_sizes"],
+            batch_num_images=torch.tensor([1]),
+        ).pooler_output
+        return feats[0]
+
+    @torch.no_grad()
+    def video_embedding(self, frames: np.ndarray) -> torch.Tensor:
+        """Packed video embedding [F * 196 + 1, C] of frames [F, H, W, 3] uint8."""
+        out = self.processor.video_processor(videos=[frames], return_tensors="pt")
+        return self.hf.model.get_video_features(pixel_values_videos=out["pixel_values_videos"]).pooler_output[
+            0
+        ]
+
+    def merge(self, embedding: torch.Tensor, kind: str, num_frames: int, ratio: float) -> torch.Tensor:
+        """AIM merge of one packed item (newline rows found by value: they copy `image_newline`)."""
+        if ratio >= 1.0:
+            return embedding
+        if kind == "video":
+            return merge_video_embedding(embedding, num_frames, ratio)
+        newline = self.hf.model.image_newline
+        rows = int((embedding[self.base_tokens :] == newline).all(-1).sum())
+        return merge_anyres_image_embedding(embedding, self.base_tokens, rows, ratio)
+
+    def prompt_embeddings(
+        self, prompt_ids: list[int], items: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input embeddings of a placeholder-expanded prompt, items filling its placeholder runs in order."""
+        ids = torch.tensor(prompt_ids)
+        config = self.hf.config
+        is_visual = (ids == config.image_token_index) | (ids == config.video_token_index)
+        expected = sum(item.shape[0] for item in items)
+        if int(is_visual.sum()) != expected:
+            raise ValueError(f"prompt has {int(is_visual.sum())} placeholders for {expected} item tokens")
+        embeds = self.embed_tokens[ids].clone()
+        embeds[is_visual] = torch.cat(items).to(embeds.dtype)
+        return embeds, is_visual
+
+    @torch.no_grad()
+    def run(
+        self, prompt_ids: list[int], items: list[torch.Tensor], schedule: AimSchedule, tokens: list[int]
+    ) -> ReferenceRun:
+        """Prefill + teacher-forced decode of `tokens` (e.g. what vLLM generated)."""
+        embeds, is_visual = self.prompt_embeddings(prompt_ids, items)
+        n = len(prompt_ids)
+        result = self.decoder.prefill(embeds, torch.arange(n), is_visual, schedule.prune_layers)
+        logits = result.last_logits
+        run = ReferenceRun([], [], [], n)
+        for step, token in enumerate(tokens):
+            logprobs = logits.log_softmax(-1)
+            top = logprobs.topk(2)
+            run.logprobs.append(float(logprobs[token]))
+            run.argmax.append(int(top.indices[0]))
+            run.margins.append(float(top.values[0] - top.values[1]))
+            if step + 1 < len(tokens):
+                logits = self.decoder.decode(result.cache, self.embed_tokens[token], torch.tensor(n + step))
+        return run
