@@ -44,6 +44,7 @@ class PreparedChat:
     knob: AimKnob
     stream: bool
     client_wants_usage: bool
+    has_media: bool
     started: float
 
 
@@ -80,7 +81,7 @@ class ChatService:
         """The whole request: prepare, send to a replica, answer (JSON or SSE)."""
         prepared = await self.prepare(request)
         request_id = request.scope.get("state", {}).get("request_id", "")
-        call = UpstreamCall("POST", CHAT_PATH, prepared.body, prepared.stream, request_id)
+        call = UpstreamCall("POST", CHAT_PATH, prepared.body, prepared.stream, request_id, prepared.has_media)
         deadline = self.upstream.deadline()
         opened = await self.upstream.open(call, deadline)
         logger.debug("chat level=%s replica=%s", prepared.knob.level, opened.replica.url)
@@ -106,7 +107,8 @@ class ChatService:
             logger.debug("dropped engine overrides from the request: %s", dropped)
         body = json.dumps(build_upstream_body(raw, knob), ensure_ascii=False, separators=(",", ":"))
         wants_usage = bool(checked.stream_options and checked.stream_options.include_usage)
-        return PreparedChat(body.encode(), knob, bool(checked.stream), wants_usage, started)
+        stream, has_media = bool(checked.stream), checked.media_count > 0
+        return PreparedChat(body.encode(), knob, stream, wants_usage, has_media, started)
 
     async def _resolve_media(self, messages: list[dict[str, Any]]) -> None:
         """Check every media URL in place; remote ones are replaced by the fetched data URL."""

@@ -10,6 +10,7 @@ Names (all prefixed `aim_gateway_`):
   llm_prefill_flops_off_total{level}           from `usage.aim.llm_prefill_flops_off`
   flops_ratio{level}                           histogram of `usage.aim.flops_ratio`
   upstream_connection_failures_total           replica connections that failed (retried)
+  upstream_repairs_total                       multimodal requests resent after a 5xx (upstream.py)
   replica_healthy{replica}, replica_outstanding{replica}
 `level` is the knob's bounded label: off, light, balanced, max, budget or custom.
 """
@@ -56,6 +57,9 @@ class GatewayMetrics:
         )
         self.flops_ratio = Histogram(
             "aim_gateway_flops_ratio", "FLOPs vs AIM off", ["level"], buckets=_RATIO_BUCKETS, registry=reg
+        )
+        self.repairs = Counter(
+            "aim_gateway_upstream_repairs", "Multimodal requests resent after a server error", registry=reg
         )
         self.connection_failures = Counter(
             "aim_gateway_upstream_connection_failures", "Failed replica connections", registry=reg

@@ -1,12 +1,14 @@
 """The subset of the OpenAI chat-completions request the gateway reads and validates.
 
-Unknown fields pass through untouched (`extra="allow"`; the gateway forwards the client's own
-JSON, not a re-serialisation). The rules here shield stock vLLM (0.32) from input it answers
-with a 500 or that leaves its multimodal cache poisoned (docs: shared/docs/vllm-hostile-input.md):
-`n` must be 1, `min_tokens <= max_tokens`, `top_logprobs` 0..20 and only with `logprobs`,
-`logit_bias` keys are token ids with biases in [-100, 100], `truncate_prompt_tokens >= 1` and
-never with media, `structured_outputs` is an object, roles are system/user/assistant/tool/
-developer and media appear only in user messages. Types are strict (no "10" for 10).
+Unknown fields pass through untouched (`extra="allow"`; the gateway forwards the client's parsed
+body, not this model's dump). The rules here shield stock vLLM (0.32) from input it answers with
+a 500 or that leaves its multimodal cache poisoned (docs: shared/docs/vllm-hostile-input.md):
+`n` must be 1, `min_tokens <= max_tokens`, `temperature` in [0, 2], `top_logprobs` 0..20 and only
+with `logprobs`, `logit_bias` keys are token ids with biases in [-100, 100],
+`truncate_prompt_tokens >= 1` and never with media, `structured_outputs` is an object, roles are
+system/user/assistant/tool/developer and media appear only in user messages. Types are strict
+(no "10" for 10). What needs the model (token ids against the vocabulary, grammar syntax) is left
+to vLLM; the cache drift such a rejection causes is repaired by one resend (`upstream.py`).
 
 Fields the gateway never forwards: `ENGINE_OVERRIDES` (engine-internal knobs a client must not
 set; the gateway writes `mm_processor_kwargs` itself from the validated AIM knob) and `aim`.
@@ -155,7 +157,7 @@ class ChatCompletionRequest(_Open):
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
-    temperature: Annotated[float, Field(ge=0.0)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None

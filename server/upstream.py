@@ -4,6 +4,10 @@
   connection reset, the replica died) before any byte went to the client. For a stream the
   gateway holds the response until the first upstream chunk has arrived, so a replica that dies
   before its first token is retried too. Timeouts are not retried (the replica is slow, not dead).
+- Repair: stock vLLM (0.32) can answer the next request carrying the same image with a 500
+  after a rejected multimodal request ("Multi-modal cache miss ... P0/P1 cache drift"); the
+  failure clears the drift. So a request with media whose replica answers 5xx (for a stream: an
+  error event before the first token) is sent once more, still before any byte reached the client.
 - Timeouts: connect and read (silence between bytes) per attempt, and one deadline for the whole
   request, streaming included (`Settings.*_timeout_s`).
 - A stream that breaks after bytes went out ends with an SSE error event and `data: [DONE]`.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,6 +42,7 @@ from server.errors import (
 from server.metrics import GatewayMetrics
 from server.routing import Replica, ReplicaPool
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Failures before any byte reached the client: the request moves to another replica. A replica
 # that cannot be connected to is ejected; a connection that broke later (possibly a stale
@@ -56,6 +62,7 @@ class UpstreamCall:
     body: bytes | None
     stream: bool
     request_id: str
+    repairable: bool = False  # carries media: one retry on a server error (see module docstring)
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Opened:
     head: bytes
     chunks: AsyncIterator[bytes] | None
     pool: ReplicaPool
+    server_failed: bool = False  # 5xx, or a stream whose first real event is a server error
     closed: bool = False
 
     async def close(self) -> None:
@@ -97,13 +105,14 @@ class Upstream:
         return anyio.current_time() + self.request_timeout_s
 
     async def open(self, call: UpstreamCall, deadline: float) -> Opened:
-        """Send `call` to a replica, moving to another one on connection failures."""
+        """Send `call` to a replica: move on after connection failures, repair once after a 5xx."""
         tried: list[Replica] = []
         failure: Exception | None = None
-        for _ in range(self.max_attempts):
+        repair = call.repairable
+        for attempt in range(self.max_attempts):
             replica = self._acquire(tried, failure)
             try:
-                return await self._attempt(replica, call, deadline)
+                opened = await self._attempt(replica, call, deadline)
             except _RETRYABLE_FAILURES as exc:
                 self.pool.release(replica)
                 if isinstance(exc, _CONNECT_FAILURES):
@@ -111,9 +120,16 @@ class Upstream:
                 tried.append(replica)
                 failure = exc
                 self.metrics.connection_failures.inc()
+                continue
             except BaseException:
                 self.pool.release(replica)
                 raise
+            if not (repair and opened.server_failed and attempt + 1 < self.max_attempts):
+                return opened
+            await opened.close()
+            repair = False
+            self.metrics.repairs.inc()
+            logger.warning("replica %s failed a multimodal request; sending it once more", replica.url)
         raise UpstreamError(f"{len(tried)} replica(s) failed ({type(failure).__name__}); giving up")
 
     async def get(self, path: str, request_id: str) -> bytes:
@@ -154,9 +170,10 @@ class Upstream:
         try:
             if call.stream and response.status_code == 200:
                 chunks = response.aiter_bytes()
-                head = await anext(chunks, b"")
-                return Opened(replica, response, head, chunks, self.pool)
-            return Opened(replica, response, await response.aread(), None, self.pool)
+                head, failed = await _read_stream_head(chunks)
+                return Opened(replica, response, head, chunks, self.pool, server_failed=failed)
+            body = await response.aread()
+            return Opened(replica, response, body, None, self.pool, server_failed=response.status_code >= 500)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -193,6 +210,53 @@ class SSEParser:
         self._buffer = (self._buffer + chunk).replace(b"\r\n", b"\n")
         *events, self._buffer = self._buffer.split(b"\n\n")
         return [event for event in events if event.strip()]
+
+
+async def _read_stream_head(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
+    """Chunks up to the first event past vLLM's role preamble; whether that event is a server error.
+
+    vLLM sends `{"delta": {"role": "assistant", "content": ""}}` first, then tokens, or an error
+    event when the request fails; nothing of it reaches the client before this returns.
+    """
+    parser = SSEParser()
+    head = b""
+    async for chunk in chunks:
+        head += chunk
+        for event in parser.feed(chunk):
+            if not _is_preamble(event):
+                return head, _is_server_error(event)
+    return head, False
+
+
+def _event_json(event: bytes) -> Any:
+    try:
+        return json.loads(event.removeprefix(b"data:"))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _is_preamble(event: bytes) -> bool:
+    """An SSE comment, or a chunk whose deltas only announce the role (no content, no finish)."""
+    if not event.startswith(b"data:"):
+        return True
+    data = _event_json(event)
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not choices or not isinstance(choices, list) or "error" in data:
+        return False
+    return all(
+        isinstance(c, dict) and c.get("finish_reason") is None and isinstance(c.get("delta"), dict)
+        and set(c["delta"]) <= {"role", "content"} and not c["delta"].get("content")
+        for c in choices
+    )  # fmt: skip
+
+
+def _is_server_error(event: bytes) -> bool:
+    data = _event_json(event)
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return False
+    code = str(error.get("code", ""))
+    return (code.isdigit() and int(code) >= 500) or error.get("type") == "InternalServerError"
 
 
 def _transform_events(events: list[bytes], transform: EventTransform) -> tuple[bytes, bool]:

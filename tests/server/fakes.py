@@ -67,10 +67,11 @@ class FakeReplica:
             "error": {"message": "bad value", "type": "BadRequestError", "param": None, "code": 400}
         }
         self.aim: dict[str, Any] | None = dict(ENGINE_AIM)
-        self.gate: anyio.Event | None = None  # chat waits for it (streams: after the first chunk)
+        self.gate: anyio.Event | None = None  # chat waits for it (streams: after the first token)
         self.break_streams: anyio.Event | None = None  # open streams fail once it is set
         self.hold_answers: anyio.Event | None = None  # chat waits for it before answering at all
         self.drop_next = 0  # this many chat requests lose their connection before any answer
+        self.error_events = 0  # this many chat requests fail: 500, or an SSE error event after the role
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[httpx.Headers] = []
         self.streams_started = 0
@@ -99,6 +100,9 @@ class FakeReplica:
                 )
         if self.status != 200:
             return httpx.Response(self.status, json=self.error)
+        if self.error_events > 0 and not body.get("stream"):
+            self.error_events -= 1
+            return httpx.Response(500, json={"error": {"message": "Internal server error", "code": 500}})
         if body.get("stream"):
             self.streams_started += 1
             if self.stream_started_event is not None:
@@ -143,8 +147,17 @@ class FakeReplica:
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
+        if self.error_events > 0:  # vLLM's way of failing a started stream
+            self.error_events -= 1
+            error = {
+                "error": {"message": "Internal server error", "type": "InternalServerError", "code": 500}
+            }
+            yield b"data: " + json.dumps(error).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
+        yield chunk({"content": CONTENT_PIECES[0]})
         await self._wait_gate()
-        for piece in CONTENT_PIECES:
+        for piece in CONTENT_PIECES[1:]:
             if self.break_streams is not None and self.break_streams.is_set():
                 raise httpx.ReadError("connection reset by peer")
             yield chunk({"content": piece})

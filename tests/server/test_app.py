@@ -17,6 +17,9 @@ from tests.server.fakes import (
     FakeCluster,
     asgi_call,
     chat_body,
+    data_url,
+    image_part,
+    png_bytes,
     running_gateway,
     sse_events,
 )
@@ -357,3 +360,41 @@ async def test_client_disconnect_cancels_a_waiting_non_streaming_request() -> No
         outstanding = app.state.gateway.pool.replicas[0].outstanding
     assert replica.requests_cancelled == 1
     assert outstanding == 0
+
+
+def _media_body(**extra: object) -> dict:
+    return chat_body([{"type": "text", "text": "what?"}, image_part(data_url(png_bytes()))], **extra)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_multimodal_cache_drift_500_is_repaired_by_one_retry(stream: bool) -> None:
+    """vLLM 0.32 fails the next image request after a rejected one (cache drift); one resend fixes it."""
+    cluster = FakeCluster("a")
+    cluster["a"].error_events = 1
+    async with running_gateway(cluster) as (_, client):
+        response = await client.post(CHAT, json=_media_body(stream=stream))
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 200
+    if stream:
+        assert "error" not in response.text and sse_events(response.content)[-1] == "[DONE]"
+    else:
+        assert response.json()["choices"][0]["message"]["content"] == "Hello!"
+    assert len(cluster["a"].bodies) == 2
+    assert "aim_gateway_upstream_repairs_total 1.0" in metrics
+
+
+async def test_server_errors_are_retried_once_and_only_for_media() -> None:
+    """The repair is bounded: text-only requests are never resent, and a persistent failure is resent once."""
+    cluster = FakeCluster("a")
+    replica = cluster["a"]
+    async with running_gateway(cluster) as (_, client):
+        replica.error_events = 1
+        text_only = await client.post(CHAT, json=chat_body())
+        replica.error_events = 9
+        persistent = await client.post(CHAT, json=_media_body())
+        persistent_stream = await client.post(CHAT, json=_media_body(stream=True))
+    assert text_only.status_code == 502
+    assert persistent.status_code == 502
+    events = sse_events(persistent_stream.content)
+    assert json.loads(events[-2])["error"]["code"] == 500 and events[-1] == "[DONE]"
+    assert len(replica.bodies) == 1 + 2 + 2
