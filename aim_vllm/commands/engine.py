@@ -9,14 +9,22 @@ flag passed through. Defaults added when the flag is absent:
   --no-enable-prefix-caching           pruned KV must never be reused across schedules
   --no-enable-chunked-prefill, --max-num-batched-tokens = --max-model-len (default 8192)
                                        pruning ranks a whole prompt in one step
-and, on CPU machines, VLLM_CPU_KVCACHE_SPACE=1 (GiB) when unset.
+  --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
+  --dtype float32                      for the embedded tiny model only
+and, on CPU machines, VLLM_CPU_KVCACHE_SPACE=1 (GiB) when unset. AIM's own flag, removed
+before vLLM sees the rest: `--aim-default LEVEL`, the level of requests that name none: a
+preset (`balanced`) or a JSON object of `mm_processor_kwargs` AIM keys (`{"aim_budget": 0.2}`).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import os
+import shutil
 import sys
+import tempfile
 
 DEFAULT_MAX_MODEL_LEN = 8192
 
@@ -31,6 +39,9 @@ def engine_argv(user_args: list[str], default_model: str | None) -> list[str]:
     given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
     if "--model" not in given and (not args or args[0].startswith("-")) and default_model:
         args = ["--model", default_model, *args]
+        if "--dtype" not in given:
+            args += ["--dtype", "float32"]  # the tiny model is stored and checked in float32
+    args += ["--middleware", "aim_vllm.usage_middleware.AimUsageMiddleware"]
     defaults = {
         "--trust-request-mm-kwargs": [],
         "--enforce-eager": [],
@@ -59,11 +70,41 @@ def _flag_value(args: list[str], flag: str) -> str:
     raise KeyError(flag)
 
 
-def main(user_args: list[str]) -> int:
-    from aim_vllm.model_builders import default_model_dir
+def pop_aim_default(args: list[str]) -> tuple[list[str], str | None]:
+    """Remove `--aim-default VALUE` from `args`; the value as `AIM_VLLM_DEFAULT` JSON."""
+    rest, value = [], None
+    it = iter(args)
+    for arg in it:
+        if arg == "--aim-default":
+            value = next(it, None)
+        elif arg.startswith("--aim-default="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if value is None:
+        return rest, None
+    return rest, value if value.lstrip().startswith("{") else json.dumps({"aim_preset": value})
 
+
+def main(user_args: list[str]) -> int:
+    from aim_vllm.config import DEFAULT_ENV, default_request
+    from aim_vllm.model_builders import default_model_dir
+    from aim_vllm.usage import STATS_DIR_ENV
+
+    user_args, default_level = pop_aim_default(user_args)
+    if default_level is not None:
+        os.environ[DEFAULT_ENV] = default_level
+        default_request()  # fail now, not on the first request, if the level is invalid
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    sys.argv = ["aim-vllm engine", *engine_argv(user_args, str(default_model_dir()))]
+    if STATS_DIR_ENV not in os.environ:
+        stats_dir = tempfile.mkdtemp(
+            prefix="aim-vllm-stats-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
+        atexit.register(shutil.rmtree, stats_dir, ignore_errors=True)
+        os.environ[STATS_DIR_ENV] = stats_dir
+    has_model = any(a == "--model" or a.startswith("--model=") for a in user_args)
+    model = None if has_model else str(default_model_dir())
+    sys.argv = ["aim-vllm engine", *engine_argv(user_args, model)]
     from vllm.entrypoints.launchers.api_server.entry import main as vllm_main
 
     vllm_main()

@@ -29,31 +29,35 @@ from aim_vllm.config import (
 from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.schedule import OFF, AimSchedule
+from aim_vllm.pruning.decoder import PruningDecoder
+from aim_vllm.usage import StatsStore, UsageReporter
 
 
 @dataclass(frozen=True)
 class ItemParams:
-    """Per-item AIM parameters, carried as a float tensor [5] in the item's `aim_<modality>` field.
+    """Per-item AIM parameters, carried as a float tensor [6] in the item's `aim_<modality>` field.
 
     Attributes:
         schedule: the request's schedule (the same on every item of a request).
+        tokens_in: the item's visual tokens before merging (for usage reports).
         base_tokens, grid_rows: layout of a packed anyres image (0 for videos).
     """
 
     schedule: AimSchedule
+    tokens_in: int
     base_tokens: int = 0
     grid_rows: int = 0
 
     def to_tensor(self) -> torch.Tensor:
         l1, l2 = self.schedule.prune_layers or (-1, -1)
-        values = [self.schedule.merge_ratio, l1, l2, self.base_tokens, self.grid_rows]
+        values = [self.schedule.merge_ratio, l1, l2, self.tokens_in, self.base_tokens, self.grid_rows]
         return torch.tensor(values, dtype=torch.float64)
 
     @classmethod
     def from_tensor(cls, values: torch.Tensor) -> ItemParams:
-        ratio, l1, l2, base, rows = values.tolist()
+        ratio, l1, l2, tokens_in, base, rows = values.tolist()
         prune = (int(l1), int(l2)) if l1 >= 0 else None
-        return cls(AimSchedule(ratio, prune), int(base), int(rows))
+        return cls(AimSchedule(ratio, prune), int(tokens_in), int(base), int(rows))
 
 
 def field_name(modality: str) -> str:
@@ -90,3 +94,29 @@ class AimProcessorMixin:
         num_items = sum(len(items) for items in inputs.mm_data_items.values())
         text_tokens = max(0, len(inputs.prompt) - num_items)  # one placeholder token per item
         return solve_budget(budget, self._aim_llm_shape(), self.aim_layout(inputs.mm_data_items), text_tokens)
+
+
+class AimModelMixin:
+    """Pruning + usage reporting around the LLM forward (put before vLLM's model class).
+
+    The runner patch passes `aim_step` to `forward` of models with `aim_accepts_step`; batches
+    with nothing to prune run vLLM's stock forward.
+    """
+
+    aim_accepts_step = True
+
+    def _aim_setup(self, hf_config) -> None:
+        shape = LLMShape.from_hf_config(hf_config.to_dict())
+        self.aim_pruner = PruningDecoder(shape.num_layers)
+        self.aim_reporter = UsageReporter(shape, StatsStore.from_env())
+
+    def _aim_forward(self, decoder, input_ids, positions, inputs_embeds, aim_step):
+        """Hidden states of a pruned batch, or None to run the stock forward."""
+        plan = self.aim_pruner.plan_step(decoder, aim_step)
+        if plan is None:
+            return None
+        self.aim_reporter.report(plan.started)
+        if not plan.changes_layout():
+            return None
+        hidden = inputs_embeds if inputs_embeds is not None else decoder.embed_input_ids(input_ids)
+        return self.aim_pruner.forward(decoder, positions, hidden, plan)

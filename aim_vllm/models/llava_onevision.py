@@ -33,8 +33,13 @@ from aim_vllm.config import without_aim_keys
 from aim_vllm.core.budget import VisualLayout
 from aim_vllm.core.packing import merge_anyres_image_embedding, merge_video_embedding
 from aim_vllm.core.token_counts import merged_anyres_image_tokens, merged_video_tokens
-from aim_vllm.models.common import AimProcessorMixin, ItemParams, field_name, schedule_from_kwargs
-from aim_vllm.pruning.decoder import PruningDecoder
+from aim_vllm.models.common import (
+    AimModelMixin,
+    AimProcessorMixin,
+    ItemParams,
+    field_name,
+    schedule_from_kwargs,
+)
 
 
 class AimLlavaOnevisionProcessingInfo(LlavaOnevisionProcessingInfo):
@@ -90,12 +95,19 @@ class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMult
         schedule = schedule_from_kwargs(dict(hf_kwargs))
         if schedule.is_off:
             return processed
-        videos = [ItemParams(schedule) for _ in _video_sizes(mm_items)]
-        images = [ItemParams(schedule, *self.info.image_parts(w, h)[::2]) for w, h in _image_sizes(mm_items)]
+        videos = [
+            ItemParams(schedule, self.info.get_num_video_tokens(image_width=w, image_height=h, num_frames=f))
+            for w, h, f in _video_sizes(mm_items)
+        ]
+        images = [self._image_params(schedule, w, h) for w, h in _image_sizes(mm_items)]
         for modality, params in (("video", videos), ("image", images)):
             if params:
                 processed[field_name(modality)] = torch.stack([p.to_tensor() for p in params])
         return processed
+
+    def _image_params(self, schedule, width: int, height: int) -> ItemParams:
+        base, grid, rows = self.info.image_parts(width, height)
+        return ItemParams(schedule, base + grid + rows, base_tokens=base, grid_rows=rows)
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptUpdate]:
         schedule = schedule_from_kwargs(dict(hf_processor_mm_kwargs))
@@ -153,24 +165,22 @@ def _image_sizes(mm_items) -> list[tuple[int, int]]:
     info=AimLlavaOnevisionProcessingInfo,
     dummy_inputs=LlavaOnevisionDummyInputsBuilder,
 )
-class AimLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+class AimLlavaOnevisionForConditionalGeneration(AimModelMixin, LlavaOnevisionForConditionalGeneration):
     """Merges each item's embedding per its `aim_<modality>` parameters; prunes in the decoder."""
-
-    aim_accepts_step = True  # the runner patch passes `aim_step` to forward
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.aim_pruner = PruningDecoder(self.config.text_config.num_hidden_layers)
+        self._aim_setup(self.config)
 
     def forward(
         self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
     ):
         if aim_step is not None and intermediate_tensors is None:
-            decoder = self.language_model.model
-            hidden = inputs_embeds if inputs_embeds is not None else decoder.embed_input_ids(input_ids)
-            pruned = self.aim_pruner.forward(decoder, positions, hidden, aim_step)
-            if pruned is not None:
-                return pruned
+            hidden = self._aim_forward(
+                self.language_model.model, input_ids, positions, inputs_embeds, aim_step
+            )
+            if hidden is not None:
+                return hidden
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
 
     def embed_multimodal(self, **kwargs: object):

@@ -22,7 +22,7 @@ import torch
 from aim_vllm.attention.compaction import compact_common_metadata
 from aim_vllm.compat import get_forward_context
 from aim_vllm.core.importance import pagerank_importance, select_kept_tokens
-from aim_vllm.pruning.state import PRUNED, SKIPPED_SPLIT, PruneRecord, RequestStep, StepContext
+from aim_vllm.pruning.state import PruneRecord, RequestStep, StepContext, decide
 
 
 @dataclass
@@ -34,6 +34,7 @@ class BatchPlan:
     missing: list[torch.Tensor]  # [num_layers] x [R] prompt tokens absent from each layer's KV
     pruning: dict[int, PruneRecord]  # batch index -> record of requests pruning in this step
     token_index: torch.Tensor  # [N] index of each row in its request's sequence
+    started: list[tuple[RequestStep, PruneRecord]]  # prefills that start in this step
 
     def changes_layout(self) -> bool:
         return bool(self.pruning) or any(bool(m.any()) for m in self.missing)
@@ -48,50 +49,45 @@ class PruningDecoder:
 
     # -- planning ----------------------------------------------------------------------------
     def plan(self, step: StepContext, query_start_loc: torch.Tensor, seq_lens: torch.Tensor) -> BatchPlan:
-        """Counts for every layer, from the step's requests and their records (no tensors read)."""
+        """Counts for every layer, from the step's requests and their records (no activations read)."""
         self.records = {k: v for k, v in self.records.items() if k in step.live_req_ids}
         scheduled = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
         computed = [int(s) - q for s, q in zip(seq_lens.tolist(), scheduled, strict=True)]
         rows = torch.tensor([scheduled] * self.num_layers, dtype=torch.int64)
         missing = torch.zeros_like(rows)
         pruning: dict[int, PruneRecord] = {}
+        started: list[tuple[RequestStep, PruneRecord]] = []
         for r, req in enumerate(step.requests):
-            record = self._record_for(req, computed[r], scheduled[r], step)
-            if record is None or record.status != PRUNED:
+            if req.req_id not in self.records or computed[r] == 0:  # a (re)started prefill decides
+                record = decide(req, computed[r], scheduled[r], step.disabled_reason, self.num_layers)
+                self.records[req.req_id] = record
+                started.append((req, record))
+            record = self.records[req.req_id]
+            if not record.pruned:
                 continue
             missing[:, r] = torch.tensor(record.missing)
             if computed[r] == 0:  # this step is its prefill: rows shrink layer by layer
                 rows[:, r] = torch.tensor(record.rows_per_layer)
                 pruning[r] = record
         token_index = torch.cat([torch.arange(c, c + q) for c, q in zip(computed, scheduled, strict=True)])
-        return BatchPlan(step.requests, list(rows), list(missing), pruning, token_index)
-
-    def _record_for(self, req: RequestStep, computed: int, scheduled: int, step: StepContext):
-        if req.prune_layers is None or req.num_visual == 0:
-            return None
-        if computed == 0:  # a (re)started prefill decides afresh
-            if not step.pruning_enabled:
-                self.records[req.req_id] = PruneRecord(status=f"skipped: {step.disabled_reason}")
-            elif scheduled < req.num_prompt:
-                self.records[req.req_id] = PruneRecord(status=SKIPPED_SPLIT)
-            else:
-                self.records[req.req_id] = PruneRecord.planned(req, self.num_layers)
-        return self.records.get(req.req_id)
+        return BatchPlan(step.requests, list(rows), list(missing), pruning, token_index, started)
 
     # -- forward ---------------------------------------------------------------------------
-    def forward(self, model, positions: torch.Tensor, hidden: torch.Tensor, step: StepContext):
-        """Hidden states [N, d] of the decoder stack `model` (a vLLM Qwen2Model/LlamaModel) with pruning.
+    def plan_step(self, model, step: StepContext) -> BatchPlan | None:
+        """The plan of this forward, from the step's attention metadata (None in dummy runs)."""
+        metadata = get_forward_context().attn_metadata
+        first = model.layers[0].self_attn.attn.layer_name
+        stock = metadata.get(first) if isinstance(metadata, dict) else None
+        if stock is None:
+            return None
+        common = stock.aim_common
+        num_reqs = common.num_reqs
+        return self.plan(step, common.query_start_loc_cpu[: num_reqs + 1], common.seq_lens[:num_reqs])
 
-        Returns None when this batch needs no AIM work (the caller then runs the stock forward).
-        """
+    def forward(self, model, positions: torch.Tensor, hidden: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+        """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel) under `plan`."""
         fc = get_forward_context()
         stock = fc.attn_metadata[model.layers[0].self_attn.attn.layer_name]
-        common = stock.aim_common
-        plan = self.plan(
-            step, common.query_start_loc_cpu[: common.num_reqs + 1], common.seq_lens[: common.num_reqs]
-        )
-        if not plan.changes_layout():
-            return None
         idx, residual, layouts = torch.arange(hidden.shape[0]), None, {}
         for layer_idx, layer in enumerate(model.layers):
             attn = layer.self_attn

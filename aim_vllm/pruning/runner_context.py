@@ -8,7 +8,7 @@ Reads, in batch order, each request's prompt length, visual placeholder spans
 from __future__ import annotations
 
 from aim_vllm.models.common import ItemParams, field_name
-from aim_vllm.pruning.state import RequestStep, StepContext
+from aim_vllm.pruning.state import SKIPPED_PROMPT_LOGPROBS, RequestStep, StepContext
 
 
 def build_step_context(runner) -> StepContext:
@@ -16,8 +16,7 @@ def build_step_context(runner) -> StepContext:
     steps = tuple(
         _request_step(req_id, runner.requests[req_id]) for req_id in batch.req_ids[: batch.num_reqs]
     )
-    reason = disabled_reason(runner.vllm_config)
-    return StepContext(steps, frozenset(runner.requests), pruning_enabled=not reason, disabled_reason=reason)
+    return StepContext(steps, frozenset(runner.requests), disabled_reason(runner.vllm_config))
 
 
 def disabled_reason(vllm_config) -> str:
@@ -32,11 +31,15 @@ def disabled_reason(vllm_config) -> str:
 
 
 def _request_step(req_id: str, state) -> RequestStep:
-    spans, prune = [], None
+    """A request's spans and AIM parameters (from its items' `aim_<modality>` fields)."""
+    spans, params = [], []
     for feature in state.mm_features:
         spans.append((feature.mm_position.offset, feature.mm_position.length))
-        item = feature.data
-        name = field_name(feature.modality)
-        if prune is None and item is not None and name in item:
-            prune = ItemParams.from_tensor(item[name].data).schedule.prune_layers
-    return RequestStep(req_id, state.num_prompt_tokens, prune, tuple(spans))
+        item, name = feature.data, field_name(feature.modality)
+        params.append(ItemParams.from_tensor(item[name].data) if item is not None and name in item else None)
+    known = [p for p in params if p is not None]
+    tokens_in = sum(p.tokens_in if p else length for p, (_, length) in zip(params, spans, strict=True))
+    sampling = state.sampling_params
+    skip = SKIPPED_PROMPT_LOGPROBS if sampling is not None and sampling.prompt_logprobs is not None else ""
+    schedule = known[0].schedule if known else None
+    return RequestStep(req_id, state.num_prompt_tokens, schedule, tuple(spans), tokens_in, skip)

@@ -1,20 +1,22 @@
 """Per-step and per-request pruning bookkeeping (plain Python; no vLLM import).
 
 A step is what vLLM's runner executes in one forward: each request contributes some rows
-starting at the number of tokens it already has cached. Pruning happens only in a
-step that holds a request's whole prompt (AIM ranks visual tokens with the text that follows
-them); afterwards the request's `PruneRecord` says, for every layer, how many prompt tokens
-that layer's KV cache lacks, which is all decoding needs (compacted KV keeps order).
+starting at the number of tokens it already has cached. Pruning happens only in a step that
+holds a request's whole prompt (AIM ranks visual tokens with the text that follows them);
+afterwards the request's `PruneRecord` says, for every layer, how many prompt tokens that
+layer's KV cache lacks, which is all decoding needs (compacted KV keeps the original order).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.core.token_counts import visual_kept_after_layer
 
-PRUNED = "pruned"
+PRUNED, NOT_PRUNED = "pruned", "not requested"
 SKIPPED_SPLIT = "skipped: prompt not prefilled in one step (chunked prefill or prefix cache hit)"
+SKIPPED_PROMPT_LOGPROBS = "skipped: prompt_logprobs need every prompt row at the last layer"
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,18 @@ class RequestStep:
 
     req_id: str
     num_prompt: int
-    prune_layers: tuple[int, int] | None = None  # requested pruning window (l1, l2)
+    schedule: AimSchedule | None = None  # None: the request carries no AIM parameters
     visual_spans: tuple[tuple[int, int], ...] = ()  # (offset, length) of visual placeholders
+    visual_tokens_in: int = 0  # visual tokens before merging
+    skip_reason: str = ""  # a request option that rules pruning out (e.g. prompt_logprobs)
 
     @property
     def num_visual(self) -> int:
         return sum(length for _, length in self.visual_spans)
+
+    @property
+    def prune_layers(self) -> tuple[int, int] | None:
+        return None if self.schedule is None else self.schedule.prune_layers
 
     def is_visual(self, position: int) -> bool:
         return any(offset <= position < offset + length for offset, length in self.visual_spans)
@@ -43,8 +51,7 @@ class StepContext:
 
     requests: tuple[RequestStep, ...]
     live_req_ids: frozenset[str]
-    pruning_enabled: bool = True  # False when an engine feature rules pruning out
-    disabled_reason: str = ""
+    disabled_reason: str = ""  # set when an engine feature rules pruning out
 
 
 @dataclass
@@ -64,17 +71,47 @@ class PruneRecord:
     rows_per_layer: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
 
+    @property
+    def pruned(self) -> bool:
+        return self.status == PRUNED
+
     @classmethod
-    def planned(cls, step: RequestStep, num_layers: int) -> PruneRecord:
-        """The record a whole-prompt prefill of `step` will produce (counts are deterministic)."""
-        assert step.prune_layers is not None
-        kept = visual_kept_after_layer(step.num_visual, num_layers, step.prune_layers)
-        entering = [step.num_visual, *kept[:-1]]  # visual tokens each layer processes
-        text = step.num_prompt - step.num_visual
+    def unpruned(cls, status: str, req: RequestStep, num_layers: int) -> PruneRecord:
+        """Every layer processes the whole prompt."""
+        return cls(
+            status,
+            req.num_visual,
+            [req.num_visual] * num_layers,
+            [req.num_prompt] * num_layers,
+            [0] * num_layers,
+        )
+
+    @classmethod
+    def planned(cls, req: RequestStep, num_layers: int) -> PruneRecord:
+        """The record a whole-prompt prefill of `req` produces (counts are deterministic)."""
+        kept = visual_kept_after_layer(req.num_visual, num_layers, req.prune_layers)
+        entering = [req.num_visual, *kept[:-1]]  # visual tokens each layer processes
+        text = req.num_prompt - req.num_visual
         return cls(
             status=PRUNED,
-            num_visual=step.num_visual,
+            num_visual=req.num_visual,
             kept_after_layer=kept,
             rows_per_layer=[text + v for v in entering],
-            missing=[step.num_visual - v for v in entering],
+            missing=[req.num_visual - v for v in entering],
         )
+
+
+def decide(
+    req: RequestStep, computed: int, scheduled: int, disabled_reason: str, num_layers: int
+) -> PruneRecord:
+    """What a request's prefill does; called on its first step (computed > 0 means a prefix cache hit)."""
+    if req.prune_layers is None or req.num_visual == 0:
+        return PruneRecord.unpruned(NOT_PRUNED, req, num_layers)
+    reason = disabled_reason or req.skip_reason
+    if reason:
+        return PruneRecord.unpruned(
+            reason if reason.startswith("skipped") else f"skipped: {reason}", req, num_layers
+        )
+    if computed != 0 or scheduled < req.num_prompt:
+        return PruneRecord.unpruned(SKIPPED_SPLIT, req, num_layers)
+    return PruneRecord.planned(req, num_layers)

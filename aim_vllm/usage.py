@@ -1,0 +1,153 @@
+"""Per-request AIM statistics: computed in the worker, reported in the response's `usage.aim`.
+
+The worker writes one small JSON file per request whose prefill starts (visual tokens before and
+after merging, rows and KV entries per layer, FLOPs) into `$AIM_VLLM_STATS_DIR`; the API server's
+`AimUsageMiddleware` takes it out when the response for that request id leaves (vLLM's engine
+request id is the response id plus "-" and 8 random characters). Plain Python, no vLLM import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aim_vllm.core.flops import LLMShape, executed_prefill_flops, prefill_flops
+
+STATS_DIR_ENV = "AIM_VLLM_STATS_DIR"
+_ENGINE_SUFFIX_LEN = 9  # "-" + 8 random characters (vllm==0.32.0 InputProcessor.assign_request_id)
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """What AIM did to one request, for `usage.aim` and metrics."""
+
+    merge_ratio: float
+    prune_layers: list[int] | None
+    pruning: str
+    text_tokens: int
+    visual_tokens_in: int
+    visual_tokens_merged: int
+    visual_tokens_kept: dict[str, int]  # layer -> visual tokens leaving it, where pruning happens
+    rows_per_layer: list[int]  # rows each layer computed in the prefill (= its prompt KV entries)
+    llm_prefill_flops: float  # executed convention
+    llm_prefill_flops_off: float
+    flops_ratio: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def request_stats(
+    *,
+    merge_ratio: float,
+    prune_layers: tuple[int, int] | None,
+    pruning: str,
+    num_prompt: int,
+    visual_tokens_in: int,
+    visual_tokens_merged: int,
+    kept_after_layer: list[int],
+    rows_per_layer: list[int],
+    shape: LLMShape,
+) -> RequestStats:
+    """Stats of a prefill whose per-layer counts are known."""
+    text = num_prompt - visual_tokens_merged
+    entering = [visual_tokens_merged, *kept_after_layer[:-1]]
+    kept = {
+        str(layer): k for layer, (k, e) in enumerate(zip(kept_after_layer, entering, strict=True)) if k < e
+    }
+    off = prefill_flops([text + visual_tokens_in] * shape.num_layers, shape)
+    executed = executed_prefill_flops(
+        text + visual_tokens_merged, [text + k for k in kept_after_layer], shape
+    )
+    return RequestStats(
+        merge_ratio=merge_ratio,
+        prune_layers=list(prune_layers) if prune_layers else None,
+        pruning=pruning,
+        text_tokens=text,
+        visual_tokens_in=visual_tokens_in,
+        visual_tokens_merged=visual_tokens_merged,
+        visual_tokens_kept=kept,
+        rows_per_layer=list(rows_per_layer),
+        llm_prefill_flops=executed,
+        llm_prefill_flops_off=off,
+        flops_ratio=executed / off,
+    )
+
+
+def external_request_id(engine_request_id: str) -> str:
+    """The API-level id (the response's `id`) of an engine request id."""
+    return engine_request_id[:-_ENGINE_SUFFIX_LEN]
+
+
+class StatsStore:
+    """A directory of `<response id>.json` files shared by the engine's processes."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def from_env(cls) -> StatsStore | None:
+        root = os.environ.get(STATS_DIR_ENV)
+        return cls(root) if root else None
+
+    def _path(self, request_id: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in request_id)
+        return self.root / f"{safe}.json"
+
+    def put(self, request_id: str, stats: RequestStats) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(request_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stats.to_dict()))
+        tmp.replace(path)  # readers never see a partial file
+
+    def pop(self, request_id: str) -> dict[str, Any] | None:
+        path = self._path(request_id)
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        path.unlink(missing_ok=True)
+        return data
+
+    def sweep(self, max_age_s: float = 600.0) -> None:
+        """Delete files nobody collected (e.g. the client disconnected)."""
+        cutoff = time.time() - max_age_s
+        for path in self.root.glob("*.json"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
+
+
+class UsageReporter:
+    """Writes the stats of every prefill that starts (worker side)."""
+
+    def __init__(self, shape: LLMShape, store: StatsStore | None) -> None:
+        self.shape, self.store = shape, store
+
+    def report(self, started) -> None:
+        """`started`: (RequestStep, PruneRecord) pairs of prefills starting in this step."""
+        if self.store is None:
+            return
+        for req, record in started:
+            if req.num_visual == 0:
+                continue
+            schedule = req.schedule
+            stats = request_stats(
+                merge_ratio=schedule.merge_ratio if schedule else 1.0,
+                prune_layers=schedule.prune_layers if schedule else None,
+                pruning=record.status,
+                num_prompt=req.num_prompt,
+                visual_tokens_in=req.visual_tokens_in,
+                visual_tokens_merged=req.num_visual,
+                kept_after_layer=record.kept_after_layer,
+                rows_per_layer=record.rows_per_layer,
+                shape=self.shape,
+            )
+            self.store.put(external_request_id(req.req_id), stats)

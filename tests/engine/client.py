@@ -1,0 +1,74 @@
+"""Chat requests against a test server, and their comparison with the pure-torch reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from aim_vllm.core.schedule import AimSchedule
+from aim_vllm.reference_pipeline import ReferenceModel
+
+LOGPROB_TOL = 1e-4
+TIE_MARGIN = 1e-4  # below this top-1/top-2 gap, either token is a correct greedy choice
+
+
+@dataclass
+class Media:
+    """One request's visual input: its OpenAI content part and what the reference needs."""
+
+    kind: str  # "image" | "video"
+    part: dict[str, Any]
+    data: Any  # PIL image or decoded frames
+
+
+def chat(
+    server, media: list[Media], text: str, aim: dict | None = None, max_tokens: int = 5, **extra
+) -> dict:
+    """Greedy chat completion with logprobs and token ids; raises on non-200."""
+    body = {
+        "model": server.model,
+        "messages": [{"role": "user", "content": [*(m.part for m in media), {"type": "text", "text": text}]}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 1,
+        "return_token_ids": True,
+        **extra,
+    }
+    if aim is not None:
+        body["mm_processor_kwargs"] = aim
+    response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=600)
+    response.raise_for_status()
+    return response.json()
+
+
+def aim_kwargs(schedule: AimSchedule) -> dict:
+    kwargs: dict[str, Any] = {"aim_merge_ratio": schedule.merge_ratio}
+    if schedule.prune_layers:
+        kwargs["aim_prune_l1"], kwargs["aim_prune_l2"] = schedule.prune_layers
+    return kwargs
+
+
+def assert_matches_reference(
+    reference: ReferenceModel, response: dict, media: list[Media], schedule: AimSchedule
+):
+    """vLLM's greedy tokens and their logprobs equal the reference's (fp32, 1e-4; ties may differ)."""
+    choice = response["choices"][0]
+    tokens = choice["token_ids"]
+    logprobs = [entry["logprob"] for entry in choice["logprobs"]["content"]]
+    items = [reference_item(reference, m, schedule.merge_ratio) for m in media]
+    run = reference.run(response["prompt_token_ids"], items, schedule, tokens)
+    np.testing.assert_allclose(logprobs, run.logprobs, atol=LOGPROB_TOL, rtol=0)
+    for step, (token, best, margin) in enumerate(zip(tokens, run.argmax, run.margins, strict=True)):
+        assert token == best or margin < TIE_MARGIN, f"step {step}: vLLM chose {token}, reference {best}"
+    return run
+
+
+def reference_item(reference: ReferenceModel, media: Media, ratio: float) -> torch.Tensor:
+    if media.kind == "image":
+        return reference.merge(reference.image_embedding(media.data), "image", 0, ratio)
+    return reference.merge(reference.video_embedding(media.data), "video", len(media.data), ratio)

@@ -1,0 +1,29 @@
+"""Engine fixtures: one AIM engine per session (tiny model, fp32); plain vLLM and other
+configurations per module, started only by the tests that need them."""
+
+from __future__ import annotations
+
+import pytest
+
+from aim_vllm.reference_pipeline import ReferenceModel
+from tests.engine import servers
+
+
+@pytest.fixture(scope="session")
+def aim_engine(tiny_model_dir, tmp_path_factory):
+    """`aim-vllm engine` on the embedded tiny model with AIM's defaults."""
+    server = servers.start(tiny_model_dir, tmp_path_factory.mktemp("aim-engine") / "log.txt")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model_dir) -> ReferenceModel:
+    return ReferenceModel(tiny_model_dir)
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/engine starts a vLLM engine."""
+    for item in items:
+        if "tests/engine/" in str(item.fspath):
+            item.add_marker(pytest.mark.engine)
