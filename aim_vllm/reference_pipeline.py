@@ -85,7 +85,8 @@ class ReferenceModel:
         if int(is_visual.sum()) != expected:
             raise ValueError(f"prompt has {int(is_visual.sum())} placeholders for {expected} item tokens")
         embeds = self.embed_tokens[ids].clone()
-        embeds[is_visual] = torch.cat(items).to(embeds.dtype)
+        if items:
+            embeds[is_visual] = torch.cat(items).to(embeds.dtype)
         return embeds, is_visual
 
     @torch.no_grad()
@@ -107,3 +108,11 @@ class ReferenceModel:
             if step + 1 < len(tokens):
                 logits = self.decoder.decode(result.cache, self.embed_tokens[token], torch.tensor(n + step))
         return run
+
+    @torch.no_grad()
+    def prompt_logprobs(self, prompt_ids: list[int], items: list[torch.Tensor]) -> list[float | None]:
+        """Logprob of each prompt token given the tokens before it (AIM merge only; no pruning)."""
+        embeds, is_visual = self.prompt_embeddings(prompt_ids, items)
+        logits = self.decoder.prefill(embeds, torch.arange(len(prompt_ids)), is_visual).logits
+        logprobs = logits.log_softmax(-1)
+        return [None] + [float(logprobs[i - 1, token]) for i, token in enumerate(prompt_ids) if i > 0]

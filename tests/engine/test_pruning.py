@@ -1,0 +1,122 @@
+"""In-LLM pruning with real removal in vLLM: exactness, batching, counters, fallbacks."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from aim_vllm.core.schedule import AimSchedule, preset_schedule
+from aim_vllm.core.token_counts import visual_kept_after_layer
+from tests.engine import media, servers
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, reference_item
+
+QUESTION = "How many red squares are there?"
+NUM_LAYERS = 6  # the tiny model
+
+
+@pytest.fixture(scope="module")
+def image() -> Media:
+    img = media.image(seed=3, width=500, height=260)
+    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+
+
+@pytest.fixture(scope="module")
+def video() -> Media:
+    url, frames = media.jpeg_video_data_url(media.video_frames(seed=4, frames=8))
+    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+
+
+SCHEDULES = [
+    AimSchedule(1.0, (2, 5)),
+    AimSchedule(1.0, (0, 6)),
+    AimSchedule(0.25, (1, 4)),
+    AimSchedule(0.5, (3, 6)),
+    preset_schedule("balanced", NUM_LAYERS),
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=str)
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_pruning_matches_reference_with_removal(aim_engine, reference, image, video, kind, schedule) -> None:
+    """Greedy tokens + logprobs (prefill and 8 decode steps) equal the reference that removes rows."""
+    item = image if kind == "image" else video
+    response = chat(aim_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=8)
+    assert response["usage"]["aim"]["pruning"] == "pruned"
+    assert_matches_reference(reference, response, [item], schedule)
+
+
+def test_preset_by_name_prunes_like_its_schedule(aim_engine, reference, video) -> None:
+    """`aim_preset` resolves on the engine to the same schedule as the core preset."""
+    response = chat(aim_engine, [video], QUESTION, {"aim_preset": "balanced"})
+    assert_matches_reference(reference, response, [video], preset_schedule("balanced", NUM_LAYERS))
+
+
+def test_counters_show_rows_and_kept_tokens_per_layer(aim_engine, video) -> None:
+    """rows per layer = text + visual entering the layer; kept per pruned layer = int(N_vis * r_l)."""
+    schedule = AimSchedule(0.25, (1, 4))
+    aim = chat(aim_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=1)["usage"]["aim"]
+    merged, text = aim["visual_tokens_merged"], aim["text_tokens"]
+    kept = visual_kept_after_layer(merged, NUM_LAYERS, (1, 4))
+    assert aim["rows_per_layer"] == [text + v for v in [merged, *kept[:-1]]]
+    assert aim["visual_tokens_kept"] == {"1": kept[1], "2": kept[2], "3": 0}
+    assert 0 < aim["flops_ratio"] < 0.25
+
+
+def test_batch_of_different_schedules(aim_engine, reference, image, video) -> None:
+    """8 concurrent requests (off, merge, prune, both, text-only) each equal their own reference."""
+    jobs = [
+        ([video], AimSchedule()),
+        ([image], AimSchedule(0.5)),
+        ([video], AimSchedule(1.0, (1, 3))),
+        ([image], AimSchedule(0.25, (2, 6))),
+        ([], AimSchedule()),
+        ([video], AimSchedule(0.3, (0, 5))),
+        ([image], AimSchedule(1.0, (4, 6))),
+        ([video], AimSchedule(0.125, (3, 5))),
+    ]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [
+            pool.submit(chat, aim_engine, items, QUESTION, aim_kwargs(s), max_tokens=6) for items, s in jobs
+        ]
+        responses = [f.result() for f in futures]
+    for (items, schedule), response in zip(jobs, responses, strict=True):
+        assert_matches_reference(reference, response, items, schedule if items else AimSchedule())
+
+
+def test_prompt_logprobs_fall_back_to_unpruned(aim_engine, reference, image) -> None:
+    """prompt_logprobs need every prompt row: pruning is skipped, said so, and merge still applies."""
+    schedule = AimSchedule(0.5, (1, 4))
+    response = chat(aim_engine, [image], QUESTION, aim_kwargs(schedule), prompt_logprobs=1)
+    assert response["usage"]["aim"]["pruning"].startswith("skipped: prompt_logprobs")
+    assert_matches_reference(reference, response, [image], AimSchedule(0.5))
+    item = reference_item(reference, image, 0.5)
+    expected = reference.prompt_logprobs(response["prompt_token_ids"], [item])
+    got = response["prompt_logprobs"]
+    for position, (token, entry, want) in enumerate(
+        zip(response["prompt_token_ids"], got, expected, strict=True)
+    ):
+        if want is None:
+            continue
+        assert abs(entry[str(token)]["logprob"] - want) < 1e-4, position
+
+
+@pytest.fixture(scope="module")
+def caching_engine(tiny_model_dir, tmp_path_factory):
+    """Chunked prefill with a small token budget and prefix caching on: pruning must step aside."""
+    log = tmp_path_factory.mktemp("caching-engine") / "log.txt"
+    flags = ["--enable-chunked-prefill", "--max-num-batched-tokens", "512", "--enable-prefix-caching"]
+    server = servers.start(tiny_model_dir, log, *flags)
+    yield server
+    server.stop()
+
+
+def test_prefix_caching_and_chunking_fall_back_without_wrong_output(caching_engine, reference, video) -> None:
+    """With prefix caching / chunked prefill the engine reports the fallback and stays exact;
+    a repeated prompt with another schedule never reuses another schedule's KV."""
+    for schedule in (AimSchedule(0.5, (1, 4)), AimSchedule(0.5, (2, 5)), AimSchedule(0.5, (1, 4))):
+        response = chat(caching_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=6)
+        assert response["usage"]["aim"]["pruning"].startswith("skipped: prefix caching")
+        assert_matches_reference(reference, response, [video], AimSchedule(schedule.merge_ratio))
+    merged = chat(caching_engine, [video], QUESTION, {"aim_merge_ratio": 0.25}, max_tokens=6)
+    assert_matches_reference(reference, merged, [video], AimSchedule(0.25))
