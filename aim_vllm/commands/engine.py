@@ -10,7 +10,7 @@ flag passed through. Defaults added when the flag is absent:
   --no-enable-chunked-prefill, --max-num-batched-tokens = --max-model-len (default 8192)
                                        pruning ranks a whole prompt in one step
   --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
-  --dtype float32                      for the embedded tiny model only
+  --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded tiny model only
 and, on CPU machines, VLLM_CPU_KVCACHE_SPACE=1 (GiB) when unset. AIM's own flag, removed
 before vLLM sees the rest: `--aim-default LEVEL`, the level of requests that name none: a
 preset (`balanced`) or a JSON object of `mm_processor_kwargs` AIM keys (`{"aim_budget": 0.2}`).
@@ -27,6 +27,7 @@ import sys
 import tempfile
 
 DEFAULT_MAX_MODEL_LEN = 8192
+DEFAULT_MODEL_NAME = "aim-tiny-llava-onevision"  # the embedded default model's name in the API
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,8 @@ def engine_argv(user_args: list[str], default_model: str | None) -> list[str]:
         args = ["--model", default_model, *args]
         if "--dtype" not in given:
             args += ["--dtype", "float32"]  # the tiny model is stored and checked in float32
+        if "--served-model-name" not in given:
+            args += ["--served-model-name", DEFAULT_MODEL_NAME]
     args += ["--middleware", "aim_vllm.usage_middleware.AimUsageMiddleware"]
     defaults = {
         "--trust-request-mm-kwargs": [],
