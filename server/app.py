@@ -7,7 +7,8 @@ operational endpoints stay open. Every error is OpenAI error JSON (`errors.py`).
 
 The lifespan owns one `httpx.AsyncClient` (upstream calls, health checks and media fetches; it
 ignores proxy environment variables so media fetches go to the checked address), runs a first
-health round before serving, then checks in the background.
+health round before serving (with `upstream_dns`: resolve, then check), then one per
+`health_interval_s` in the background.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server.chat import ChatService
 from server.config import Settings
+from server.discovery import DnsDiscovery
 from server.errors import AuthenticationError, NoReplicaError, install_error_handler
 from server.media import MediaFetcher, Resolver, system_resolver
 from server.metrics import GatewayMetrics
@@ -52,7 +54,8 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver = system_resolver,
 ) -> FastAPI:
-    """A gateway app; `transport` and `resolver` replace the network and DNS in tests."""
+    """A gateway app; `transport` and `resolver` replace the network and DNS (media URLs and
+    `upstream_dns`) in tests."""
     metrics = GatewayMetrics()
     pool = ReplicaPool(
         settings.upstreams, settings.max_outstanding_per_replica, make_policy(settings.routing_policy),
@@ -65,7 +68,7 @@ def create_app(
         async with _client(settings, transport) as client:
             gateway = _build_gateway(settings, pool, metrics, client, resolver)
             app.state.gateway = gateway
-            await gateway.health.check_all()
+            await gateway.health.round()
             async with anyio.create_task_group() as group:
                 group.start_soon(gateway.health.run)
                 yield
@@ -103,6 +106,11 @@ def _build_gateway(
 ) -> Gateway:
     upstream = Upstream(client, pool, settings, metrics)
     media = MediaFetcher(settings, client, resolver)
+    discovery = None
+    if (target := settings.upstream_dns) is not None:
+        static = settings.upstreams
+        discovery = DnsDiscovery(pool, target, resolver, settings.health_timeout_s, metrics, static)
+    health = HealthChecker(pool, client, settings.health_interval_s, settings.health_timeout_s, discovery)
     return Gateway(
         settings=settings,
         pool=pool,
@@ -110,7 +118,7 @@ def _build_gateway(
         client=client,
         upstream=upstream,
         chat=ChatService(settings, upstream, media, metrics),
-        health=HealthChecker(pool, client, settings.health_interval_s, settings.health_timeout_s),
+        health=health,
         api_keys=tuple(key.get_secret_value().encode() for key in settings.api_keys),
     )
 

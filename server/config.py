@@ -2,6 +2,9 @@
 
 List settings read from the environment take commas (`AIM_GW_UPSTREAMS=http://a:8001,http://b:8001`)
 or a JSON list. Keys are kept as `SecretStr`, so they never appear in reprs or logs.
+
+Replicas come from `upstreams` (a static list), `upstream_dns` (every A/AAAA record of one name,
+re-resolved each health interval: a Kubernetes headless Service), or both; at least one is needed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import json
 from typing import Annotated, Any
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.knob import AimKnob, parse_level
@@ -36,7 +39,10 @@ class Settings(BaseSettings):
     )
 
     upstreams: Annotated[list[str], NoDecode] = Field(
-        min_length=1, description="base URL of a vLLM replica (http://host:port)"
+        default_factory=list, description="base URL of a vLLM replica (http://host:port)"
+    )
+    upstream_dns: str | None = Field(
+        None, description="HOST:PORT whose A/AAAA records are the replicas (re-resolved each health interval)"
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted Bearer API keys (none: no authentication)"
@@ -83,6 +89,23 @@ class Settings(BaseSettings):
             cleaned.append(url.rstrip("/").removesuffix("/v1"))
         return cleaned
 
+    @field_validator("upstream_dns")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = split_host_port(value)
+        return f"{host}:{port}"
+
+    @model_validator(mode="after")
+    def _some_replicas(self) -> Settings:
+        if not self.upstreams and self.upstream_dns is None:
+            raise ValueError(
+                "no replicas: set upstreams (--upstream URL, AIM_GW_UPSTREAMS) "
+                "or upstream_dns (--upstream-dns HOST:PORT, AIM_GW_UPSTREAM_DNS)"
+            )
+        return self
+
     @field_validator("api_keys")
     @classmethod
     def _non_empty_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
@@ -103,3 +126,13 @@ class Settings(BaseSettings):
     @property
     def default_knob(self) -> AimKnob:
         return parse_level(self.default_aim, param="default_aim")
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (host, port); ValueError naming the expected form otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    valid_host = bool(host) and "/" not in host and ":" not in host
+    valid_port = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+    if not (sep and valid_host and valid_port):
+        raise ValueError(f"upstream_dns must be HOST:PORT (a DNS name and a port in 1-65535), got {text!r}")
+    return host, int(port)

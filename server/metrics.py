@@ -11,24 +11,27 @@ Names (all prefixed `aim_gateway_`):
   flops_ratio{level}                           histogram of `usage.aim.flops_ratio`
   upstream_connection_failures_total           replica connections that failed (retried)
   upstream_repairs_total                       multimodal requests resent after a 5xx (upstream.py)
-  replica_healthy{replica}, replica_outstanding{replica}
+  upstream_dns_failures_total                  failed resolutions of `upstream_dns` (discovery.py)
+  replica_healthy{replica}, replica_outstanding{replica}   read from the pool at scrape time
+                                               (members, and draining replicas with healthy 0)
 `level` is the knob's bounded label: off, light, balanced, max, budget or custom.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from server.routing import ReplicaPool
 
@@ -64,16 +67,15 @@ class GatewayMetrics:
         self.connection_failures = Counter(
             "aim_gateway_upstream_connection_failures", "Failed replica connections", registry=reg
         )
-        self._healthy = Gauge("aim_gateway_replica_healthy", "1 if in rotation", ["replica"], registry=reg)
-        self._outstanding = Gauge(
-            "aim_gateway_replica_outstanding", "Requests outstanding", ["replica"], registry=reg
+        self.dns_failures = Counter(
+            "aim_gateway_upstream_dns_failures", "Failed resolutions of upstream_dns", registry=reg
         )
+        self._replicas = _ReplicaCollector()
+        reg.register(self._replicas)
 
     def track_pool(self, pool: ReplicaPool) -> None:
-        """Replica gauges read the pool at scrape time."""
-        for replica in pool.replicas:
-            self._healthy.labels(replica.url).set_function(lambda r=replica: float(r.healthy))
-            self._outstanding.labels(replica.url).set_function(lambda r=replica: float(r.outstanding))
+        """Replica gauges read `pool` at scrape time (its members change under DNS discovery)."""
+        self._replicas.pool = pool
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -96,6 +98,27 @@ class GatewayMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ReplicaCollector(Collector):
+    """`replica_healthy` and `replica_outstanding` for the replicas of one pool, as they are now."""
+
+    def __init__(self) -> None:
+        self.pool: ReplicaPool | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        healthy = GaugeMetricFamily("aim_gateway_replica_healthy", "1 if in rotation", labels=["replica"])
+        outstanding = GaugeMetricFamily(
+            "aim_gateway_replica_outstanding", "Requests outstanding", labels=["replica"]
+        )
+        members = self.pool.replicas if self.pool is not None else []
+        draining = self.pool.draining if self.pool is not None else []
+        for replica in (*members, *draining):
+            in_rotation = replica.healthy and replica not in draining
+            healthy.add_metric([replica.url], float(in_rotation))
+            outstanding.add_metric([replica.url], float(replica.outstanding))
+        yield healthy
+        yield outstanding
 
 
 def _number(value: object) -> float | None:

@@ -5,6 +5,11 @@ them internally). A request goes to a healthy replica with room, chosen by the p
 healthy replica is full the gateway answers 429 with Retry-After, and 503 when none is healthy.
 A replica is ejected when a connection to it fails or its `/health` check fails, and re-admitted
 by the next successful check (`HealthChecker`).
+
+Membership can change while serving (`ReplicaPool.sync`, driven by DNS discovery before each
+health round): a new replica joins out of rotation until its first successful check; a vanished
+one leaves the rotation at once, and the requests it still has finish there (it stays listed as
+draining until the last one is released; if it reappears meanwhile, it rejoins with its queue).
 """
 
 from __future__ import annotations
@@ -83,12 +88,41 @@ def make_policy(kind: RoutingPolicy) -> Policy:
 
 
 class ReplicaPool:
-    """The replicas of one gateway and their bookkeeping (single event loop, no locks needed)."""
+    """The replicas of one gateway and their bookkeeping (single event loop, no locks needed).
+
+    `replicas` are the members (in rotation when healthy); `draining` are former members that
+    still have outstanding requests.
+    """
 
     def __init__(self, urls: Iterable[str], max_outstanding: int, policy: Policy, retry_after_s: int) -> None:
-        self.replicas = [Replica(url, max_outstanding) for url in urls]
+        self.max_outstanding = max_outstanding
+        self.replicas = [Replica(url, max_outstanding) for url in dict.fromkeys(urls)]
+        self.draining: list[Replica] = []
         self.policy = policy
         self._retry_after = {"Retry-After": str(retry_after_s)}
+
+    def sync(self, urls: Iterable[str]) -> None:
+        """Make the members exactly `urls` (see module docstring); members keep their state."""
+        ordered = list(dict.fromkeys(urls))
+        wanted = set(ordered)
+        known = {replica.url: replica for replica in (*self.replicas, *self.draining)}
+        members = [replica for replica in self.replicas if replica.url in wanted]
+        for url in ordered:
+            replica = known.get(url)
+            if replica is None:
+                logger.info("replica %s discovered; in rotation after its first health check", url)
+                members.append(Replica(url, self.max_outstanding, healthy=False))
+            elif replica in self.draining:
+                logger.info("replica %s is back", url)
+                self.draining.remove(replica)
+                members.append(replica)
+        for replica in self.replicas:
+            if replica.url not in wanted:
+                left = replica.outstanding
+                logger.info("replica %s vanished; %d request(s) finish there", replica.url, left)
+                if replica.outstanding > 0:
+                    self.draining.append(replica)
+        self.replicas = members
 
     def acquire(self, exclude: Iterable[Replica] = ()) -> Replica:
         """Reserve a queue slot on a replica; release it with `release`."""
@@ -105,6 +139,8 @@ class ReplicaPool:
 
     def release(self, replica: Replica) -> None:
         replica.outstanding -= 1
+        if replica.outstanding == 0 and replica in self.draining:
+            self.draining.remove(replica)
 
     def mark_down(self, replica: Replica, reason: str) -> None:
         if replica.healthy:
@@ -113,7 +149,7 @@ class ReplicaPool:
 
     def mark_up(self, replica: Replica) -> None:
         if not replica.healthy:
-            logger.info("replica %s re-admitted", replica.url)
+            logger.info("replica %s in rotation", replica.url)
         replica.healthy = True
 
     @property
@@ -121,21 +157,39 @@ class ReplicaPool:
         return sum(replica.healthy for replica in self.replicas)
 
 
+class Discovery(Protocol):
+    async def refresh(self) -> None:
+        """Update the pool's members (`ReplicaPool.sync`); keep them when the source fails."""
+        ...
+
+
 class HealthChecker:
-    """Active health checks: `GET <replica>/health` on every replica each `interval_s`."""
+    """Each `interval_s`: refresh the members (when discovering), then `GET <replica>/health` on each."""
 
     def __init__(
-        self, pool: ReplicaPool, client: httpx.AsyncClient, interval_s: float, timeout_s: float
+        self,
+        pool: ReplicaPool,
+        client: httpx.AsyncClient,
+        interval_s: float,
+        timeout_s: float,
+        discovery: Discovery | None = None,
     ) -> None:
         self.pool = pool
         self.client = client
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.discovery = discovery
+
+    async def round(self) -> None:
+        """Discovery, then health checks: a new replica is checked before it gets traffic."""
+        if self.discovery is not None:
+            await self.discovery.refresh()
+        await self.check_all()
 
     async def check_all(self) -> None:
-        """One round over all replicas, concurrently."""
+        """One check of every member, concurrently."""
         async with anyio.create_task_group() as group:
-            for replica in self.pool.replicas:
+            for replica in list(self.pool.replicas):
                 group.start_soon(self.check, replica)
 
     async def check(self, replica: Replica) -> None:
@@ -150,7 +204,7 @@ class HealthChecker:
             self.pool.mark_down(replica, f"health check answered HTTP {response.status_code}")
 
     async def run(self) -> None:
-        """Check forever (cancelled at shutdown)."""
+        """A round each interval, forever (cancelled at shutdown)."""
         while True:
             await anyio.sleep(self.interval_s)
-            await self.check_all()
+            await self.round()

@@ -2,6 +2,10 @@
 
     aim-vllm gateway --upstream http://10.0.0.5:8001 --upstream http://10.0.0.6:8001 \\
         --host 0.0.0.0 --port 8000 --api-key "$KEY" --default-aim balanced
+    aim-vllm gateway --upstream-dns replicas-headless.ns.svc.cluster.local:8001 --host 0.0.0.0
+
+Replicas: `--upstream` URLs, and/or `--upstream-dns HOST:PORT`, whose A/AAAA records are
+re-resolved every `--health-interval-s` (replicas added and removed while serving); at least one.
 
 Every gateway setting is a flag and an environment variable `AIM_GW_<NAME>` (flags win), e.g.
 `--max-body-bytes` / `AIM_GW_MAX_BODY_BYTES`; lists from the environment take commas
@@ -17,8 +21,8 @@ import enum
 import signal
 from typing import Any, get_args, get_origin
 
-# Settings fields with a hand-written flag (repeatable, plural destination).
-_OWN_FLAGS = ("upstreams", "api_keys")
+# Settings fields with a hand-written flag (same destination name), not generated from Settings.
+_OWN_FLAGS = ("upstreams", "upstream_dns", "api_keys")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -26,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upstream", action="append", dest="upstreams", metavar="URL",
         help="base URL of a vLLM replica (http://host:port); repeat for several (env AIM_GW_UPSTREAMS)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--upstream-dns", dest="upstream_dns", metavar="HOST:PORT",
+        help="DNS name whose A/AAAA records are the replicas, re-resolved every health interval, "
+        "e.g. a Kubernetes headless Service (env AIM_GW_UPSTREAM_DNS)",
     )  # fmt: skip
     add_gateway_arguments(parser)
 
@@ -66,7 +75,7 @@ def _flag(annotation: Any) -> dict[str, Any]:
 
 
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
-    """`Settings` from the flags that were given (the environment fills the rest)."""
+    """`Settings` from the flags that were given (the environment fills the rest), then `overrides`."""
     from server.config import Settings
 
     values = {
@@ -74,10 +83,8 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         for name in Settings.model_fields
         if getattr(args, f"gw_{name}", None) is not None
     }
-    if args.api_keys:
-        values["api_keys"] = args.api_keys
-    values.update({key: value for key, value in overrides.items() if value})
-    return Settings(**values)
+    values |= {name: getattr(args, name) for name in _OWN_FLAGS if getattr(args, name, None)}
+    return Settings(**(values | overrides))
 
 
 def serve_gateway(settings: Any, host: str, port: int, log_level: str, on_started: Any = None) -> None:
@@ -112,7 +119,7 @@ def interrupt_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, upstreams=args.upstreams)
+    settings = settings_from_args(args)
     interrupt_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn already shut down gracefully
         serve_gateway(settings, args.host, args.port, args.log_level)

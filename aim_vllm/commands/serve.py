@@ -11,7 +11,9 @@
 4. Ctrl-C or SIGTERM stops the gateway, then terminates every replica's process group, waits
    --grace-period seconds and kills what is left.
 
-Gateway settings work as for `aim-vllm gateway` (flags or AIM_GW_* variables).
+Gateway settings work as for `aim-vllm gateway` (flags or AIM_GW_* variables), except the
+replicas: the gateway uses exactly the ones serve started (AIM_GW_UPSTREAMS and
+AIM_GW_UPSTREAM_DNS are ignored).
 `AIM_SERVE_ENGINE_CMD` replaces the engine command (tests start a tiny fake server with it).
 """
 
@@ -181,13 +183,16 @@ def _signal_group(replica: Replica, sig: signal.Signals) -> None:
         os.killpg(replica.process.pid, sig)
 
 
+def gateway_settings(args: argparse.Namespace, upstreams: list[str]) -> Any:
+    """The gateway's settings: flags and AIM_GW_* variables, with serve's own replicas only."""
+    return settings_from_args(args, upstreams=upstreams, upstream_dns=None)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
     vllm_args = engine_flags(args.vllm_args)
-    settings_from_args(
-        args, upstreams=["http://127.0.0.1:1"]
-    )  # fail on bad gateway flags before starting engines
+    gateway_settings(args, ["http://127.0.0.1:1"])  # fail on bad gateway flags before starting engines
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="aim-vllm-serve-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     from server.log import configure_logging
@@ -199,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         for index in range(args.replicas):
             replicas.append(start_replica(index, args.model, vllm_args, log_dir))
         wait_ready(replicas, args.startup_timeout)
-        settings = settings_from_args(args, upstreams=[replica.url for replica in replicas])
+        settings = gateway_settings(args, [replica.url for replica in replicas])
         serve_gateway(settings, args.host, args.port, args.log_level, on_started=lambda: _announce(args))
     except ServeError as exc:
         print(f"aim-vllm serve: error: {exc}", file=sys.stderr)

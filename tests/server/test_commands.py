@@ -31,12 +31,14 @@ def test_gateway_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("AIM_GW_DEFAULT_AIM", "max")
     monkeypatch.setenv("AIM_GW_MAX_ATTEMPTS", "5")
     args = _parse(gateway, [
-        "--upstream", "http://a:1", "--upstream", "http://b:2/v1", "--api-key", "k1",
+        "--upstream", "http://a:1", "--upstream", "http://b:2/v1", "--upstream-dns", "r.ns.svc:8001",
+        "--api-key", "k1",
         "--max-body-bytes", "100000", "--allow-remote-media", "--media-allowed-hosts", "img.example",
         "--routing-policy", "round_robin", "--max-attempts", "2", "--request-timeout-s", "1.5",
     ])  # fmt: skip
-    settings = gateway.settings_from_args(args, upstreams=args.upstreams)
+    settings = gateway.settings_from_args(args)
     assert settings.upstreams == ["http://a:1", "http://b:2"]
+    assert settings.upstream_dns == "r.ns.svc:8001"
     assert [key.get_secret_value() for key in settings.api_keys] == ["k1"]
     assert (settings.max_body_bytes, settings.allow_remote_media, settings.media_allowed_hosts) == (
         100000, True, ["img.example"],
@@ -47,6 +49,27 @@ def test_gateway_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch) -> Non
         1.5,
     )
     assert settings.default_aim == "max"
+
+
+def test_gateway_replicas_from_dns_alone_or_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kubernetes gives only AIM_GW_UPSTREAM_DNS; with no replica source at all the CLI says which flags."""
+    monkeypatch.delenv("AIM_GW_UPSTREAMS", raising=False)
+    monkeypatch.setenv("AIM_GW_UPSTREAM_DNS", "r.ns.svc:8001")
+    settings = gateway.settings_from_args(_parse(gateway, []))
+    assert (settings.upstreams, settings.upstream_dns) == ([], "r.ns.svc:8001")
+    monkeypatch.delenv("AIM_GW_UPSTREAM_DNS")
+    with pytest.raises(ValueError, match="--upstream URL.*--upstream-dns HOST:PORT"):
+        gateway.settings_from_args(_parse(gateway, []))
+
+
+def test_serve_gateway_uses_only_its_own_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's gateway must not also route to replicas named in the environment for `aim-vllm gateway`."""
+    monkeypatch.setenv("AIM_GW_UPSTREAMS", "http://elsewhere:1")
+    monkeypatch.setenv("AIM_GW_UPSTREAM_DNS", "r.ns.svc:8001")
+    settings = serve.gateway_settings(_parse(serve, ["--default-aim", "max"]), ["http://127.0.0.1:9"])
+    assert (settings.upstreams, settings.upstream_dns) == (["http://127.0.0.1:9"], None)
+    assert settings.default_aim == "max"
+    assert not hasattr(_parse(serve, []), "upstream_dns"), "serve has no --upstream-dns"
 
 
 def test_serve_engine_command(monkeypatch: pytest.MonkeyPatch) -> None:
