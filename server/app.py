@@ -148,7 +148,8 @@ ops_router = APIRouter()
 @api_router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     gateway = gateway_of(request)
-    return await until_disconnect(request.receive, lambda: gateway.chat.handle(request))
+    raw = await gateway.chat.read(request)  # all of it before the disconnect watcher starts
+    return await until_disconnect(request.receive, lambda: gateway.chat.handle(request, raw))
 
 
 @api_router.get("/v1/models")

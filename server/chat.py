@@ -77,9 +77,17 @@ class ChatService:
         self.media = media
         self.metrics = metrics
 
-    async def handle(self, request: Request) -> Response:
-        """The whole request: prepare, send to a replica, answer (JSON or SSE)."""
-        prepared = await self.prepare(request)
+    async def read(self, request: Request) -> dict[str, Any]:
+        """The whole body, checked to be a JSON object within the caps.
+
+        Call it before `until_disconnect`: its watcher consumes `receive` messages, and would
+        take pieces of a body still arriving.
+        """
+        return await read_json_object(request, self.settings.max_body_bytes, self.settings.max_json_depth)
+
+    async def handle(self, request: Request, raw: dict[str, Any]) -> Response:
+        """The request whose body `read` returned: prepare, send to a replica, answer (JSON or SSE)."""
+        prepared = await self.prepare(request, raw)
         request_id = request.scope.get("state", {}).get("request_id", "")
         call = UpstreamCall("POST", CHAT_PATH, prepared.body, prepared.stream, request_id, prepared.has_media)
         deadline = self.upstream.deadline()
@@ -90,10 +98,9 @@ class ChatService:
             return ProxyStreamResponse(events, opened.close)
         return await self._complete(opened, prepared)
 
-    async def prepare(self, request: Request) -> PreparedChat:
+    async def prepare(self, request: Request, raw: dict[str, Any]) -> PreparedChat:
         started = time.monotonic()
         settings = self.settings
-        raw = await read_json_object(request, settings.max_body_bytes, settings.max_json_depth)
         checked = validate_chat_request(raw)
         knob = resolve_knob(raw.get("aim"), request.headers.get(HEADER), self.default_knob)
         if checked.media_count > settings.max_media_items:

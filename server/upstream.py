@@ -311,7 +311,10 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
 
 
 async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:
-    """Run `work`, cancelling it if the client disconnects (then ClientDisconnectedError)."""
+    """Run `work`, cancelling it if the client disconnects (then ClientDisconnectedError).
+
+    The watcher reads `receive` until the disconnect: read the request body before calling this.
+    """
     finished, result, error = False, None, None
     async with anyio.create_task_group() as group:
         group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)

@@ -263,17 +263,27 @@ def sse_events(body: bytes) -> list[str]:
 
 
 async def asgi_call(
-    app: FastAPI, path: str, body: bytes, disconnect: anyio.Event, headers: list[tuple[bytes, bytes]] = ()
+    app: FastAPI,
+    path: str,
+    body: bytes,
+    disconnect: anyio.Event,
+    headers: list[tuple[bytes, bytes]] = (),
+    chunk_size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Drive the ASGI app directly; the client disconnects once `disconnect` is set."""
+    """Drive the ASGI app directly; the client disconnects once `disconnect` is set.
+
+    With `chunk_size` the body arrives in pieces, each after a yield to the event loop, as from
+    a real socket (a whole body in one message hides readers that race for `receive`).
+    """
     sent: list[dict[str, Any]] = []
-    delivered = False
+    size = chunk_size or max(1, len(body))
+    pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
 
     async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        if pieces:
+            await anyio.sleep(0)
+            piece = pieces.pop(0)
+            return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
         await disconnect.wait()
         return {"type": "http.disconnect"}
 

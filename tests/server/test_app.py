@@ -362,6 +362,19 @@ async def test_client_disconnect_cancels_a_waiting_non_streaming_request() -> No
     assert outstanding == 0
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_a_body_arriving_in_pieces_is_read_whole(stream: bool) -> None:
+    """Real sockets deliver large bodies (images, videos) in many messages; the disconnect watcher
+    must not take any of them, or the gateway sees truncated JSON."""
+    cluster = FakeCluster("a")
+    body = json.dumps(chat_body(content="x" * 5000, stream=stream)).encode()
+    async with running_gateway(cluster) as (app, _):
+        with anyio.fail_after(5):
+            sent = await asgi_call(app, CHAT, body, anyio.Event(), chunk_size=512)
+    assert sent[0]["status"] == 200, sent
+    assert cluster["a"].bodies[0]["messages"] == chat_body(content="x" * 5000)["messages"]
+
+
 def _media_body(**extra: object) -> dict:
     return chat_body([{"type": "text", "text": "what?"}, image_part(data_url(png_bytes()))], **extra)
 
