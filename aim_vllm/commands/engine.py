@@ -11,7 +11,7 @@ flag passed through. Defaults added when the flag is absent:
                                        pruning ranks a whole prompt in one step
   --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
   --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded tiny model only
-and, on CPU machines, VLLM_CPU_KVCACHE_SPACE=1 (GiB) when unset. AIM's own flag, removed
+and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given. AIM's own flag, removed
 before vLLM sees the rest: `--aim-default LEVEL`, the level of requests that name none: a
 preset (`balanced`) or a JSON object of `mm_processor_kwargs` AIM keys (`{"aim_budget": 0.2}`).
 """
@@ -98,7 +98,8 @@ def main(user_args: list[str]) -> int:
     if default_level is not None:
         os.environ[DEFAULT_ENV] = default_level
         default_request()  # fail now, not on the first request, if the level is invalid
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if not any(a.startswith("--kv-cache-memory-bytes") for a in user_args):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vLLM's CPU KV cache size in GiB
     if STATS_DIR_ENV not in os.environ:
         stats_dir = tempfile.mkdtemp(
             prefix="aim-vllm-stats-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None

@@ -67,7 +67,8 @@ class PruningDecoder:
                 continue
             missing[:, r] = torch.tensor(record.missing)
             if computed[r] == 0:  # this step is its prefill: rows shrink layer by layer
-                rows[:, r] = torch.tensor(record.rows_per_layer)
+                # a recompute after preemption also carries the tokens generated so far
+                rows[:, r] = torch.tensor(record.rows_per_layer) + (scheduled[r] - req.num_prompt)
                 pruning[r] = record
         token_index = torch.cat([torch.arange(c, c + q) for c, q in zip(computed, scheduled, strict=True)])
         return BatchPlan(step.requests, list(rows), list(missing), pruning, token_index, started)
@@ -131,14 +132,25 @@ class PruningDecoder:
         for r, count in enumerate(rows):
             local = torch.arange(count)
             if r in pruners:
-                span = slice(start, start + count)
-                is_visual = torch.tensor([plan.steps[r].is_visual(p) for p in token_index[span].tolist()])
-                q_r = q[span].view(count, attn_layer.num_heads, attn_layer.head_size)
-                k_r = k[span].view(count, attn_layer.num_kv_heads, attn_layer.head_size)
-                local = select_kept_tokens(pagerank_importance(q_r, k_r), is_visual, pruners[r])
+                local = self._rank(plan.steps[r], q, k, attn_layer, token_index, start, count, pruners[r])
             keep.append(local + start)
             start += count
         return torch.cat(keep)
+
+    @staticmethod
+    def _rank(req: RequestStep, q, k, attn_layer, token_index, start: int, count: int, num_kept: int):
+        """Local indices kept among a request's `count` rows: all text + the top visual prompt rows.
+
+        PageRank runs over the prompt rows only (as in the request's original prefill); rows of
+        tokens generated before a preemption (recomputed here, after the prompt) are kept.
+        """
+        prompt = sum(1 for p in token_index[start : start + count].tolist() if p < req.num_prompt)
+        span = slice(start, start + prompt)
+        is_visual = torch.tensor([req.is_visual(p) for p in token_index[span].tolist()])
+        q_r = q[span].view(prompt, attn_layer.num_heads, attn_layer.head_size)
+        k_r = k[span].view(prompt, attn_layer.num_kv_heads, attn_layer.head_size)
+        kept = select_kept_tokens(pagerank_importance(q_r, k_r), is_visual, num_kept)
+        return torch.cat([kept, torch.arange(prompt, count)])
 
 
 def _install(fc, layer_name: str, metadata) -> None:

@@ -37,7 +37,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(model_dir: Path, log: Path, *extra: str, plain: bool = False, env: dict | None = None) -> Server:
+def start(
+    model_dir: Path, log: Path, *extra: str, plain: bool = False, env: dict[str, str | None] | None = None
+) -> Server:
     """Start `aim-vllm engine` (or plain vLLM's API server with the plugin disabled) and wait for /health."""
     port = free_port()
     common = ["--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
@@ -47,6 +49,7 @@ def start(model_dir: Path, log: Path, *extra: str, plain: bool = False, env: dic
     else:
         cmd = [sys.executable, "-m", "aim_vllm.cli", "engine", *common]
     full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: remove the variable
     if plain:
         full_env["AIM_VLLM_DISABLE"] = "1"
     handle = log.open("wb")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from aim_vllm.core.schedule import AimSchedule, preset_schedule
@@ -103,20 +104,58 @@ def test_prompt_logprobs_fall_back_to_unpruned(aim_engine, reference, image) -> 
 
 @pytest.fixture(scope="module")
 def caching_engine(tiny_model_dir, tmp_path_factory):
-    """Chunked prefill with a small token budget and prefix caching on: pruning must step aside."""
+    """Prefix caching on: pruning must step aside for every request."""
     log = tmp_path_factory.mktemp("caching-engine") / "log.txt"
-    flags = ["--enable-chunked-prefill", "--max-num-batched-tokens", "512", "--enable-prefix-caching"]
-    server = servers.start(tiny_model_dir, log, *flags)
+    server = servers.start(tiny_model_dir, log, "--enable-prefix-caching")
     yield server
     server.stop()
 
 
-def test_prefix_caching_and_chunking_fall_back_without_wrong_output(caching_engine, reference, video) -> None:
-    """With prefix caching / chunked prefill the engine reports the fallback and stays exact;
-    a repeated prompt with another schedule never reuses another schedule's KV."""
+def test_prefix_caching_falls_back_without_wrong_output(caching_engine, reference, video) -> None:
+    """With prefix caching the engine reports the fallback and stays exact; a repeated prompt with
+    another schedule never reuses another schedule's KV."""
     for schedule in (AimSchedule(0.5, (1, 4)), AimSchedule(0.5, (2, 5)), AimSchedule(0.5, (1, 4))):
         response = chat(caching_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=6)
         assert response["usage"]["aim"]["pruning"].startswith("skipped: prefix caching")
         assert_matches_reference(reference, response, [video], AimSchedule(schedule.merge_ratio))
     merged = chat(caching_engine, [video], QUESTION, {"aim_merge_ratio": 0.25}, max_tokens=6)
     assert_matches_reference(reference, merged, [video], AimSchedule(0.25))
+
+
+@pytest.fixture(scope="module")
+def small_engine(tiny_model_dir, tmp_path_factory):
+    """7 KV blocks of 128 tokens and a 512-token step budget with chunked prefill: long prompts are
+    split, and concurrent decodes run out of blocks (preemption + recompute)."""
+    log = tmp_path_factory.mktemp("small-engine") / "log.txt"
+    block_bytes = 128 * 6 * 2 * 2 * 32 * 4  # tokens x layers x (k, v) x kv heads x head size x fp32
+    flags = ["--enable-chunked-prefill", "--max-num-batched-tokens", "512", "--max-model-len", "768"]
+    flags += ["--kv-cache-memory-bytes", str(7 * block_bytes)]
+    server = servers.start(tiny_model_dir, log, *flags, env={"VLLM_CPU_KVCACHE_SPACE": None})
+    yield server
+    server.stop()
+
+
+def test_split_prompt_falls_back_and_stays_exact(small_engine, reference, video) -> None:
+    """A prompt longer than the step budget is prefilled in chunks: pruning is skipped, reported."""
+    schedule = AimSchedule(0.4, (1, 4))  # 8 x 78 + 1 visual + text: over 512, under 768
+    response = chat(small_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=4)
+    assert response["usage"]["aim"]["pruning"].startswith("skipped: prompt not prefilled in one step")
+    assert_matches_reference(reference, response, [video], AimSchedule(0.4))
+
+
+def test_preempted_pruned_requests_recompute_exactly(small_engine, reference, video) -> None:
+    """Three pruned requests decoding past their second block exhaust the cache; the preempted
+    ones are recomputed from scratch (pruning decided again) and still equal the reference."""
+    schedules = [AimSchedule(28 / 196, (1, 4)), AimSchedule(28 / 196, (2, 5)), AimSchedule(28 / 196, (0, 6))]
+    with ThreadPoolExecutor(3) as pool:
+        futures = [
+            pool.submit(chat, small_engine, [video], QUESTION, aim_kwargs(s), max_tokens=60)
+            for s in schedules
+        ]
+        responses = [f.result() for f in futures]
+    for schedule, response in zip(schedules, responses, strict=True):
+        assert response["usage"]["aim"]["pruning"] == "pruned"
+        assert_matches_reference(reference, response, [video], schedule)
+    metrics = httpx.get(small_engine.url + "/metrics", timeout=30).text
+    preemptions = [line for line in metrics.splitlines() if line.startswith("vllm:num_preemptions_total")]
+    assert preemptions and float(preemptions[0].split()[-1]) > 0, "the test did not cause a preemption"
