@@ -10,8 +10,13 @@ Order of survivors (documented deviation from the reference code): every survivi
 its own original index, so the output is in original spatial order. The reference puts unmerged
 sources first; the two orders coincide whenever a pass merges all of A (e.g. 25%, 50%).
 
+Similarity metric: by default the features being merged (AIM's setting after a projector). A
+separate metric can be given instead, e.g. the CLIP attention keys AIM uses for LLaVA-1.5 (as
+ToMe does); it is merged alongside the features (plain means), so every pass compares the
+merged tokens' own metric.
+
 Dimensions:
-    F: frames (or crops) merged independently; T: tokens per frame; C: channels.
+    F: frames (or crops) merged independently; T: tokens per frame; C, Cm: feature/metric channels.
 """
 
 from __future__ import annotations
@@ -89,24 +94,43 @@ def apply_merge(x: torch.Tensor, plan: MergePlan) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-def merge_frames(x: torch.Tensor, target: int) -> torch.Tensor:
+def merge_frames(x: torch.Tensor, target: int, metric: torch.Tensor | None = None) -> torch.Tensor:
     """Merge each frame of `x` [F, T, C] down to `target` tokens (iterative passes).
 
-    The metric of every pass is the current (already merged) features, as in the paper.
-    Returns [F, target, C]; a no-op when target == T.
+    The metric of every pass is the current (already merged) features, as in the paper, or the
+    current merged `metric` [F, T, Cm] when one is given. Returns [F, target, C]; a no-op when
+    target == T.
     """
-    return merge_frames_with_origin(x, target)[0]
+    return merge_frames_with_origin(x, target, metric)[0]
 
 
-def merge_frames_with_origin(x: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_frames_with_origin(
+    x: torch.Tensor, target: int, metric: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`merge_frames` that also returns [F, target], the original index of each output token.
 
     An output token sits where its surviving destination was in the unmerged frame; positional
     encodings that follow the merged layout (e.g. M-RoPE) can be read from it.
     """
+    if metric is not None and metric.shape[:2] != x.shape[:2]:
+        raise ValueError(f"metric {tuple(metric.shape)} must match x {tuple(x.shape)} in frames and tokens")
     origin = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
     for r in merge_passes(x.shape[1], target):
-        plan = plan_merge(x, r)
+        plan = plan_merge(x if metric is None else metric, r)
         x = apply_merge(x, plan)
+        metric = None if metric is None else apply_merge(metric, plan)
         origin = torch.gather(origin, 1, plan.kept)
     return x, origin
+
+
+def spread_indices(num_tokens: int, num_kept: int) -> list[int]:
+    """Raster indices floor((j + 0.5) * n / k), j < k: k tokens spread evenly over a frame of n.
+
+    This project's rule for the positions of a merged frame's tokens where the position must be
+    known from counts alone (Qwen2.5-VL M-RoPE, fixed when a request is added, before any
+    feature exists): output token j takes the position of the original token at this index.
+    Increasing, and the identity when k == n.
+    """
+    if not 1 <= num_kept <= num_tokens:
+        raise ValueError(f"num_kept must be in [1, {num_tokens}], got {num_kept}")
+    return [(2 * j + 1) * num_tokens // (2 * num_kept) for j in range(num_kept)]
