@@ -13,6 +13,12 @@ from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionMultiModalProcessor,
     LlavaOnevisionProcessingInfo,
 )
+from vllm.model_executor.models.qwen2_5_vl import (
+    Qwen2_5_VLDummyInputsBuilder,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLMultiModalProcessor,
+    Qwen2_5_VLProcessingInfo,
+)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems, VideoProcessorItems
@@ -32,5 +38,9 @@ __all__ = [
     "ProcessorInputs",
     "PromptReplacement",
     "PromptUpdate",
+    "Qwen2_5_VLDummyInputsBuilder",
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen2_5_VLMultiModalProcessor",
+    "Qwen2_5_VLProcessingInfo",
     "VideoProcessorItems",
 ]

@@ -21,6 +21,7 @@ MODELS = {
     "LlavaOnevisionForConditionalGeneration": (
         "aim_vllm.models.llava_onevision:AimLlavaOnevisionForConditionalGeneration"
     ),
+    "Qwen2_5_VLForConditionalGeneration": "aim_vllm.models.qwen2_5_vl:AimQwen2_5_VLForConditionalGeneration",
 }
 
 _registered = False

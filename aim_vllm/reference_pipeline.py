@@ -1,14 +1,17 @@
-"""End-to-end reference of one LLaVA-OneVision request with AIM, independent of vLLM.
+"""End-to-end references of one request with AIM, independent of vLLM.
 
-transformers computes each item's unmerged packed embedding (vision tower, projector, pooling,
-anyres packing with newlines); `core.packing` merges it; `core.reference.ReferenceDecoder` runs
-the LLM with pruning by removal. Engine tests compare vLLM's tokens and logprobs with this.
+transformers computes each item's unmerged visual features; `core` merges them;
+`core.reference.ReferenceDecoder` runs the LLM with pruning by removal. Engine tests compare
+vLLM's tokens and logprobs with this. `ReferencePipeline` is the part every architecture
+shares (prompt embeddings, positions, prefill, teacher-forced decode); `ReferenceModel` is
+LLaVA-OneVision, `reference_qwen2_5_vl` and `reference_llava` the other architectures.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +31,79 @@ class ReferenceRun:
     num_prompt_tokens: int
 
 
-class ReferenceModel:
-    """A checkpoint loaded for reference computations (float32, CPU)."""
+class ReferencePipeline:
+    """The LLM side of a reference: subclasses load a checkpoint and say what an item is.
+
+    Subclasses set `decoder`, `embed_tokens` and `visual_token_ids`, implement `item`, and
+    override `item_embedding` / `positions` when an item is more than its embedding or positions
+    are not 0..N-1 (M-RoPE).
+    """
+
+    decoder: ReferenceDecoder
+    embed_tokens: torch.Tensor
+    visual_token_ids: tuple[int, ...]
+
+    def item(self, kind: str, data: Any, ratio: float) -> Any:
+        """One media item (`kind` "image" | "video") merged at `ratio`, as `run` takes it."""
+        raise NotImplementedError
+
+    def item_embedding(self, item: Any) -> torch.Tensor:
+        """The [tokens, C] rows an item fills its placeholders with."""
+        return item
+
+    def positions(self, prompt_ids: list[int], items: list[Any]) -> tuple[torch.Tensor, int]:
+        """Position ids of the prompt ([N], or [3, N] for M-RoPE) and the decode offset.
+
+        A token generated at index i (i >= N) has position i + offset on every axis.
+        """
+        return torch.arange(len(prompt_ids)), 0
+
+    def prompt_embeddings(self, prompt_ids: list[int], items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input embeddings of a placeholder-expanded prompt, items filling its placeholder runs in order."""
+        ids = torch.tensor(prompt_ids)
+        is_visual = torch.isin(ids, torch.tensor(self.visual_token_ids))
+        rows = [self.item_embedding(item) for item in items]
+        expected = sum(row.shape[0] for row in rows)
+        if int(is_visual.sum()) != expected:
+            raise ValueError(f"prompt has {int(is_visual.sum())} placeholders for {expected} item tokens")
+        embeds = self.embed_tokens[ids].clone()
+        if rows:
+            embeds[is_visual] = torch.cat(rows).to(embeds.dtype)
+        return embeds, is_visual
+
+    @torch.no_grad()
+    def run(
+        self, prompt_ids: list[int], items: list[Any], schedule: AimSchedule, tokens: list[int]
+    ) -> ReferenceRun:
+        """Prefill + teacher-forced decode of `tokens` (e.g. what vLLM generated)."""
+        embeds, is_visual = self.prompt_embeddings(prompt_ids, items)
+        positions, offset = self.positions(prompt_ids, items)
+        n = len(prompt_ids)
+        result = self.decoder.prefill(embeds, positions, is_visual, schedule.prune_layers)
+        logits = result.last_logits
+        run = ReferenceRun([], [], [], n)
+        for step, token in enumerate(tokens):
+            logprobs = logits.log_softmax(-1)
+            top = logprobs.topk(2)
+            run.logprobs.append(float(logprobs[token]))
+            run.argmax.append(int(top.indices[0]))
+            run.margins.append(float(top.values[0] - top.values[1]))
+            if step + 1 < len(tokens):
+                position = torch.full_like(positions[..., 0], n + step + offset)
+                logits = self.decoder.decode(result.cache, self.embed_tokens[token], position)
+        return run
+
+    @torch.no_grad()
+    def prompt_logprobs(self, prompt_ids: list[int], items: list[Any]) -> list[float | None]:
+        """Logprob of each prompt token given the tokens before it (AIM merge only; no pruning)."""
+        embeds, is_visual = self.prompt_embeddings(prompt_ids, items)
+        logits = self.decoder.prefill(embeds, self.positions(prompt_ids, items)[0], is_visual).logits
+        logprobs = logits.log_softmax(-1)
+        return [None] + [float(logprobs[i - 1, token]) for i, token in enumerate(prompt_ids) if i > 0]
+
+
+class ReferenceModel(ReferencePipeline):
+    """A LLaVA-OneVision checkpoint loaded for reference computations (float32, CPU)."""
 
     def __init__(self, model_dir: str | Path) -> None:
         from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
@@ -44,6 +118,13 @@ class ReferenceModel:
         self.base_tokens = (
             self.hf.config.vision_config.image_size // self.hf.config.vision_config.patch_size
         ) ** 2
+        self.visual_token_ids = (self.hf.config.image_token_index, self.hf.config.video_token_index)
+
+    def item(self, kind: str, data: Any, ratio: float) -> torch.Tensor:
+        """The merged packed embedding of a PIL image or of video frames [F, H, W, 3]."""
+        if kind == "image":
+            return self.merge(self.image_embedding(data), "image", 0, ratio)
+        return self.merge(self.video_embedding(data), "video", len(data), ratio)
 
     @torch.no_grad()
     def image_embedding(self, image) -> torch.Tensor:
@@ -73,46 +154,3 @@ class ReferenceModel:
         newline = self.hf.model.image_newline
         rows = int((embedding[self.base_tokens :] == newline).all(-1).sum())
         return merge_anyres_image_embedding(embedding, self.base_tokens, rows, ratio)
-
-    def prompt_embeddings(
-        self, prompt_ids: list[int], items: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input embeddings of a placeholder-expanded prompt, items filling its placeholder runs in order."""
-        ids = torch.tensor(prompt_ids)
-        config = self.hf.config
-        is_visual = (ids == config.image_token_index) | (ids == config.video_token_index)
-        expected = sum(item.shape[0] for item in items)
-        if int(is_visual.sum()) != expected:
-            raise ValueError(f"prompt has {int(is_visual.sum())} placeholders for {expected} item tokens")
-        embeds = self.embed_tokens[ids].clone()
-        if items:
-            embeds[is_visual] = torch.cat(items).to(embeds.dtype)
-        return embeds, is_visual
-
-    @torch.no_grad()
-    def run(
-        self, prompt_ids: list[int], items: list[torch.Tensor], schedule: AimSchedule, tokens: list[int]
-    ) -> ReferenceRun:
-        """Prefill + teacher-forced decode of `tokens` (e.g. what vLLM generated)."""
-        embeds, is_visual = self.prompt_embeddings(prompt_ids, items)
-        n = len(prompt_ids)
-        result = self.decoder.prefill(embeds, torch.arange(n), is_visual, schedule.prune_layers)
-        logits = result.last_logits
-        run = ReferenceRun([], [], [], n)
-        for step, token in enumerate(tokens):
-            logprobs = logits.log_softmax(-1)
-            top = logprobs.topk(2)
-            run.logprobs.append(float(logprobs[token]))
-            run.argmax.append(int(top.indices[0]))
-            run.margins.append(float(top.values[0] - top.values[1]))
-            if step + 1 < len(tokens):
-                logits = self.decoder.decode(result.cache, self.embed_tokens[token], torch.tensor(n + step))
-        return run
-
-    @torch.no_grad()
-    def prompt_logprobs(self, prompt_ids: list[int], items: list[torch.Tensor]) -> list[float | None]:
-        """Logprob of each prompt token given the tokens before it (AIM merge only; no pruning)."""
-        embeds, is_visual = self.prompt_embeddings(prompt_ids, items)
-        logits = self.decoder.prefill(embeds, torch.arange(len(prompt_ids)), is_visual).logits
-        logprobs = logits.log_softmax(-1)
-        return [None] + [float(logprobs[i - 1, token]) for i, token in enumerate(prompt_ids) if i > 0]

@@ -244,11 +244,21 @@ class ReferenceDecoder:
         return x, masks
 
 
+# checkpoint name prefix of an LLM tensor -> its prefix in the decoder's state dict (first match)
+_LLM_PREFIXES = (
+    ("language_model.model.", ""),
+    ("language_model.", ""),
+    ("model.language_model.", ""),
+    ("lm_head.", "lm_head."),
+)
+
+
 def load_llm_weights(checkpoint_dir: str | Path) -> tuple[dict[str, torch.Tensor], DecoderConfig]:
     """The LLM's weights (keys relative to the decoder) and config from a LLaVA-style checkpoint.
 
-    Reads `language_model.model.*` and `language_model.lm_head.*` from the safetensors files
-    (the published LLaVA checkpoint names) and `text_config` from config.json.
+    Reads the LLM's tensors from the safetensors files under either naming: the published LLaVA
+    checkpoints' (`language_model.model.*`, `language_model.lm_head.*`) or transformers 5's
+    (`model.language_model.*`, `lm_head.*`, e.g. Qwen2.5-VL); and `text_config` from config.json.
     """
     from safetensors.torch import load_file
 
@@ -256,9 +266,9 @@ def load_llm_weights(checkpoint_dir: str | Path) -> tuple[dict[str, torch.Tensor
     weights: dict[str, torch.Tensor] = {}
     for file in sorted(root.glob("*.safetensors")):
         for name, tensor in load_file(file).items():
-            for prefix in ("language_model.model.", "language_model."):
+            for prefix, replacement in _LLM_PREFIXES:
                 if name.startswith(prefix):
-                    weights[name[len(prefix) :]] = tensor
+                    weights[replacement + name[len(prefix) :]] = tensor
                     break
     config = json.loads((root / "config.json").read_text())
     return weights, DecoderConfig.from_hf_text_config(config.get("text_config") or config)

@@ -15,8 +15,11 @@ from pathlib import Path
 
 DEFAULT_ARCH = "llava-onevision"
 # architecture -> builder module exposing build(out_dir, size, seed)
-BUILDERS = {"llava-onevision": "aim_vllm.model_builders.llava_onevision"}
-SIZES = ("tiny", "0.5b", "7b")
+BUILDERS = {
+    "llava-onevision": "aim_vllm.model_builders.llava_onevision",
+    "qwen2.5-vl": "aim_vllm.model_builders.qwen2_5_vl",
+}
+SIZES = ("tiny", "0.5b", "7b")  # each builder accepts a subset (0.5b: llava-onevision only)
 
 
 def cache_root() -> Path:

@@ -45,33 +45,38 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024, pad_to: int | None = None) -> Tokenizer:
-    """Train the BPE tokenizer; special tokens are `special_tokens` in this order.
+def build_tokenizer(
+    vocab_size: int = 1024, pad_to: int | None = None, extra_special_tokens: tuple[str, ...] = ()
+) -> Tokenizer:
+    """Train the BPE tokenizer; special tokens are `special_tokens(extra_special_tokens)` in this order.
 
     Args:
         vocab_size: size of the trained vocabulary (specials and byte alphabet included).
         pad_to: if given, append filler entries so the vocabulary has exactly this many ids.
+        extra_special_tokens: a model's own special tokens (e.g. Qwen2.5-VL's `<|vision_start|>`),
+            given ids right after the shared ones; none leaves the tokenizer exactly as before.
     """
+    specials = special_tokens(extra_special_tokens)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=special_tokens(),
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
     if pad_to is not None:
-        tokenizer = _pad_vocab(tokenizer, pad_to)
+        tokenizer = _pad_vocab(tokenizer, pad_to, specials)
     return tokenizer
 
 
-def special_tokens() -> list[str]:
-    return [END_OF_TEXT, IM_START, IM_END, "<image>", "<video>"]
+def special_tokens(extra: tuple[str, ...] = ()) -> list[str]:
+    return [END_OF_TEXT, IM_START, IM_END, "<image>", "<video>", *extra]
 
 
-def _pad_vocab(tokenizer: Tokenizer, size: int) -> Tokenizer:
+def _pad_vocab(tokenizer: Tokenizer, size: int, specials: list[str]) -> Tokenizer:
     """Rebuild the BPE model with filler entries `<|filler_i|>` up to `size` ids (never produced)."""
     vocab = tokenizer.get_vocab()
     if size < len(vocab):
@@ -81,7 +86,7 @@ def _pad_vocab(tokenizer: Tokenizer, size: int) -> Tokenizer:
     padded = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     padded.pre_tokenizer = tokenizer.pre_tokenizer
     padded.decoder = tokenizer.decoder
-    padded.add_special_tokens(special_tokens())
+    padded.add_special_tokens(specials)
     return padded
 
 

@@ -7,10 +7,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-import torch
 
 from aim_vllm.core.schedule import AimSchedule
-from aim_vllm.reference_pipeline import ReferenceModel
+from aim_vllm.reference_pipeline import ReferencePipeline
 
 LOGPROB_TOL = 1e-4
 TIE_MARGIN = 1e-4  # below this top-1/top-2 gap, either token is a correct greedy choice
@@ -54,7 +53,7 @@ def aim_kwargs(schedule: AimSchedule) -> dict:
 
 
 def assert_matches_reference(
-    reference: ReferenceModel, response: dict, media: list[Media], schedule: AimSchedule
+    reference: ReferencePipeline, response: dict, media: list[Media], schedule: AimSchedule
 ):
     """vLLM's greedy tokens and their logprobs equal the reference's (fp32, 1e-4; ties may differ)."""
     choice = response["choices"][0]
@@ -68,7 +67,6 @@ def assert_matches_reference(
     return run
 
 
-def reference_item(reference: ReferenceModel, media: Media, ratio: float) -> torch.Tensor:
-    if media.kind == "image":
-        return reference.merge(reference.image_embedding(media.data), "image", 0, ratio)
-    return reference.merge(reference.video_embedding(media.data), "video", len(media.data), ratio)
+def reference_item(reference: ReferencePipeline, media: Media, ratio: float) -> Any:
+    """The reference's item for `media` merged at `ratio` (an embedding, or an architecture's item)."""
+    return reference.item(media.kind, media.data, ratio)

@@ -1,0 +1,278 @@
+"""AIM for Qwen2.5-VL in vLLM: token merging per temporal slice after the PatchMerger.
+
+Subclasses of vllm==0.32.0 `model_executor/models/qwen2_5_vl.py`, overriding only what changes
+(see `models/common.py` for the flow):
+- merging (AIM §3.1): an item's tokens come out of the PatchMerger in slices, one per temporal
+  patch (`temporal_patch_size` = 2 frames; an image is one slice), each slice in raster order of
+  the merged (h/2, w/2) grid. Each slice of n tokens merges independently to
+  k = `merged_token_count(n, r)`; the item's placeholder count is t * k.
+- M-RoPE positions (this project's choice; the AIM reference only halves H and W for 25%): the
+  runner fixes positions when a request is added, before any feature exists, so they follow
+  from counts alone. The k merged tokens of a slice take the (t, h, w) positions of the
+  unmerged tokens at raster indices floor((j + 0.5) * n / k), j < k (`core.merge.spread_indices`:
+  order-preserving, spread over the slice). Text after an item starts at the unmerged item's
+  largest position + 1, as in stock vLLM, so it is unaffected by merging; the decode offset
+  `mrope_position_delta` is recomputed for the shorter prompt.
+- precomputed `image_embeds` / `video_embeds` inputs are never merged (their count is given);
+  merging cannot be combined with vLLM's EVS (`--video-pruning-rate`).
+Pruning runs in the shared decoder (`pruning/decoder.py`), whose Qwen2 layers take the M-RoPE
+positions [3, N] of the kept rows. AIM off (no AIM keys) is stock vLLM.
+
+Dimensions:
+    t: temporal slices of an item; n: tokens per slice; k: merged tokens per slice; C: channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import torch
+
+from aim_vllm.compat import (
+    MULTIMODAL_REGISTRY,
+    ImageProcessorItems,
+    MultiModalFieldConfig,
+    PromptReplacement,
+    PromptUpdate,
+    Qwen2_5_VLDummyInputsBuilder,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLMultiModalProcessor,
+    Qwen2_5_VLProcessingInfo,
+    VideoProcessorItems,
+)
+from aim_vllm.config import without_aim_keys
+from aim_vllm.core.budget import VisualLayout
+from aim_vllm.core.merge import merge_frames, spread_indices
+from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.models.common import (
+    AimModelMixin,
+    AimProcessorMixin,
+    ItemParams,
+    field_name,
+    schedule_from_kwargs,
+)
+
+MODALITIES = ("image", "video")
+_PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
+
+
+def slice_shape(grid_thw: Sequence[int], merge_size: int) -> tuple[int, int]:
+    """(slices t, tokens per slice n) of an item with patch grid (t, h, w)."""
+    t, h, w = (int(v) for v in grid_thw)
+    return t, (h // merge_size) * (w // merge_size)
+
+
+def merge_item(embeds: torch.Tensor, num_slices: int, ratio: float) -> torch.Tensor:
+    """Merge each temporal slice of one item's embedding [t * n, C] -> [t * k, C]."""
+    per_slice = embeds.shape[0] // num_slices
+    frames = embeds.view(num_slices, per_slice, -1)  # (t, n, C)
+    return merge_frames(frames, merged_token_count(per_slice, ratio)).flatten(0, 1)
+
+
+class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalProcessor):
+    """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
+
+    def aim_layout(self, mm_items) -> VisualLayout:
+        """One merge group per temporal slice (server-default processor sizes)."""
+        hf_processor = self.info.get_hf_processor()
+        processors = {"image": hf_processor.image_processor, "video": hf_processor.video_processor}
+        groups: list[int] = []
+        for modality, (width, height, frames) in _pixel_item_sizes(mm_items):
+            size, _ = self.info._get_vision_info(
+                image_width=width,
+                image_height=height,
+                num_frames=frames,
+                image_processor=processors[modality],
+                mm_kwargs={},
+                modality=modality,
+            )
+            vision = self.info.get_hf_config().vision_config
+            temporal = vision.temporal_patch_size
+            slices = max(1, -(-frames // temporal))
+            unit = vision.patch_size * vision.spatial_merge_size
+            groups += [(size.height // unit) * (size.width // unit)] * slices
+        return VisualLayout(tuple(groups))
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        for modality in MODALITIES:
+            if field_name(modality) in hf_inputs:
+                fields[field_name(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+        return fields
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        processed = super()._apply_hf_processor_main(mm_items, without_aim_keys(hf_kwargs))
+        schedule = schedule_from_kwargs(dict(hf_kwargs))
+        if schedule.is_off:
+            return processed
+        if schedule.merges and self.info.ctx.get_mm_config().is_multimodal_pruning_enabled():
+            raise ValueError("aim_merge_ratio cannot be combined with the server's --video-pruning-rate")
+        merge_size = self.info.get_hf_config().vision_config.spatial_merge_size
+        for modality in MODALITIES:
+            if _PIXEL_KEYS[modality] not in processed:  # embedding inputs are never merged
+                continue
+            params = []
+            for grid in processed[f"{modality}_grid_thw"]:
+                t, n = slice_shape(grid.tolist(), merge_size)
+                params.append(ItemParams(schedule, t * n).to_tensor())
+            processed[field_name(modality)] = torch.stack(params)
+        return processed
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptUpdate]:
+        kwargs = without_aim_keys(hf_processor_mm_kwargs)
+        updates = super()._get_prompt_updates(mm_items, kwargs, out_mm_kwargs)
+        if not schedule_from_kwargs(dict(hf_processor_mm_kwargs)).merges:
+            return updates
+        # AIM: begin -- placeholders of items carrying AIM parameters get the merged count
+        merge_size = self.info.get_hf_config().vision_config.spatial_merge_size
+        stock = {update.modality: update for update in updates}
+
+        def replacement(item_idx: int, modality: str):
+            item = out_mm_kwargs[modality][item_idx]
+            if field_name(modality) not in item:
+                return stock[modality].replacement(item_idx)
+            ratio = ItemParams.from_tensor(item[field_name(modality)].data).schedule.merge_ratio
+            t, n = slice_shape(item[f"{modality}_grid_thw"].data.tolist(), merge_size)
+            return [stock[modality].target[0]] * (t * merged_token_count(n, ratio))
+
+        return [
+            PromptReplacement(
+                modality=m, target=stock[m].target, replacement=lambda i, m=m: replacement(i, m)
+            )
+            for m in MODALITIES
+        ]
+        # AIM: end
+
+
+def _pixel_item_sizes(mm_items):
+    """(modality, (width, height, frames)) of each pixel image/video item."""
+    if isinstance(images := mm_items.get("image") if "image" in mm_items else None, ImageProcessorItems):
+        for i in range(len(images)):
+            size = images.get_image_size(i)
+            yield "image", (size.width, size.height, 1)
+    if isinstance(videos := mm_items.get("video") if "video" in mm_items else None, VideoProcessorItems):
+        for i in range(len(videos)):
+            size = videos.get_frame_size(i)
+            yield "video", (size.width, size.height, videos.get_num_frames(i))
+
+
+# -- M-RoPE positions of a merged prompt (pure bookkeeping over placeholder ranges) -------------
+
+
+def item_merge(feature, merge_size: int) -> tuple[int, int, int] | None:
+    """(t, n, k) of a merged item's slices, or None when the item is not merged."""
+    data = feature.data
+    name = field_name(feature.modality)
+    if data is None or name not in data:
+        return None
+    ratio = ItemParams.from_tensor(data[name].data).schedule.merge_ratio
+    if ratio >= 1.0:
+        return None
+    t, n = slice_shape(data[f"{feature.modality}_grid_thw"].data.tolist(), merge_size)
+    return t, n, merged_token_count(n, ratio)
+
+
+def unmerged_layout(
+    input_tokens: list[int], features: list, merges: list
+) -> tuple[list[int], list, list[int]]:
+    """The prompt as if unmerged, its features, and the unmerged indices the merged prompt keeps.
+
+    Args:
+        input_tokens: the merged prompt.
+        features: `MultiModalFeatureSpec`s sorted by offset; merges: `item_merge` of each.
+    Returns:
+        (unmerged tokens, features with unmerged placeholder ranges, kept indices in order).
+    """
+    tokens, shifted, keep = [], [], []
+    cursor = 0  # next index of the merged prompt
+    for feature, merge in zip(features, merges, strict=True):
+        pos = feature.mm_position
+        keep += range(len(tokens), len(tokens) + pos.offset - cursor)  # 1. text before the item
+        tokens += input_tokens[cursor : pos.offset]
+        start = len(tokens)
+        if merge is None:  # 2a. an unmerged item keeps all its tokens
+            length = pos.length
+            keep += range(start, start + length)
+        else:  # 2b. a merged item: k spread tokens of each slice of n
+            t, n, k = merge
+            if pos.length != t * k:
+                raise ValueError(f"placeholder of {pos.length} tokens for a merged item of {t} x {k}")
+            length = t * n
+            keep += [start + s * n + i for s in range(t) for i in spread_indices(n, k)]
+        tokens += [input_tokens[pos.offset]] * length
+        shifted.append(replace(feature, mm_position=replace(pos, offset=start, length=length)))
+        cursor = pos.offset + pos.length
+    keep += range(len(tokens), len(tokens) + len(input_tokens) - cursor)  # 3. text after the last item
+    tokens += input_tokens[cursor:]
+    return tokens, shifted, keep
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    AimQwen2_5_VLMultiModalProcessor,
+    info=Qwen2_5_VLProcessingInfo,
+    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
+)
+class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditionalGeneration):
+    """Merges each item per its `aim_<modality>` parameters; M-RoPE follows; prunes in the decoder."""
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._aim_setup(self.config)
+
+    def forward(
+        self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
+    ):
+        if aim_step is not None and intermediate_tensors is None:
+            hidden = self._aim_forward(
+                self.language_model.model, input_ids, positions, inputs_embeds, aim_step
+            )
+            if hidden is not None:
+                return hidden
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """Overrides `Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions` (vllm==0.32.0).
+
+        Stock positions of the unmerged prompt, restricted to the tokens the merged prompt keeps.
+        """
+        features = sorted(mm_features, key=lambda f: f.mm_position.offset)
+        merges = [item_merge(f, self.config.vision_config.spatial_merge_size) for f in features]
+        if all(m is None for m in merges):
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        tokens, shifted, keep = unmerged_layout(list(input_tokens), features, merges)
+        positions, _ = super().get_mrope_input_positions(tokens, shifted)
+        positions = positions[:, keep]  # (3, len(input_tokens))
+        return positions, int(positions.max()) + 1 - len(input_tokens)
+
+    def embed_multimodal(self, **kwargs: object):
+        # Adapted from Qwen2_5_VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0
+        params = {m: kwargs.pop(field_name(m), None) for m in MODALITIES}
+        if all(p is None for p in params.values()):
+            return super().embed_multimodal(**kwargs)
+        if self.is_multimodal_pruning_enabled:
+            raise ValueError("AIM merging cannot run with vLLM's EVS video pruning enabled")
+        embeddings: tuple[torch.Tensor, ...] = ()
+        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
+            if modality == "image":
+                items = self._process_image_input(inputs)
+            else:
+                items = self._process_video_input(inputs)
+            if params[modality] is not None:
+                items = self._merge(items, inputs[f"{modality}_grid_thw"], params[modality])
+            embeddings += tuple(items)
+        return embeddings
+
+    def _merge(self, items, grid_thw: torch.Tensor, params: torch.Tensor) -> list[torch.Tensor]:
+        # AIM: begin
+        merged = []
+        for embeds, grid, values in zip(items, grid_thw.tolist(), params, strict=True):
+            ratio = ItemParams.from_tensor(values).schedule.merge_ratio
+            t, _ = slice_shape(grid, self.visual.spatial_merge_size)
+            merged.append(embeds if ratio >= 1.0 else merge_item(embeds, t, ratio))
+        return merged
+        # AIM: end
+
+    def get_encoder_cudagraph_config(self):
+        """Encoder CUDA graphs bypass `embed_multimodal` (and so merging): keep the encoder eager."""
+        return replace(super().get_encoder_cudagraph_config(), modalities=[])

@@ -1,0 +1,137 @@
+"""Reference of one Qwen2.5-VL request with AIM, independent of vLLM (transformers + pure torch).
+
+transformers computes each item's unmerged features: vision tower + PatchMerger, [t * n, C],
+temporal slices in order, each slice in raster order of the merged (h/2, w/2) grid. Every slice
+merges on its own (`core.merge.merge_frames`, to `merged_token_count(n, r)` tokens). M-RoPE
+positions are written out here from the item grids:
+- text: consecutive positions on all three axes, continuing from the previous item's largest
+  position + 1 (the original Qwen2.5-VL rule, which vLLM 0.32 implements; transformers 5.19's
+  `get_rope_index` continues from start + max(h, w) instead, which differs after a video whose
+  temporal positions outgrow its grid);
+- an item at `start`: (start + floor(s * interval), start + row, start + column) for slice s,
+  with `interval` = seconds per slice * tokens_per_second for videos, 1 for images;
+- a merged item keeps, per slice, the positions at raster indices `core.merge.spread_indices`
+  (this project's rule, see `models/qwen2_5_vl.py`).
+The LLM runs in `core.reference.ReferenceDecoder` with these [3, N] positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aim_vllm.core.merge import merge_frames, spread_indices
+from aim_vllm.core.reference import ReferenceDecoder, load_llm_weights
+from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.reference_pipeline import ReferencePipeline
+
+# vLLM's frame rate for `video/jpeg` data URLs sent without `media_io_kwargs`
+# (vllm==0.32.0 `VideoMediaIO.load_base64`); it sets the seconds per temporal slice.
+VIDEO_FPS = 1.0
+
+
+@dataclass
+class QwenItem:
+    """One image or video as the LLM sees it after merging."""
+
+    embedding: torch.Tensor  # [t * k, C]
+    grid_thw: tuple[int, int, int]  # patch grid before the PatchMerger
+    time_interval: float  # M-RoPE temporal step between slices (1.0 for images)
+    merged_per_slice: int  # k
+
+
+def item_positions(item: QwenItem, merge_size: int, start: int) -> tuple[torch.Tensor, int]:
+    """M-RoPE positions [3, t * k] of an item placed at `start`, and the next text position."""
+    t, h, w = item.grid_thw
+    rows, cols = h // merge_size, w // merge_size
+    times = (torch.arange(t, dtype=torch.float64) * item.time_interval).long()
+    grid = torch.meshgrid(times, torch.arange(rows), torch.arange(cols), indexing="ij")
+    full = torch.stack(grid).reshape(3, -1) + start  # (3, t * rows * cols), unmerged
+    n = rows * cols
+    keep = [s * n + i for s in range(t) for i in spread_indices(n, item.merged_per_slice)]
+    return full[:, keep], int(full.max()) + 1
+
+
+def mrope_positions(
+    prompt_ids: list[int], items: list[QwenItem], visual_ids: tuple[int, ...], merge_size: int
+) -> tuple[torch.Tensor, int]:
+    """Positions [3, N] of a placeholder-expanded prompt, and the decode offset (max + 1 - N)."""
+    runs = _placeholder_runs(prompt_ids, visual_ids)
+    if len(runs) != len(items):
+        raise ValueError(f"prompt has {len(runs)} placeholder runs for {len(items)} items")
+    columns, cursor, next_pos = [], 0, 0
+    for (begin, end), item in zip(runs, items, strict=True):
+        columns.append(torch.arange(begin - cursor).expand(3, -1) + next_pos)  # text before
+        positions, next_pos = item_positions(item, merge_size, next_pos + begin - cursor)
+        if positions.shape[1] != end - begin:
+            raise ValueError(f"placeholder run of {end - begin} tokens for an item of {positions.shape[1]}")
+        columns.append(positions)
+        cursor = end
+    columns.append(torch.arange(len(prompt_ids) - cursor).expand(3, -1) + next_pos)  # text after
+    positions = torch.cat(columns, dim=1)
+    return positions, int(positions.max()) + 1 - len(prompt_ids)
+
+
+def _placeholder_runs(prompt_ids: list[int], visual_ids: tuple[int, ...]) -> list[tuple[int, int]]:
+    """[begin, end) of each maximal run of placeholder tokens."""
+    runs: list[tuple[int, int]] = []
+    for i, token in enumerate(prompt_ids):
+        if token not in visual_ids:
+            continue
+        if runs and runs[-1][1] == i and prompt_ids[i - 1] == token:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+class Qwen2_5_VLReference(ReferencePipeline):
+    """A Qwen2.5-VL checkpoint loaded for reference computations (float32, CPU)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        self.hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.processor = AutoProcessor.from_pretrained(model_dir)
+        weights, config = load_llm_weights(model_dir)
+        self.decoder = ReferenceDecoder(weights, config)
+        self.embed_tokens = weights["embed_tokens.weight"]
+        hf_config = self.hf.config
+        self.visual_token_ids = (hf_config.image_token_id, hf_config.video_token_id)
+        self.merge_size = hf_config.vision_config.spatial_merge_size
+        self.tokens_per_second = hf_config.vision_config.tokens_per_second
+
+    @torch.no_grad()
+    def features(self, kind: str, data: Any) -> tuple[torch.Tensor, tuple[int, int, int], float]:
+        """Unmerged features [t * n, C] of a PIL image or frames [F, H, W, 3], grid, time interval."""
+        if kind == "image":
+            out = self.processor.image_processor(images=[data], return_tensors="pt")
+            grid = out["image_grid_thw"]
+            feats = self.hf.model.get_image_features(pixel_values=out["pixel_values"], image_grid_thw=grid)
+            return feats.pooler_output[0], tuple(grid[0].tolist()), 1.0
+        video = self.processor.video_processor
+        out = video(videos=[data], return_tensors="pt", do_sample_frames=False)
+        grid = out["video_grid_thw"]
+        feats = self.hf.model.get_video_features(
+            pixel_values_videos=out["pixel_values_videos"], video_grid_thw=grid
+        )
+        seconds_per_slice = video.temporal_patch_size / VIDEO_FPS
+        return feats.pooler_output[0], tuple(grid[0].tolist()), seconds_per_slice * self.tokens_per_second
+
+    def item(self, kind: str, data: Any, ratio: float) -> QwenItem:
+        """The item merged per temporal slice at `ratio`."""
+        feats, grid, interval = self.features(kind, data)
+        slices = grid[0]
+        per_slice = feats.shape[0] // slices
+        merged = merged_token_count(per_slice, ratio)
+        embedding = merge_frames(feats.view(slices, per_slice, -1), merged).flatten(0, 1)  # (t * k, C)
+        return QwenItem(embedding, grid, interval, merged)
+
+    def item_embedding(self, item: QwenItem) -> torch.Tensor:
+        return item.embedding
+
+    def positions(self, prompt_ids: list[int], items: list[QwenItem]) -> tuple[torch.Tensor, int]:
+        return mrope_positions(prompt_ids, items, self.visual_token_ids, self.merge_size)

@@ -1,0 +1,148 @@
+"""AIM on Qwen2.5-VL in vLLM: merging per temporal slice, M-RoPE by rule, pruning, AIM off == stock."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from aim_vllm.core.schedule import AimSchedule
+from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.reference_qwen2_5_vl import Qwen2_5_VLReference
+from tests.engine import media, servers
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, reference_item
+
+QUESTION = "What colour is the square?"
+# The tiny model's processors: a 400x300 image -> 14 x 11 merged grid; 8 frames of 384x384 ->
+# 4 temporal slices of 7 x 7.
+IMAGE_TOKENS, VIDEO_SLICES, SLICE_TOKENS = 154, 4, 49
+
+
+@pytest.fixture(scope="session")
+def qwen_model_dir():
+    from aim_vllm.model_builders import default_model_dir
+
+    return default_model_dir("qwen2.5-vl")
+
+
+@pytest.fixture(scope="module")
+def qwen_engine(qwen_model_dir, tmp_path_factory):
+    server = servers.start(qwen_model_dir, tmp_path_factory.mktemp("qwen-engine") / "log.txt")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def qwen_reference(qwen_model_dir) -> Qwen2_5_VLReference:
+    return Qwen2_5_VLReference(qwen_model_dir)
+
+
+@pytest.fixture(scope="module")
+def image() -> Media:
+    img = media.image(seed=0)
+    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+
+
+@pytest.fixture(scope="module")
+def video() -> Media:
+    url, frames = media.jpeg_video_data_url(media.video_frames(seed=1, frames=8))
+    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+
+
+def test_off_is_identical_to_plain_vllm(qwen_engine, qwen_model_dir, image, video, tmp_path) -> None:
+    """No AIM keys, ratio 1.0 and preset off: same prompt, tokens and logprobs as stock vLLM."""
+    plain = servers.start(qwen_model_dir, tmp_path / "plain.txt", plain=True)
+    try:
+        expected = {item.kind: chat(plain, [item], QUESTION) for item in (image, video)}
+    finally:
+        plain.stop()
+    for aim in (None, {"aim_merge_ratio": 1.0}, {"aim_preset": "off"}):
+        for item in (image, video):
+            ours, stock = chat(qwen_engine, [item], QUESTION, aim), expected[item.kind]
+            assert ours["prompt_token_ids"] == stock["prompt_token_ids"]
+            assert ours["choices"][0]["token_ids"] == stock["choices"][0]["token_ids"]
+            assert ours["choices"][0]["logprobs"] == stock["choices"][0]["logprobs"]
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25, 0.3])
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_merge_matches_reference(qwen_engine, qwen_reference, image, video, kind, ratio) -> None:
+    """Greedy tokens and logprobs equal the reference with the same merge and M-RoPE rule (1e-4)."""
+    item = image if kind == "image" else video
+    schedule = AimSchedule(ratio)
+    response = chat(qwen_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=8)
+    run = assert_matches_reference(qwen_reference, response, [item], schedule)
+    assert response["usage"]["prompt_tokens"] == run.num_prompt_tokens
+
+
+def test_placeholder_count_is_the_merged_count(qwen_engine, image, video) -> None:
+    """Placeholders = sum over slices of merged_token_count(slice tokens, r); usage says so."""
+    for item, slices, per_slice in ((image, 1, IMAGE_TOKENS), (video, VIDEO_SLICES, SLICE_TOKENS)):
+        off = chat(qwen_engine, [item], QUESTION, max_tokens=1)["usage"]
+        merged = chat(qwen_engine, [item], QUESTION, {"aim_merge_ratio": 0.25}, max_tokens=1)["usage"]
+        text = off["prompt_tokens"] - slices * per_slice
+        expected = slices * merged_token_count(per_slice, 0.25)
+        assert merged["prompt_tokens"] == text + expected
+        assert (merged["aim"]["visual_tokens_in"], merged["aim"]["visual_tokens_merged"]) == (
+            slices * per_slice,
+            expected,
+        )
+
+
+def test_prompt_logprobs_follow_the_merged_positions(qwen_engine, qwen_reference, video) -> None:
+    """Every prompt position (text after the video included) matches the reference's M-RoPE."""
+    schedule = AimSchedule(0.3)
+    response = chat(qwen_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=2, prompt_logprobs=1)
+    ids = response["prompt_token_ids"]
+    expected = qwen_reference.prompt_logprobs(ids, [reference_item(qwen_reference, video, 0.3)])
+    for position, (token, entry, want) in enumerate(
+        zip(ids, response["prompt_logprobs"], expected, strict=True)
+    ):
+        if want is not None:
+            assert abs(entry[str(token)]["logprob"] - want) < 1e-4, position
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_pruning_matches_reference(qwen_engine, qwen_reference, image, video, kind) -> None:
+    """Merge + in-LLM pruning (real removal, M-RoPE positions of kept rows) == the reference."""
+    item = image if kind == "image" else video
+    schedule = AimSchedule(0.5, (1, 4))
+    response = chat(qwen_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=8)
+    assert response["usage"]["aim"]["pruning"] == "pruned"
+    assert_matches_reference(qwen_reference, response, [item], schedule)
+
+
+def test_concurrent_requests_with_different_levels(qwen_engine, qwen_reference, image, video) -> None:
+    """Requests batched together, each with its own level, each equal to its own reference."""
+    jobs = [
+        (video, AimSchedule(0.25)),
+        (image, AimSchedule(0.5)),
+        (video, AimSchedule()),
+        (image, AimSchedule(0.3, (2, 5))),
+        (video, AimSchedule(0.75, (0, 6))),
+        (image, AimSchedule(1.0)),
+    ]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(chat, qwen_engine, [m], QUESTION, aim_kwargs(s), 6) for m, s in jobs]
+        responses = [f.result() for f in futures]
+    for (item, schedule), response in zip(jobs, responses, strict=True):
+        assert_matches_reference(qwen_reference, response, [item], schedule)
+
+
+@pytest.mark.parametrize(
+    "aim",
+    [{"aim_merge_ratio": 0}, {"aim_merge_ratio": 1.5}, {"aim_merge_ratio": "0.5"}, {"aim_prune_l1": 1}],
+)
+def test_bad_values_are_clear_400s(qwen_engine, image, aim) -> None:
+    """Invalid levels are refused with a 400 naming the problem (validated before the HF processor)."""
+    body = {
+        "model": qwen_engine.model,
+        "messages": [{"role": "user", "content": [image.part, {"type": "text", "text": QUESTION}]}],
+        "max_tokens": 1,
+        "mm_processor_kwargs": aim,
+    }
+    response = httpx.post(qwen_engine.url + "/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "aim" in message or "merge_ratio" in message or "prune" in message
