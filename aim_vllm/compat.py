@@ -7,6 +7,18 @@ parent classes below) is what changes. `plugin.SUPPORTED_VLLM` lists the version
 from __future__ import annotations
 
 from vllm.forward_context import get_forward_context
+from vllm.model_executor.models.llava import (
+    LlavaDummyInputsBuilder,
+    LlavaForConditionalGeneration,
+    LlavaMultiModalProcessor,
+    LlavaProcessingInfo,
+)
+from vllm.model_executor.models.llava import (
+    _build_llava_or_pixtral_hf_info as build_llava_or_pixtral_info,
+)
+from vllm.model_executor.models.llava import (
+    _build_llava_or_pixtral_hf_processor as build_llava_or_pixtral_processor,
+)
 from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionDummyInputsBuilder,
     LlavaOnevisionForConditionalGeneration,
@@ -29,6 +41,10 @@ __all__ = [
     "MULTIMODAL_REGISTRY",
     "get_forward_context",
     "ImageProcessorItems",
+    "LlavaDummyInputsBuilder",
+    "LlavaForConditionalGeneration",
+    "LlavaMultiModalProcessor",
+    "LlavaProcessingInfo",
     "LlavaOnevisionDummyInputsBuilder",
     "LlavaOnevisionForConditionalGeneration",
     "LlavaOnevisionMultiModalProcessor",
@@ -43,4 +59,6 @@ __all__ = [
     "Qwen2_5_VLMultiModalProcessor",
     "Qwen2_5_VLProcessingInfo",
     "VideoProcessorItems",
+    "build_llava_or_pixtral_info",
+    "build_llava_or_pixtral_processor",
 ]

@@ -22,6 +22,7 @@ MODELS = {
         "aim_vllm.models.llava_onevision:AimLlavaOnevisionForConditionalGeneration"
     ),
     "Qwen2_5_VLForConditionalGeneration": "aim_vllm.models.qwen2_5_vl:AimQwen2_5_VLForConditionalGeneration",
+    "LlavaForConditionalGeneration": "aim_vllm.models.llava:AimLlavaForConditionalGeneration",
 }
 
 _registered = False

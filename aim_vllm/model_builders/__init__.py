@@ -18,6 +18,7 @@ DEFAULT_ARCH = "llava-onevision"
 BUILDERS = {
     "llava-onevision": "aim_vllm.model_builders.llava_onevision",
     "qwen2.5-vl": "aim_vllm.model_builders.qwen2_5_vl",
+    "llava-1.5": "aim_vllm.model_builders.llava",
 }
 SIZES = ("tiny", "0.5b", "7b")  # each builder accepts a subset (0.5b: llava-onevision only)
 

@@ -1,0 +1,200 @@
+"""AIM for LLaVA-1.5 in vLLM: token merging inside the CLIP tower, with its attention keys.
+
+Subclasses of vllm==0.32.0 `model_executor/models/llava.py`, overriding only what changes (see
+`models/common.py` for the flow). AIM's LLaVA-1.5 setting merges inside CLIP, before the
+projector, with the attention keys of the last tower layer LLaVA uses as the similarity metric
+(ToMe's metric: keys averaged over heads): 576 -> 288 -> 252 tokens for 43.75%, -> 72 for 12.5%.
+Here:
+1. the tower runs up to and including its feature layer (`vision_feature_layer=-2`: vLLM builds
+   the tower only that deep), capturing that layer's keys;
+2. CLS is dropped from the features and the keys ('default' strategy);
+3. the features merge with bipartite passes whose similarity is computed on the keys, which are
+   merged alongside (`core.merge.merge_frames(..., metric=keys)`), down to
+   `merged_token_count(576, r)`;
+4. the projector maps the merged features; the placeholder count is that merged count.
+Merging needs a CLIP tower and a single feature layer (the processor refuses otherwise);
+precomputed `image_embeds` are never merged. Pixtral-HF checkpoints (which vLLM also serves as
+`LlavaForConditionalGeneration`) keep vLLM's own processor, so AIM keys have no effect there.
+Pruning runs in the shared decoder on the LLaMA layers. AIM off (no AIM keys) is stock vLLM.
+
+Dimensions:
+    B: images; N: tower tokens (CLS + 576 patches); C: tower width; D: head size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers import CLIPVisionConfig
+
+from aim_vllm.compat import (
+    MULTIMODAL_REGISTRY,
+    ImageProcessorItems,
+    LlavaDummyInputsBuilder,
+    LlavaForConditionalGeneration,
+    LlavaMultiModalProcessor,
+    LlavaProcessingInfo,
+    MultiModalFieldConfig,
+    PromptReplacement,
+    PromptUpdate,
+    build_llava_or_pixtral_info,
+    build_llava_or_pixtral_processor,
+)
+from aim_vllm.config import without_aim_keys
+from aim_vllm.core.budget import VisualLayout
+from aim_vllm.core.merge import merge_frames
+from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.models.common import (
+    AimModelMixin,
+    AimProcessorMixin,
+    ItemParams,
+    field_name,
+    schedule_from_kwargs,
+)
+
+IMAGE = "image"
+
+
+class AimLlavaMultiModalProcessor(AimProcessorMixin, LlavaMultiModalProcessor):
+    """Merged placeholder counts and the per-item `aim_image` field."""
+
+    def aim_layout(self, mm_items) -> VisualLayout:
+        return VisualLayout(
+            tuple(self.info.get_num_image_tokens(image_width=w, image_height=h) for w, h in _sizes(mm_items))
+        )
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        if field_name(IMAGE) in hf_inputs:
+            fields[field_name(IMAGE)] = MultiModalFieldConfig.batched(IMAGE, keep_on_cpu=True)
+        return fields
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        processed = super()._apply_hf_processor_main(mm_items, without_aim_keys(hf_kwargs))
+        schedule = schedule_from_kwargs(dict(hf_kwargs))
+        if schedule.is_off or "pixel_values" not in processed:  # embedding inputs are never merged
+            return processed
+        if schedule.merges:
+            self._check_mergeable()
+        params = [
+            ItemParams(schedule, self.info.get_num_image_tokens(image_width=w, image_height=h)).to_tensor()
+            for w, h in _sizes(mm_items)
+        ]
+        processed[field_name(IMAGE)] = torch.stack(params)
+        return processed
+
+    def _check_mergeable(self) -> None:
+        config = self.info.get_hf_config()
+        if not isinstance(config.vision_config, CLIPVisionConfig) or not isinstance(
+            config.vision_feature_layer, int
+        ):
+            raise ValueError(
+                "aim_merge_ratio needs a CLIP vision tower with one feature layer (LLaVA-1.5); "
+                f"this model has {type(config.vision_config).__name__}, "
+                f"vision_feature_layer={config.vision_feature_layer}"
+            )
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptUpdate]:
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        if not schedule_from_kwargs(dict(hf_processor_mm_kwargs)).merges:
+            return updates
+        # AIM: begin -- placeholders of items carrying AIM parameters get the merged count
+        (stock,) = updates
+        token_id = self.info.get_hf_config().image_token_index
+
+        def replacement(item_idx: int):
+            item = out_mm_kwargs[IMAGE][item_idx]
+            if field_name(IMAGE) not in item:
+                return stock.replacement(item_idx)
+            params = ItemParams.from_tensor(item[field_name(IMAGE)].data)
+            return [token_id] * merged_token_count(params.tokens_in, params.schedule.merge_ratio)
+
+        return [PromptReplacement(modality=IMAGE, target=stock.target, replacement=replacement)]
+        # AIM: end
+
+
+def _sizes(mm_items) -> list[tuple[int, int]]:
+    """(width, height) of each pixel image item."""
+    images = mm_items.get(IMAGE) if IMAGE in mm_items else None
+    if not isinstance(images, ImageProcessorItems):
+        return []
+    return [(s.width, s.height) for s in (images.get_image_size(i) for i in range(len(images)))]
+
+
+def build_aim_processor(info, dummy_inputs):
+    """vLLM's processor factory for LLaVA checkpoints, with AIM's processor for LLaVA proper."""
+    if type(info) is LlavaProcessingInfo:
+        return AimLlavaMultiModalProcessor(info, dummy_inputs)
+    return build_llava_or_pixtral_processor(info, dummy_inputs)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    build_aim_processor, info=build_llava_or_pixtral_info, dummy_inputs=LlavaDummyInputsBuilder
+)
+class AimLlavaForConditionalGeneration(AimModelMixin, LlavaForConditionalGeneration):
+    """Merges images inside CLIP per their `aim_image` parameters; prunes in the decoder."""
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._aim_setup(self.config)
+
+    def forward(
+        self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
+    ):
+        if aim_step is not None and intermediate_tensors is None:
+            hidden = self._aim_forward(
+                self.language_model.model, input_ids, positions, inputs_embeds, aim_step
+            )
+            if hidden is not None:
+                return hidden
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+
+    def embed_multimodal(self, **kwargs: object):
+        # Adapted from LlavaForConditionalGeneration.embed_multimodal @ vllm==0.32.0
+        params = kwargs.pop(field_name(IMAGE), None)
+        image_input = self._parse_and_validate_image_input(**kwargs)
+        ratios = [] if params is None else [ItemParams.from_tensor(p).schedule.merge_ratio for p in params]
+        if image_input is None or image_input["type"] != "pixel_values" or all(r >= 1.0 for r in ratios):
+            return super().embed_multimodal(**kwargs)
+        # AIM: begin
+        features, keys = self._tower_features_and_keys(
+            image_input["pixel_values"]
+        )  # (B, 576, C), (B, 576, D)
+        items = [
+            f if r >= 1.0 else merge_frames(f[None], merged_token_count(f.shape[0], r), metric=k[None])[0]
+            for f, k, r in zip(features, keys, ratios, strict=True)
+        ]
+        sizes = [item.shape[0] for item in items]
+        return self.multi_modal_projector(torch.cat(items)).split(sizes)
+        # AIM: end
+
+    def _tower_features_and_keys(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's selected features [B, 576, C] and its last layer's head-averaged keys [B, 576, D].
+
+        Adapted from `CLIPVisionTransformer.forward`, `CLIPEncoderLayer.forward` and
+        `CLIPAttention.forward` @ vllm==0.32.0 (same modules, same order), keeping the keys.
+        """
+        tower = self.vision_tower.vision_model
+        hidden = tower.pre_layrnorm(tower.embeddings(pixel_values.to(tower.dtype)))  # (B, N, C)
+        *earlier, last = tower.encoder.layers
+        for layer in earlier:
+            hidden = layer(hidden)
+        attn = last.self_attn
+        q, k, v = attn.qkv_proj(last.layer_norm1(hidden))[0].chunk(3, dim=-1)
+        hidden = hidden + attn.out_proj(attn.attn(q, k, v))[0]
+        hidden = hidden + last.mlp(last.layer_norm2(hidden))
+        if tower.post_layernorm is not None:
+            hidden = tower.post_layernorm(hidden)
+        keys = k.view(*k.shape[:2], attn.num_heads_per_partition, attn.head_dim).mean(dim=2)  # (B, N, D)
+        first = _first_selected_token(self.config.vision_feature_select_strategy)
+        return hidden[:, first:], keys[:, first:]
+
+
+def _first_selected_token(strategy: str) -> int:
+    """Index of the first tower token LLaVA keeps: 'default' drops CLS, 'full' keeps it."""
+    if strategy not in ("default", "full"):
+        raise ValueError(
+            f"AIM merging supports the 'default' and 'full' feature strategies, not {strategy!r}"
+        )
+    return 1 if strategy == "default" else 0
