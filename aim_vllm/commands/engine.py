@@ -11,9 +11,9 @@ flag passed through. Defaults added when the flag is absent:
                                        pruning ranks a whole prompt in one step
   --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
   --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded tiny model only
-and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given. AIM's own flag, removed
-before vLLM sees the rest: `--aim-default LEVEL`, the level of requests that name none: a
-preset (`balanced`) or a JSON object of `mm_processor_kwargs` AIM keys (`{"aim_budget": 0.2}`).
+and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given.
+AIM's own flag, removed before vLLM sees the rest: `--aim-default LEVEL`, the level of requests
+that name none: a preset (`balanced`) or a JSON object of AIM keys (`{"aim_budget": 0.2}`).
 """
 
 from __future__ import annotations
