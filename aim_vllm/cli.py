@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("aim_vllm.commands.gateway", "start the gateway in front of running vLLM servers"),
     "make-tiny-model": ("aim_vllm.commands.make_tiny_model", "build a tiny model offline"),
     "flops": ("aim_vllm.commands.flops", "LLM prefill FLOPs with and without AIM"),
+    "bench": ("aim_vllm.commands.bench", "latency and throughput of AIM levels vs AIM off, one run"),
 }
 
 

@@ -1,0 +1,116 @@
+"""The processes a benchmark talks to: AIM engine, plain vLLM engine, and the gateway.
+
+- AIM engine: `aim-vllm engine` (through `commands.serve.start_replica`), AIM's defaults included.
+- Plain engine: vLLM's own API server entry with `AIM_VLLM_DISABLE=1` and exactly the flags
+  `aim-vllm engine` would pass, minus AIM's usage middleware: the same engine without the plugin.
+- Gateway: `aim-vllm gateway` in its own process (as deployed), with timeouts long enough for
+  CPU prefills of queued videos.
+Every process gets its own process group and a log file in the run's log directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from aim_vllm.commands.engine import engine_argv
+from aim_vllm.commands.serve import Replica, free_port, start_replica, stop_replicas, wait_ready
+
+PLAIN_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
+DISABLE_ENV = "AIM_VLLM_DISABLE"
+_MIDDLEWARE_FLAG = "--middleware"
+_GATEWAY_START_S = 60.0
+# The gateway's limits on one request, raised: 16 queued CPU video prefills can take an hour.
+_GATEWAY_TIMEOUT_S = 7200
+
+
+def start_aim_engine(model: str, flags: list[str], log_dir: Path, index: int = 0) -> Replica:
+    """`aim-vllm engine --model MODEL FLAGS` on a free local port (not yet ready)."""
+    return start_replica(index, model, flags, log_dir)
+
+
+def plain_engine_argv(model: str, flags: list[str], port: int) -> list[str]:
+    """vLLM's arguments of the AIM engine for the same flags, without AIM's usage middleware."""
+    argv = engine_argv(["--model", model, *flags, "--port", str(port), "--host", "127.0.0.1"], None)
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == _MIDDLEWARE_FLAG:
+            skip = True
+        elif not arg.startswith(_MIDDLEWARE_FLAG + "="):
+            out.append(arg)
+    return out
+
+
+def start_plain_engine(model: str, flags: list[str], log_dir: Path, index: int = 1) -> Replica:
+    """Stock vLLM (plugin disabled) with the AIM engine's flags, on a free local port."""
+    port = free_port()
+    log_path = log_dir / f"plain-{index}.log"
+    env = {**os.environ, DISABLE_ENV: "1"}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # what `aim-vllm engine` sets
+    command = [sys.executable, "-m", PLAIN_ENTRY, *plain_engine_argv(model, flags, port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+    return Replica(index, port, log_path, process)
+
+
+def wait_engines(engines: list[Replica], timeout_s: float) -> None:
+    wait_ready(engines, timeout_s)
+
+
+def stop_engines(engines: list[Replica]) -> None:
+    stop_replicas(engines, grace_s=30)
+
+
+def gateway_command(upstream: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "aim_vllm.cli", "gateway", "--upstream", upstream, "--port", str(port),
+        "--log-level", "warning", "--default-aim", "off",
+        "--read-timeout-s", str(_GATEWAY_TIMEOUT_S), "--request-timeout-s", str(_GATEWAY_TIMEOUT_S),
+    ]  # fmt: skip
+
+
+def start_gateway(upstream: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The gateway in front of `upstream`, ready when /ready answers 200; (process, base URL)."""
+    port = free_port()
+    with (log_dir / "gateway.log").open("wb") as log:
+        process = subprocess.Popen(
+            gateway_command(upstream, port), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + _GATEWAY_START_S
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1, trust_env=False).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_gateway(process)
+    raise RuntimeError(f"the gateway did not become ready; see {log_dir / 'gateway.log'}")
+
+
+def stop_gateway(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def served_model(url: str) -> str:
+    """The first model name the engine at `url` serves."""
+    return httpx.get(f"{url}/v1/models", timeout=30, trust_env=False).json()["data"][0]["id"]

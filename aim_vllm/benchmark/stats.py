@@ -1,0 +1,156 @@
+"""Summaries of measured requests, and their ratios to the reference level of the same run.
+
+Latencies are summarised by percentiles over every successful request of a cell (all rounds);
+throughput is completed requests (or output tokens) divided by the summed wall time of the
+cell's phases. A ratio is `level / reference` for the same media and concurrency: below 1 is
+better for latencies, above 1 for throughputs.
+
+Where the time goes (split phases): with the reference level's encoder share
+s = (TTFT_fresh - TTFT_repeat) / TTFT_fresh, a level that cuts LLM prefill FLOPs to a fraction f
+can speed the first token up by at most 1 / (s + (1 - s) f) (Amdahl), since it leaves the vision
+encoder as it is.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from aim_vllm.benchmark.client import PhaseResult, RequestResult
+
+RATIO_METRICS = ("ttft_p50_s", "tpot_p50_s", "e2e_p50_s", "requests_per_s", "output_tokens_per_s")
+LOWER_IS_BETTER = frozenset({"ttft_p50_s", "tpot_p50_s", "e2e_p50_s"})
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile `q` in [0, 100] of a non-empty sequence."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _spread(values: list[float], prefix: str) -> dict[str, float | None]:
+    """p50, p90 and mean of `values` under `prefix`_* keys (None when there are none)."""
+    if not values:
+        return {f"{prefix}_p50_s": None, f"{prefix}_p90_s": None, f"{prefix}_mean_s": None}
+    return {
+        f"{prefix}_p50_s": percentile(values, 50),
+        f"{prefix}_p90_s": percentile(values, 90),
+        f"{prefix}_mean_s": statistics.fmean(values),
+    }
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def aim_summary(results: list[RequestResult]) -> dict[str, Any]:
+    """What the engine reported in `usage.aim` (means over requests; None without the plugin)."""
+    reported = [r.aim for r in results if r.aim]
+    pruning = Counter(str(a.get("pruning")) for a in reported).most_common(1)
+    return {
+        "flops_ratio": _mean_or_none([a["flops_ratio"] for a in reported if "flops_ratio" in a]),
+        "visual_tokens_in": _mean_or_none(
+            [a["visual_tokens_in"] for a in reported if "visual_tokens_in" in a]
+        ),
+        "visual_tokens_merged": _mean_or_none(
+            [a["visual_tokens_merged"] for a in reported if "visual_tokens_merged" in a]
+        ),
+        "pruning": pruning[0][0] if pruning else None,
+    }
+
+
+def summarise_load(phases: list[PhaseResult]) -> dict[str, Any]:
+    """One cell's latencies, throughputs and AIM figures over all its phases."""
+    results = [r for phase in phases for r in phase.results]
+    ok = [r for r in results if r.ok]
+    wall = sum(phase.wall_s for phase in phases)
+    tpots = [r.tpot_s for r in ok if r.tpot_s is not None]
+    return {
+        "requests": len(ok),
+        "errors": len(results) - len(ok),
+        "first_error": next((r.error for r in results if r.error), None),
+        **_spread([r.ttft_s for r in ok], "ttft"),
+        **_spread(tpots, "tpot"),
+        **_spread([r.e2e_s for r in ok], "e2e"),
+        "requests_per_s": len(ok) / wall if wall > 0 else None,
+        "output_tokens_per_s": sum(r.output_tokens for r in ok) / wall if wall > 0 else None,
+        "prompt_tokens": _mean_or_none([r.prompt_tokens for r in ok]),
+        "output_tokens": _mean_or_none([r.output_tokens for r in ok]),
+        "wall_s": wall,
+        **aim_summary(ok),
+    }
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """value / reference, or None when either is missing or the reference is zero."""
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def add_ratios(cells: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """Each cell with `ratio`: its RATIO_METRICS over those of the reference level's cell.
+
+    Cells are dicts with `media`, `concurrency` and `level`; the reference cell is the one of
+    the same media and concurrency whose level is `reference` (no ratios without one).
+    """
+    by_key = {(c["media"], c["concurrency"]): c for c in cells if c["level"] == reference}
+    out = []
+    for cell in cells:
+        base = by_key.get((cell["media"], cell["concurrency"]))
+        ratios = {m: ratio(cell.get(m), base.get(m)) if base else None for m in RATIO_METRICS}
+        out.append({**cell, "ratio": ratios})
+    return out
+
+
+def amdahl_bound(encoder_share: float, flops_ratio: float) -> float:
+    """Largest end-to-end TTFT speedup when only the LLM part (share 1 - s) scales with FLOPs."""
+    return 1.0 / (encoder_share + (1.0 - encoder_share) * flops_ratio)
+
+
+def summarise_split(
+    pairs: dict[str, list[tuple[RequestResult, RequestResult]]], reference: str
+) -> list[dict[str, Any]]:
+    """Per level of one media kind: end-to-end and LLM-part TTFT, speedups, the Amdahl bound."""
+    medians = {}
+    for label, level_pairs in pairs.items():
+        good = [(f, r) for f, r in level_pairs if f.ok and r.ok]
+        if good:
+            medians[label] = (
+                statistics.median(f.ttft_s for f, _ in good),
+                statistics.median(r.ttft_s for _, r in good),
+                aim_summary([f for f, _ in good])["flops_ratio"],
+                len(good),
+            )
+    if reference not in medians:
+        return []
+    ref_fresh, ref_repeat, _, _ = medians[reference]
+    share = min(1.0, max(0.0, (ref_fresh - ref_repeat) / ref_fresh))
+    rows = []
+    for label, (fresh, repeat, flops, count) in medians.items():
+        flops = 1.0 if flops is None else flops
+        rows.append(
+            {
+                "level": label,
+                "pairs": count,
+                "ttft_fresh_p50_s": fresh,
+                "ttft_repeat_p50_s": repeat,
+                "encoder_share_ref": share,
+                "flops_ratio": flops,
+                "e2e_speedup": ref_fresh / fresh,
+                "amdahl_bound_speedup": amdahl_bound(share, flops),
+                "llm_speedup": ref_repeat / repeat,
+                "flops_speedup": 1.0 / flops,
+                "llm_speedup_vs_flops": (ref_repeat / repeat) * flops,
+            }
+        )
+    return rows

@@ -1,0 +1,87 @@
+"""`aim-vllm bench` flags -> options, and the engine command lines it starts (no engine here)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from aim_vllm import cli
+from aim_vllm.benchmark import processes
+from aim_vllm.commands import bench
+
+
+def _options(argv: list[str], monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(
+        "aim_vllm.model_builders.default_model_dir",
+        lambda arch="llava-onevision", size="tiny": Path(f"/m/{size}"),
+    )
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return bench.options_from_args(parser.parse_args(argv))
+
+
+def test_default_run_is_the_0_5b_dummy_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's workload: image, 8/16-frame videos, concurrency 1/4/16, all levels, bf16 dummy weights."""
+    options = _options([], monkeypatch)
+    assert options.model == "/m/0.5b"
+    assert options.engine_flags[:4] == ("--load-format", "dummy", "--dtype", "bfloat16")
+    assert [m.name for m in options.media] == ["image", "video8", "video16"]
+    assert options.concurrency == (1, 4, 16)
+    assert options.levels[:6] == ("off", "merge", "prune", "balanced", "max", "budget:0.3")
+    assert (options.rounds, options.waves, options.split_pairs) == (2, 2, 2)
+    assert not options.plugin_overhead and options.out_dir.parts[0] == "runs"
+
+
+def test_quick_run_is_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = _options(["--quick", "--", "--max-num-seqs", "4"], monkeypatch)
+    assert options.model == "/m/tiny" and options.engine_flags == (
+        "--dtype",
+        "float32",
+        "--max-num-seqs",
+        "4",
+    )
+    assert options.concurrency == (1, 2) and [m.name for m in options.media] == ["image", "video8"]
+    assert (options.rounds, options.waves, options.split_pairs) == (1, 1, 1)
+
+
+def test_flags_override_quick_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = _options(["--quick", "--concurrency", "3", "--media", "video4", "--levels", "max"], monkeypatch)
+    assert options.concurrency == (3,) and options.media[0].frames == 4 and options.levels == ("max",)
+
+
+def test_own_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = _options(["--model", "/ckpt/llava-ov-7b", "--dummy", "--dtype", "float16"], monkeypatch)
+    assert options.model == "/ckpt/llava-ov-7b" and options.model_label == "llava-ov-7b"
+    assert options.engine_flags == ("--load-format", "dummy", "--dtype", "float16")
+
+
+@pytest.mark.parametrize("argv", [["--rounds", "0"], ["--concurrency", "0"], ["--split-pairs", "-1"]])
+def test_invalid_counts(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        _options(argv, monkeypatch)
+
+
+def test_bench_is_a_cli_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "bench" in cli.COMMANDS
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    assert "--plugin-overhead" in capsys.readouterr().out
+
+
+def test_plain_engine_gets_the_aim_engine_flags_without_the_middleware() -> None:
+    """Plain vLLM = same flags as `aim-vllm engine` would pass, minus AIM's usage middleware."""
+    argv = processes.plain_engine_argv("/m", ["--dtype", "float32"], 1234)
+    assert argv[:2] == ["--model", "/m"] and "--middleware" not in argv
+    assert not any("usage_middleware" in arg for arg in argv)
+    for flag in ("--enforce-eager", "--no-enable-prefix-caching", "--no-enable-chunked-prefill", "--port"):
+        assert flag in argv
+    assert argv[argv.index("--max-num-batched-tokens") + 1] == argv[argv.index("--max-model-len") + 1]
+
+
+def test_gateway_command_raises_timeouts() -> None:
+    """Queued CPU video prefills exceed the gateway's default 300 s read timeout."""
+    command = processes.gateway_command("http://127.0.0.1:1", 8000)
+    assert command[command.index("--read-timeout-s") + 1] == "7200"
+    assert command[command.index("--default-aim") + 1] == "off"

@@ -1,0 +1,92 @@
+"""`aim-vllm bench` outputs: Markdown tables, the plugin verdict, result.json/.md/.png, the summary line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aim_vllm.benchmark.report import markdown, plugin_verdict, summary_line, write_outputs
+
+META = {
+    "model": "/m", "model_label": "tiny", "device": "cpu", "cpu_count": 2, "vllm": "0.32.0",
+    "git_commit": "abc", "duration_s": 12.0, "loadavg_start": [1.0], "loadavg_end": [2.0],
+    "settings": {"rounds": 1},
+}  # fmt: skip
+
+
+def _cell(level: str, flops: float | None, ttft: float, rps: float, ref: dict | None = None) -> dict:
+    ratio = {
+        "ttft_p50_s": ttft / ref["ttft_p50_s"] if ref else 1.0,
+        "tpot_p50_s": None,
+        "e2e_p50_s": 1.0,
+        "requests_per_s": rps / ref["requests_per_s"] if ref else 1.0,
+        "output_tokens_per_s": 1.0,
+    }
+    return {
+        "media": "video8", "concurrency": 1, "level": level, "flops_ratio": flops, "ttft_p50_s": ttft,
+        "tpot_p50_s": None, "e2e_p50_s": ttft + 1, "requests_per_s": rps, "output_tokens_per_s": 8 * rps,
+        "requests": 2, "errors": 0, "ratio": ratio,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def levels_result() -> dict:
+    off = _cell("off", 1.0, 4.0, 0.2)
+    return {
+        "bench": "aim-vllm bench", "mode": "levels", "meta": META, "reference": "off",
+        "levels": {"off": "off", "balanced": "balanced"},
+        "cells": [off, _cell("balanced", 0.1, 2.0, 0.5, off)],
+        "split": {"video8": [{
+            "level": "balanced", "pairs": 1, "flops_ratio": 0.1, "ttft_fresh_p50_s": 2.0, "e2e_speedup": 2.0,
+            "amdahl_bound_speedup": 2.5, "ttft_repeat_p50_s": 0.2, "llm_speedup": 5.0, "flops_speedup": 10.0,
+            "llm_speedup_vs_flops": 0.5,
+        }]},
+    }  # fmt: skip
+
+
+def test_markdown_levels(levels_result: dict) -> None:
+    """One row per cell with ratios to off; missing values print as '-'; the split table follows."""
+    text = markdown(levels_result)
+    assert "| video8 | 1 | balanced | 0.100 | 2.000 | 0.50 | - | - |" in text
+    assert "xoff" in text and "Where the time goes" in text
+    assert "| video8 | balanced | 0.100 | 2.000 | 2.00 | 2.50 | 0.200 | 5.00 | 10.00 | 0.50 | 1 |" in text
+    assert text.count("\n|") == 2 + 2 + 2 + 1  # header+rule+rows, twice
+
+
+def test_plugin_verdict() -> None:
+    """The worst aim-off/plain throughput ratio decides, against the 0.98 goal."""
+    plain = _cell("plain", None, 1.0, 1.0)
+    result = {"reference": "plain", "cells": [plain, _cell("aim-off", 1.0, 1.0, 0.99, plain)]}
+    assert "0.990 (meets" in plugin_verdict(result)
+    result["cells"].append(_cell("aim-off", 1.0, 1.0, 0.9, plain))
+    assert "0.900 (misses" in plugin_verdict(result)
+    assert "no throughput" in plugin_verdict({"reference": "plain", "cells": [plain]})
+
+
+def test_write_outputs(tmp_path: Path, levels_result: dict) -> None:
+    """JSON round-trips, Markdown is the report, the PNG is a real image file."""
+    paths = write_outputs(levels_result, tmp_path / "out")
+    assert json.loads(paths["json"].read_text()) == levels_result
+    assert paths["markdown"].read_text() == markdown(levels_result)
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["plot"].stat().st_size > 10_000
+
+
+def test_write_outputs_plugin_mode(tmp_path: Path) -> None:
+    plain = _cell("plain", None, 1.0, 1.0)
+    result = {
+        "bench": "aim-vllm bench", "mode": "plugin-overhead", "meta": META, "reference": "plain",
+        "levels": {"plain": None, "aim-off": "off"},
+        "cells": [plain, _cell("aim-off", 1.0, 1.0, 0.99, plain)],
+    }  # fmt: skip
+    paths = write_outputs(result, tmp_path)
+    assert "plugin cost" in paths["markdown"].read_text()
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_line_is_compact(levels_result: dict) -> None:
+    line = summary_line(levels_result, {"json": Path("r/result.json")})
+    assert line["device"] == "cpu" and line["outputs"] == {"json": "r/result.json"}
+    assert line["cells"][1]["ratio"]["ttft_p50_s"] == 0.5 and "ttft_p90_s" not in line["cells"][1]
+    json.dumps(line)

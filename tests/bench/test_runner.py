@@ -1,0 +1,68 @@
+"""`aim-vllm bench` end to end against a fake streaming engine (no vLLM): real gateway, real client."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from aim_vllm.benchmark import processes, report, runner
+from aim_vllm.benchmark.workload import MediaSpec
+from aim_vllm.commands.serve import ENGINE_CMD_ENV
+
+FAKE = Path(__file__).with_name("fake_stream_engine.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _options(tmp_path: Path, **changes) -> runner.BenchOptions:
+    base = dict(
+        model="fake-model", model_label="fake", engine_flags=(),
+        media=(MediaSpec("image"), MediaSpec("video", 2)), concurrency=(1, 2),
+        levels=("merge", "prune", "balanced", "budget:0.3"), rounds=1, waves=1, split_pairs=1,
+        max_tokens=3, image_size=32, frame_size=32, out_dir=tmp_path, startup_timeout_s=60, progress=False,
+    )  # fmt: skip
+    return runner.BenchOptions(**(base | changes))
+
+
+@pytest.fixture
+def fake_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AIM engine and plain vLLM both replaced by the fake streaming server."""
+    monkeypatch.setenv(ENGINE_CMD_ENV, f"{sys.executable} {FAKE}")
+    monkeypatch.setattr(processes, "PLAIN_ENTRY", "tests.bench.fake_stream_engine")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+
+
+@pytest.mark.timeout(120)
+def test_levels_through_the_gateway(tmp_path: Path, fake_engines: None) -> None:
+    """Every level reaches the engine through the gateway; `merge`/`prune` resolve from balanced."""
+    result = runner.run(_options(tmp_path))
+    assert result["mode"] == "levels" and result["reference"] == "off"
+    assert result["levels"]["merge"] == "merge:0.25" and result["levels"]["prune"] == "prune:3-5"
+    cells = {(c["media"], c["concurrency"], c["level"]): c for c in result["cells"]}
+    assert len(cells) == 2 * 2 * 5
+    assert all(c["errors"] == 0 for c in cells.values())
+    assert cells[("video2", 2, "off")]["requests"] == 2 and cells[("video2", 2, "off")]["flops_ratio"] == 1.0
+    balanced = cells[("image", 1, "balanced")]
+    assert balanced["flops_ratio"] == 0.25 and balanced["ratio"]["requests_per_s"] > 0
+    assert balanced["output_tokens"] == 3 and balanced["ttft_p50_s"] <= balanced["e2e_p50_s"]
+    assert [row["level"] for row in result["split"]["image"]][0] == "off"
+    assert result["meta"]["settings"]["media"] == ["image", "video2"]
+    paths = report.write_outputs(result, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["cells"] == result["cells"]
+
+
+@pytest.mark.timeout(120)
+def test_plugin_overhead_mode(tmp_path: Path, fake_engines: None) -> None:
+    """Plain engine (no usage.aim) against the AIM engine with AIM off, requests sent to each directly."""
+    result = runner.run(
+        _options(tmp_path, plugin_overhead=True, media=(MediaSpec("image"),), concurrency=(2,))
+    )
+    assert result["mode"] == "plugin-overhead" and result["reference"] == "plain"
+    cells = {c["level"]: c for c in result["cells"]}
+    assert set(cells) == {"plain", "aim-off"}
+    assert cells["plain"]["flops_ratio"] is None and cells["aim-off"]["flops_ratio"] == 1.0
+    assert cells["aim-off"]["ratio"]["requests_per_s"] is not None
+    assert "split" not in result
+    assert "plugin cost" in report.markdown(result)
