@@ -1,78 +1,85 @@
-"""Starting vLLM servers for engine tests: the AIM engine, and plain vLLM for comparison."""
+"""Starting vLLM servers for engine tests: the AIM engine, and plain vLLM for comparison.
+
+Uses `aim-vllm serve`'s replica helpers; plain vLLM is vLLM's own API server entry with the
+plugin disabled (`AIM_VLLM_DISABLE=1`) and the flags `aim-vllm engine` would add.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
-import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from aim_vllm.commands.serve import (
+    ENGINE_CMD_ENV,
+    Replica,
+    free_port,
+    start_replica,
+    stop_replicas,
+    wait_ready,
+)
+
+__all__ = ["Server", "free_port", "start"]
 
 STARTUP_TIMEOUT_S = 900  # two cores shared with other tests: vLLM start-up can take minutes
+PLAIN_VLLM = f"{sys.executable} -m vllm.entrypoints.launchers.api_server.entry"
+PLAIN_FLAGS = [
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--no-enable-prefix-caching",
+    "--max-model-len",
+    "8192",
+]
 
 
 @dataclass
 class Server:
     url: str
     model: str
-    process: subprocess.Popen
-    log: Path
+    replica: Replica
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        stop_replicas([self.replica], grace_s=60)
 
 
 def start(
     model_dir: Path, log: Path, *extra: str, plain: bool = False, env: dict[str, str | None] | None = None
 ) -> Server:
-    """Start `aim-vllm engine` (or plain vLLM's API server with the plugin disabled) and wait for /health."""
-    port = free_port()
-    common = ["--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
+    """Start `aim-vllm engine` (or plain vLLM) on `model_dir`, logging into `log`'s folder."""
+    overrides: dict[str, str | None] = {"VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+    flags = ["--dtype", "float32", *extra]
     if plain:
-        cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", *common]
-        cmd += ["--enforce-eager", "--no-enable-prefix-caching", "--max-model-len", "8192"]
-    else:
-        cmd = [sys.executable, "-m", "aim_vllm.cli", "engine", *common]
-    full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: remove the variable
-    if plain:
-        full_env["AIM_VLLM_DISABLE"] = "1"
-    handle = log.open("wb")
-    process = subprocess.Popen([*cmd, *extra], stdout=handle, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(f"http://127.0.0.1:{port}", str(model_dir), process, log)
-    _wait_healthy(server)
-    return server
+        overrides |= {"AIM_VLLM_DISABLE": "1", ENGINE_CMD_ENV: PLAIN_VLLM}
+        flags = [*PLAIN_FLAGS, *extra]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with _environment(overrides):
+        replica = start_replica(0, str(model_dir), flags, log.parent)
+    try:
+        wait_ready([replica], STARTUP_TIMEOUT_S)
+    except BaseException:
+        stop_replicas([replica], grace_s=10)
+        raise
+    return Server(replica.url, str(model_dir), replica)
 
 
-def _wait_healthy(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{_tail(server.log)}")
-        try:
-            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    server.stop()
-    raise TimeoutError(f"server not healthy after {STARTUP_TIMEOUT_S}s:\n{_tail(server.log)}")
-
-
-def _tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+@contextlib.contextmanager
+def _environment(overrides: dict[str, str | None]) -> Iterator[None]:
+    """Set (value) or remove (None) variables for the child being started, then restore."""
+    saved = {key: os.environ.get(key) for key in overrides}
+    try:
+        for key, value in overrides.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
