@@ -10,9 +10,9 @@ generated image or video (vLLM reuses encoder outputs of media it saw before, so
 would measure a cache). Users cycle through every (media, level) combination; the level goes in
 the body field `aim`. Besides locust's own row per request name (time to response headers and
 failures), each request reports three custom rows:
-  TTFT <media> <level>   time to the first streamed token (ms)
-  E2E <media> <level>    time to the end of the stream (ms)
-  TPOT <media> <level>   (E2E - TTFT) / (tokens - 1) (ms)
+  TTFT  <media> <level>  time to the first streamed token (ms)
+  E2E   <media> <level>  time to the end of the stream (ms)
+  TPOT  <media> <level>  (E2E - TTFT) / (tokens - 1) (ms)
 Media are made here without third-party packages: images and video frames are baseline JPEGs of
 random 8x8 colour blocks (a DC-only encoder below), sent as `image/jpeg` data URLs and vLLM's
 `video/jpeg` frame lists. This file imports neither aim_vllm nor torch.
@@ -228,6 +228,6 @@ class GatewayUser(HttpUser):
             timings["TPOT"] = (ended - first) / (tokens - 1)
         for kind, seconds in timings.items():
             self.environment.events.request.fire(
-                request_type=kind, name=f"{kind} {name}", response_time=1000 * seconds,
+                request_type=kind, name=name, response_time=1000 * seconds,
                 response_length=tokens, exception=None, context={},
             )  # fmt: skip
