@@ -6,9 +6,13 @@ and level, with `ratio` to the reference) and, for AIM levels, `split` (LLM part
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_GOAL = 0.98  # issue 8: the plugin with AIM off keeps >= 98% of plain vLLM's throughput
 
@@ -143,15 +147,18 @@ def summary_line(result: dict[str, Any], paths: dict[str, Path]) -> dict[str, An
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """result.json, result.md and result.png in `out_dir` (created); the paths written."""
+    """result.json, result.md and result.png in `out_dir` (created); the paths written.
+
+    The plot needs matplotlib (the `dev` extra); without it the plot is left out with a warning.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / "result.json",
-        "markdown": out_dir / "result.md",
-        "plot": out_dir / "result.png",
-    }
+    paths = {"json": out_dir / "result.json", "markdown": out_dir / "result.md"}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")
     paths["markdown"].write_text(markdown(result))
+    if importlib.util.find_spec("matplotlib") is None:
+        logger.warning("matplotlib is not installed: no plot (pip install matplotlib)")
+        return paths
+    paths["plot"] = out_dir / "result.png"
     plot(result, paths["plot"])
     return paths
 

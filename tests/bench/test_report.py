@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -71,6 +72,20 @@ def test_write_outputs(tmp_path: Path, levels_result: dict) -> None:
     assert json.loads(paths["json"].read_text()) == levels_result
     assert paths["markdown"].read_text() == markdown(levels_result)
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["plot"].stat().st_size > 10_000
+
+
+def test_write_outputs_without_matplotlib(
+    tmp_path: Path, levels_result: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-dev install still gets result.json and result.md."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a),
+    )
+    paths = write_outputs(levels_result, tmp_path)
+    assert set(paths) == {"json", "markdown"} and not (tmp_path / "result.png").exists()
 
 
 def test_write_outputs_plugin_mode(tmp_path: Path) -> None:
