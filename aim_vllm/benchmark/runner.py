@@ -70,7 +70,9 @@ class BenchOptions:
 
     def settings(self) -> dict[str, Any]:
         """The options as JSON values, for the report."""
-        data = asdict(self)
+        data = {
+            key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()
+        }
         data["media"] = [m.name for m in self.media]
         data["out_dir"] = str(self.out_dir)
         return data
@@ -125,6 +127,8 @@ class Session:
 
 def run(options: BenchOptions) -> dict[str, Any]:
     """Start the processes, measure, stop them; the result dict (see `report`)."""
+    if options.plugin_overhead:  # two fixed targets, no split phases: report the settings that ran
+        options = dataclasses.replace(options, levels=(PLAIN, AIM_OFF), split_pairs=0)
     log_dir = options.out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -178,10 +182,9 @@ async def _measure_levels(options: BenchOptions, model: str, gateway_url: str) -
 async def _measure_plugin(options: BenchOptions, model: str, aim_url: str, plain_url: str) -> dict[str, Any]:
     levels = [Level(PLAIN), Level(AIM_OFF, engine_kwargs={"aim_preset": "off"})]
     targets = {PLAIN: Target(levels[0], plain_url), AIM_OFF: Target(levels[1], aim_url)}
-    plugin_options = dataclasses.replace(options, split_pairs=0)
-    async with _session(plugin_options, model) as session:
+    async with _session(options, model) as session:
         await _warm_up(session, targets, options.media, None)
-        results = await _run_phases(session, targets, levels, plugin_options)
+        results = await _run_phases(session, targets, levels, options)
     cells = stats.add_ratios(_load_cells(results["load"]), PLAIN)
     return {
         "mode": "plugin-overhead",

@@ -65,4 +65,6 @@ def test_plugin_overhead_mode(tmp_path: Path, fake_engines: None) -> None:
     assert cells["plain"]["flops_ratio"] is None and cells["aim-off"]["flops_ratio"] == 1.0
     assert cells["aim-off"]["ratio"]["requests_per_s"] is not None
     assert "split" not in result
+    assert result["meta"]["settings"]["levels"] == ["plain", "aim-off"]
+    assert result["meta"]["settings"]["split_pairs"] == 0
     assert "plugin cost" in report.markdown(result)
