@@ -4,6 +4,10 @@ A request asks for at most one kind of level (all keys optional; none = the serv
   {"aim_preset": "off" | "light" | "balanced" | "max"}
   {"aim_merge_ratio": 0.25, "aim_prune_l1": 14, "aim_prune_l2": 22}   (prune keys: both or neither)
   {"aim_budget": 0.2}   (fraction of the baseline LLM prefill FLOPs)
+Baselines at the same token counts (explicit form only):
+  "aim_merge_method": "pool" | "random"       (instead of AIM's merging; default "aim")
+  "aim_prune_method": "fastv"                 (text-to-visual attention instead of PageRank)
+  "aim_prune_keep": 0.25 with "aim_prune_l1"  (prune once at l1 to this fraction; l2 optional)
 The multimodal processor resolves it against the model (depth, token counts) into a concrete
 `AimSchedule` and rewrites the kwargs into the canonical explicit form, so vLLM's processor,
 encoder and prefix caches key on the schedule actually applied. The server-wide default is the
@@ -28,7 +32,9 @@ PRESET, MERGE_RATIO, PRUNE_L1, PRUNE_L2, BUDGET = (
     "aim_prune_l2",
     "aim_budget",
 )
-AIM_KEYS = (PRESET, MERGE_RATIO, PRUNE_L1, PRUNE_L2, BUDGET)
+MERGE_METHOD, PRUNE_METHOD, PRUNE_KEEP = "aim_merge_method", "aim_prune_method", "aim_prune_keep"
+EXPLICIT_KEYS = (MERGE_RATIO, PRUNE_L1, PRUNE_L2, MERGE_METHOD, PRUNE_METHOD, PRUNE_KEEP)
+AIM_KEYS = (PRESET, BUDGET, *EXPLICIT_KEYS)
 DEFAULT_ENV = "AIM_VLLM_DEFAULT"
 
 
@@ -56,8 +62,8 @@ def parse_request(kwargs: Mapping[str, Any]) -> AimRequest | None:
     present = [key for key in AIM_KEYS if key in kwargs]
     if not present:
         return None
-    kinds = {PRESET: "preset", MERGE_RATIO: "explicit", PRUNE_L1: "explicit", PRUNE_L2: "explicit"}
-    if len({kinds.get(key, "budget") for key in present}) > 1:
+    kinds = {PRESET: "preset", BUDGET: "budget"}
+    if len({kinds.get(key, "explicit") for key in present}) > 1:
         raise ValueError(f"give one of {PRESET}, {BUDGET} or explicit merge/prune keys, not {present}")
     if PRESET in kwargs:
         preset = kwargs[PRESET]
@@ -69,20 +75,43 @@ def parse_request(kwargs: Mapping[str, Any]) -> AimRequest | None:
         if not 0.0 < budget <= 1.0:
             raise ValueError(f"{BUDGET} must be in (0, 1], got {budget}")
         return AimRequest(budget=budget)
-    if (PRUNE_L1 in kwargs) != (PRUNE_L2 in kwargs):
-        raise ValueError(f"give both {PRUNE_L1} and {PRUNE_L2}, or neither")
-    prune = (_integer(kwargs, PRUNE_L1), _integer(kwargs, PRUNE_L2)) if PRUNE_L1 in kwargs else None
-    ratio = _number(kwargs, MERGE_RATIO) if MERGE_RATIO in kwargs else 1.0
-    return AimRequest(schedule=AimSchedule(ratio, prune))
+    return AimRequest(schedule=_explicit_schedule(kwargs))
+
+
+def _explicit_schedule(kwargs: Mapping[str, Any]) -> AimSchedule:
+    keep = _number(kwargs, PRUNE_KEEP) if PRUNE_KEEP in kwargs else None
+    has_l1, has_l2 = PRUNE_L1 in kwargs, PRUNE_L2 in kwargs
+    complete = has_l1 if keep is not None else has_l1 == has_l2  # l2 is optional with a keep fraction
+    if not complete or (has_l2 and not has_l1):
+        raise ValueError(
+            f"give both {PRUNE_L1} and {PRUNE_L2} ({PRUNE_L2} optional with {PRUNE_KEEP}), or neither"
+        )
+    prune = None
+    if PRUNE_L1 in kwargs:
+        l1 = _integer(kwargs, PRUNE_L1)
+        prune = (l1, _integer(kwargs, PRUNE_L2) if PRUNE_L2 in kwargs else l1 + 1)
+    return AimSchedule(
+        merge_ratio=_number(kwargs, MERGE_RATIO) if MERGE_RATIO in kwargs else 1.0,
+        prune_layers=prune,
+        merge_method=_text(kwargs, MERGE_METHOD, "aim"),
+        prune_method=_text(kwargs, PRUNE_METHOD, "pagerank"),
+        prune_keep=keep,
+    )
 
 
 def canonical_kwargs(schedule: AimSchedule) -> dict[str, Any]:
-    """The explicit keys describing `schedule` (empty when AIM is off)."""
+    """The explicit keys describing `schedule` (empty when AIM is off; defaults left out)."""
     kwargs: dict[str, Any] = {}
     if schedule.merges:
         kwargs[MERGE_RATIO] = schedule.merge_ratio
+        if schedule.merge_method != "aim":
+            kwargs[MERGE_METHOD] = schedule.merge_method
     if schedule.prune_layers is not None:
         kwargs[PRUNE_L1], kwargs[PRUNE_L2] = schedule.prune_layers
+        if schedule.prune_method != "pagerank":
+            kwargs[PRUNE_METHOD] = schedule.prune_method
+        if schedule.prune_keep is not None:
+            kwargs[PRUNE_KEEP] = schedule.prune_keep
     return kwargs
 
 
@@ -110,6 +139,13 @@ def _number(kwargs: Mapping[str, Any], key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{key} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def _text(kwargs: Mapping[str, Any], key: str, default: str) -> str:
+    value = kwargs.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {type(value).__name__} {value!r}")
+    return value
 
 
 def _integer(kwargs: Mapping[str, Any], key: str) -> int:

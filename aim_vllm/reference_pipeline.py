@@ -79,7 +79,14 @@ class ReferencePipeline:
         embeds, is_visual = self.prompt_embeddings(prompt_ids, items)
         positions, offset = self.positions(prompt_ids, items)
         n = len(prompt_ids)
-        result = self.decoder.prefill(embeds, positions, is_visual, schedule.prune_layers)
+        result = self.decoder.prefill(
+            embeds,
+            positions,
+            is_visual,
+            schedule.prune_layers,
+            prune_keep=schedule.prune_keep,
+            prune_method=schedule.prune_method,
+        )
         logits = result.last_logits
         run = ReferenceRun([], [], [], n)
         for step, token in enumerate(tokens):
@@ -120,11 +127,11 @@ class ReferenceModel(ReferencePipeline):
         ) ** 2
         self.visual_token_ids = (self.hf.config.image_token_index, self.hf.config.video_token_index)
 
-    def item(self, kind: str, data: Any, ratio: float) -> torch.Tensor:
+    def item(self, kind: str, data: Any, ratio: float, method: str = "aim") -> torch.Tensor:
         """The merged packed embedding of a PIL image or of video frames [F, H, W, 3]."""
         if kind == "image":
-            return self.merge(self.image_embedding(data), "image", 0, ratio)
-        return self.merge(self.video_embedding(data), "video", len(data), ratio)
+            return self.merge(self.image_embedding(data), "image", 0, ratio, method)
+        return self.merge(self.video_embedding(data), "video", len(data), ratio, method)
 
     @torch.no_grad()
     def image_embedding(self, image) -> torch.Tensor:
@@ -145,12 +152,14 @@ class ReferenceModel(ReferencePipeline):
             0
         ]
 
-    def merge(self, embedding: torch.Tensor, kind: str, num_frames: int, ratio: float) -> torch.Tensor:
+    def merge(
+        self, embedding: torch.Tensor, kind: str, num_frames: int, ratio: float, method: str = "aim"
+    ) -> torch.Tensor:
         """AIM merge of one packed item (newline rows found by value: they copy `image_newline`)."""
         if ratio >= 1.0:
             return embedding
         if kind == "video":
-            return merge_video_embedding(embedding, num_frames, ratio)
+            return merge_video_embedding(embedding, num_frames, ratio, method)
         newline = self.hf.model.image_newline
         rows = int((embedding[self.base_tokens :] == newline).all(-1).sum())
-        return merge_anyres_image_embedding(embedding, self.base_tokens, rows, ratio)
+        return merge_anyres_image_embedding(embedding, self.base_tokens, rows, ratio, method)

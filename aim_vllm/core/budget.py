@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from aim_vllm.core.flops import LLMShape, executed_prefill_flops, prefill_flops
 from aim_vllm.core.schedule import AimSchedule, paper_prune_layers
-from aim_vllm.core.token_counts import merged_token_count, visual_kept_after_layer
+from aim_vllm.core.token_counts import merged_token_count
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def estimate_flops(
     """Baseline, paper-convention and executed prefill FLOPs of `schedule` on one prompt."""
     schedule.check_depth(shape.num_layers)
     merged = layout.merged(schedule.merge_ratio)
-    kept = visual_kept_after_layer(merged, shape.num_layers, schedule.prune_layers)
+    kept = schedule.visual_kept(merged, shape.num_layers)
     tokens_after = [text_tokens + k for k in kept]
     baseline = prefill_flops([text_tokens + layout.num_visual] * shape.num_layers, shape)
     return FlopsEstimate(

@@ -83,6 +83,49 @@ def pagerank_importance_masked(
     return v.squeeze(1).square().mean(dim=0).sqrt()
 
 
+def text_attention_importance(
+    q: torch.Tensor, k: torch.Tensor, is_query: torch.Tensor, active: torch.Tensor | None = None
+) -> torch.Tensor:
+    """FastV-style importance: attention each token receives from the query rows `is_query` [N].
+
+    The FastV baseline (Chen et al., 2024) at one layer: causal softmax(Q K^T / sqrt(d)) averaged over
+    heads and over the text query rows. `active` [N] masks pruned tokens out as keys and queries
+    (masking formulation). Returns [N] float32 (computed per head, like PageRank).
+    """
+    num_tokens, num_heads, head_size = q.shape
+    group = num_heads // k.shape[1]
+    causal = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=q.device).tril()
+    if active is not None:
+        causal &= active[None, :]
+        is_query = is_query & active
+    rows = is_query.nonzero().squeeze(-1)
+    total = torch.zeros(num_tokens, dtype=torch.float32, device=q.device)
+    for head in range(num_heads):
+        logits = (q[rows, head].float() @ k[:, head // group].float().T) * head_size**-0.5  # (Q, N)
+        total += logits.masked_fill(~causal[rows], float("-inf")).softmax(-1).sum(0)
+    return total / (num_heads * max(1, rows.numel()))
+
+
+def importance(
+    method: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    is_visual: torch.Tensor,
+    active: torch.Tensor | None = None,
+    tau: float = DEFAULT_TAU,
+    iters: int = DEFAULT_ITERS,
+) -> torch.Tensor:
+    """Importance of `method` ("pagerank" or "fastv") over the tokens of one sequence.
+
+    `active` (masking formulation): tokens still present; inactive tokens are masked out.
+    """
+    if method == "fastv":
+        return text_attention_importance(q, k, ~is_visual, active)
+    if active is None:
+        return pagerank_importance(q, k, tau, iters)
+    return pagerank_importance_masked(q, k, active, tau, iters)
+
+
 def select_kept_tokens(
     importance: torch.Tensor, is_visual: torch.Tensor, num_visual_kept: int
 ) -> torch.Tensor:

@@ -10,23 +10,30 @@ from __future__ import annotations
 
 import torch
 
-from aim_vllm.core.merge import merge_frames, merge_frames_with_origin
+from aim_vllm.core.baselines import reduce_frames_with_origin
 from aim_vllm.core.token_counts import merged_token_count
 
 
-def merge_video_embedding(embeds: torch.Tensor, num_frames: int, ratio: float) -> torch.Tensor:
-    """Merge each frame of a packed video [F*T + 1, C] (last row: newline) -> [F*t + 1, C]."""
+def merge_video_embedding(
+    embeds: torch.Tensor, num_frames: int, ratio: float, method: str = "aim"
+) -> torch.Tensor:
+    """Merge each frame of a packed video [F*T + 1, C] (last row: newline) -> [F*t + 1, C].
+
+    `method`: "aim", or a baseline of `core.baselines` at the same token count.
+    """
     frames, newline = embeds[:-1], embeds[-1:]
     frame_tokens = frames.shape[0] // num_frames
     if frame_tokens * num_frames != frames.shape[0]:
         raise ValueError(f"{frames.shape[0]} video tokens do not split into {num_frames} frames")
     target = merged_token_count(frame_tokens, ratio)
-    merged = merge_frames(frames.view(num_frames, frame_tokens, -1), target)  # (F, t, C)
+    merged, _ = reduce_frames_with_origin(
+        frames.view(num_frames, frame_tokens, -1), target, method
+    )  # (F, t, C)
     return torch.cat([merged.flatten(0, 1), newline])
 
 
 def merge_anyres_image_embedding(
-    embeds: torch.Tensor, base_tokens: int, grid_rows: int, ratio: float
+    embeds: torch.Tensor, base_tokens: int, grid_rows: int, ratio: float, method: str = "aim"
 ) -> torch.Tensor:
     """Merge a packed anyres image; each grid row's newline follows that row's last survivor.
 
@@ -43,8 +50,10 @@ def merge_anyres_image_embedding(
     rows = rest.view(grid_rows, rest.shape[0] // grid_rows, -1)  # (H, W + 1, C)
     grid, newline = rows[:, :-1].flatten(0, 1), rows[0, -1]
     width = rows.shape[1] - 1
-    merged_base = merge_frames(base[None], merged_token_count(base_tokens, ratio))[0]
-    merged_grid, origin = merge_frames_with_origin(grid[None], merged_token_count(grid.shape[0], ratio))
+    merged_base = reduce_frames_with_origin(base[None], merged_token_count(base_tokens, ratio), method)[0][0]
+    merged_grid, origin = reduce_frames_with_origin(
+        grid[None], merged_token_count(grid.shape[0], ratio), method
+    )
     # Interleave: survivors of row r (key 2r) then newline r (key 2r + 1), stable.
     keys = torch.cat([2 * (origin[0] // width), 2 * torch.arange(grid_rows, device=embeds.device) + 1])
     order = torch.sort(keys, stable=True).indices

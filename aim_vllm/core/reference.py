@@ -26,13 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aim_vllm.core.importance import (
-    DEFAULT_ITERS,
-    DEFAULT_TAU,
-    pagerank_importance,
-    pagerank_importance_masked,
-    select_kept_tokens,
-)
+from aim_vllm.core.importance import DEFAULT_ITERS, DEFAULT_TAU, importance, select_kept_tokens
 from aim_vllm.core.token_counts import visual_kept_after_layer
 
 
@@ -165,10 +159,15 @@ class ReferenceDecoder:
         prune_layers: tuple[int, int] | None = None,
         tau: float = DEFAULT_TAU,
         iters: int = DEFAULT_ITERS,
+        prune_keep: float | None = None,
+        prune_method: str = "pagerank",
     ) -> PrefillResult:
-        """Prefill embeds [N, d] at positions [N] or [3, N], pruning visual rows on schedule."""
+        """Prefill embeds [N, d] at positions [N] or [3, N], pruning visual rows on schedule.
+
+        `prune_keep` / `prune_method`: single-layer pruning and FastV importance (baselines).
+        """
         c = self.config
-        targets = visual_kept_after_layer(int(is_visual.sum()), c.num_layers, prune_layers)
+        targets = visual_kept_after_layer(int(is_visual.sum()), c.num_layers, prune_layers, prune_keep)
         idx = torch.arange(embeds.shape[0])  # original index of each current row
         x, cache, rows, kept = embeds, KVCache(), [], []
         for layer in range(c.num_layers):
@@ -181,7 +180,7 @@ class ReferenceDecoder:
             attn = self._attend(q, k, v, causal)
             visual_now = is_visual[idx]
             if targets[layer] < int(visual_now.sum()):  # 1. rank, 2. keep, 3. drop rows now
-                scores = pagerank_importance(q, k, tau, iters)
+                scores = importance(prune_method, q, k, visual_now, tau=tau, iters=iters)
                 keep = select_kept_tokens(scores, visual_now, targets[layer])
                 x, attn, idx = x[keep], attn[keep], idx[keep]
             x = self._finish_layer(layer, x, attn)
@@ -212,6 +211,8 @@ class ReferenceDecoder:
         tau: float = DEFAULT_TAU,
         iters: int = DEFAULT_ITERS,
         keep_sets: list[torch.Tensor] | None = None,
+        prune_keep: float | None = None,
+        prune_method: str = "pagerank",
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All rows through all layers; pruned tokens masked as queries and keys.
 
@@ -222,7 +223,7 @@ class ReferenceDecoder:
         """
         c = self.config
         n = embeds.shape[0]
-        targets = visual_kept_after_layer(int(is_visual.sum()), c.num_layers, prune_layers)
+        targets = visual_kept_after_layer(int(is_visual.sum()), c.num_layers, prune_layers, prune_keep)
         cos, sin = rope_cos_sin(positions, c, embeds.dtype)
         causal = torch.ones(n, n, dtype=torch.bool).tril()
         active = torch.ones(n, dtype=torch.bool)
@@ -234,7 +235,7 @@ class ReferenceDecoder:
                 active = ~is_visual.clone()
                 active[keep_sets[layer]] = True
             elif targets[layer] < int((is_visual & active).sum()):
-                scores = pagerank_importance_masked(q, k, active, tau, iters)
+                scores = importance(prune_method, q, k, is_visual, active, tau, iters)
                 present = active.nonzero().squeeze(-1)
                 keep = select_kept_tokens(scores[present], is_visual[present], targets[layer])
                 active = torch.zeros_like(active)

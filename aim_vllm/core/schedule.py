@@ -10,25 +10,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aim_vllm.core.token_counts import visual_kept_after_layer
+
 # AIM §4.1 implementation details: pruning layers of the paper's two LLM families.
 _PAPER_PRUNE_LAYERS = {28: (14, 22), 32: (13, 21)}
 # For other depths: the 28-layer setting as fractions of the depth.
 _PAPER_L1_FRACTION, _PAPER_L2_FRACTION = 14 / 28, 22 / 28
 
 PRESETS = ("off", "light", "balanced", "max")
+# Token reduction before the LLM: AIM's merging, or the baselines of equal token counts.
+MERGE_METHODS = ("aim", "pool", "random")
+# Importance inside the LLM: AIM's PageRank, or FastV-style text-to-visual attention.
+PRUNE_METHODS = ("pagerank", "fastv")
 
 
 @dataclass(frozen=True)
 class AimSchedule:
-    """What AIM does to one request.
+    """What AIM (or a baseline at the same token counts) does to one request.
 
     Attributes:
         merge_ratio: kept fraction of each frame's visual tokens, in (0, 1]; 1.0 = no merging.
         prune_layers: (l1, l2) with 0 <= l1 < l2, or None for no pruning.
+        merge_method: "aim" (bipartite merging), "pool" (average pooling), "random" (seeded drop).
+        prune_method: "pagerank" (AIM) or "fastv" (attention the text gives each visual token).
+        prune_keep: if set, prune once at l1 to this kept fraction (single-layer pruning, the
+            FastV setting) instead of AIM's progressive ramp from l1 to l2.
     """
 
     merge_ratio: float = 1.0
     prune_layers: tuple[int, int] | None = None
+    merge_method: str = "aim"
+    prune_method: str = "pagerank"
+    prune_keep: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.merge_ratio, bool) or not isinstance(self.merge_ratio, int | float):
@@ -39,6 +52,20 @@ class AimSchedule:
             l1, l2 = self.prune_layers
             if not (isinstance(l1, int) and isinstance(l2, int) and 0 <= l1 < l2):
                 raise ValueError(f"prune_layers must be integers 0 <= l1 < l2, got {self.prune_layers}")
+        if self.merge_method not in MERGE_METHODS:
+            raise ValueError(
+                f"merge_method must be one of {', '.join(MERGE_METHODS)}, got {self.merge_method!r}"
+            )
+        if self.prune_method not in PRUNE_METHODS:
+            raise ValueError(
+                f"prune_method must be one of {', '.join(PRUNE_METHODS)}, got {self.prune_method!r}"
+            )
+        if self.prune_keep is not None and (self.prune_layers is None or not 0.0 <= self.prune_keep <= 1.0):
+            raise ValueError(f"prune_keep needs prune_layers and must be in [0, 1], got {self.prune_keep}")
+
+    def visual_kept(self, num_visual: int, num_layers: int) -> list[int]:
+        """Visual tokens leaving each layer for `num_visual` visual tokens entering the LLM."""
+        return visual_kept_after_layer(num_visual, num_layers, self.prune_layers, self.prune_keep)
 
     @property
     def merges(self) -> bool:

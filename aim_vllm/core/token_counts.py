@@ -44,12 +44,19 @@ def retention_at_layer(layer: int, l1: int, l2: int) -> float:
 
 
 def visual_kept_after_layer(
-    num_visual: int, num_layers: int, prune_layers: tuple[int, int] | None
+    num_visual: int, num_layers: int, prune_layers: tuple[int, int] | None, keep: float | None = None
 ) -> list[int]:
-    """Visual tokens leaving each layer: int(N_vis * r_l), computed exactly in integers."""
+    """Visual tokens leaving each layer: int(N_vis * r_l), computed exactly in integers.
+
+    With `keep` (single-layer pruning, the FastV-style baseline): N_vis before layer l1 and
+    int(N_vis * keep) from layer l1 on; l2 is unused.
+    """
     if prune_layers is None:
         return [num_visual] * num_layers
     l1, l2 = prune_layers
+    if keep is not None:
+        kept = min(num_visual, math.floor(num_visual * keep + 1e-9))
+        return [num_visual if layer < l1 else kept for layer in range(num_layers)]
     span = l2 - l1
     return [num_visual * min(span, max(0, l2 - 1 - layer)) // span for layer in range(num_layers)]
 

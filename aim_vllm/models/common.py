@@ -17,25 +17,17 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from aim_vllm.config import (
-    AIM_KEYS,
-    MERGE_RATIO,
-    PRUNE_L1,
-    PRUNE_L2,
-    canonical_kwargs,
-    default_request,
-    parse_request,
-)
+from aim_vllm.config import AIM_KEYS, canonical_kwargs, default_request, parse_request
 from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape
-from aim_vllm.core.schedule import OFF, AimSchedule
+from aim_vllm.core.schedule import MERGE_METHODS, OFF, PRUNE_METHODS, AimSchedule
 from aim_vllm.pruning.decoder import PruningDecoder
 from aim_vllm.usage import StatsStore, UsageReporter
 
 
 @dataclass(frozen=True)
 class ItemParams:
-    """Per-item AIM parameters, carried as a float tensor [6] in the item's `aim_<modality>` field.
+    """Per-item AIM parameters, carried as a float tensor [9] in the item's `aim_<modality>` field.
 
     Attributes:
         schedule: the request's schedule (the same on every item of a request).
@@ -49,15 +41,24 @@ class ItemParams:
     grid_rows: int = 0
 
     def to_tensor(self) -> torch.Tensor:
-        l1, l2 = self.schedule.prune_layers or (-1, -1)
-        values = [self.schedule.merge_ratio, l1, l2, self.tokens_in, self.base_tokens, self.grid_rows]
+        s = self.schedule
+        l1, l2 = s.prune_layers or (-1, -1)
+        values = [s.merge_ratio, l1, l2, self.tokens_in, self.base_tokens, self.grid_rows]
+        values += [MERGE_METHODS.index(s.merge_method), PRUNE_METHODS.index(s.prune_method)]
+        values.append(-1.0 if s.prune_keep is None else s.prune_keep)
         return torch.tensor(values, dtype=torch.float64)
 
     @classmethod
     def from_tensor(cls, values: torch.Tensor) -> ItemParams:
-        ratio, l1, l2, tokens_in, base, rows = values.tolist()
-        prune = (int(l1), int(l2)) if l1 >= 0 else None
-        return cls(AimSchedule(ratio, prune), int(tokens_in), int(base), int(rows))
+        ratio, l1, l2, tokens_in, base, rows, merge, prune_method, keep = values.tolist()
+        schedule = AimSchedule(
+            merge_ratio=ratio,
+            prune_layers=(int(l1), int(l2)) if l1 >= 0 else None,
+            merge_method=MERGE_METHODS[int(merge)],
+            prune_method=PRUNE_METHODS[int(prune_method)],
+            prune_keep=None if keep < 0 else keep,
+        )
+        return cls(schedule, int(tokens_in), int(base), int(rows))
 
 
 def field_name(modality: str) -> str:
@@ -66,14 +67,14 @@ def field_name(modality: str) -> str:
 
 def schedule_from_kwargs(kwargs: dict) -> AimSchedule:
     """The schedule of canonical kwargs (as written by `AimProcessorMixin.apply`)."""
-    if not any(key in kwargs for key in (MERGE_RATIO, PRUNE_L1)):
-        return OFF
-    prune = (kwargs[PRUNE_L1], kwargs[PRUNE_L2]) if PRUNE_L1 in kwargs else None
-    return AimSchedule(kwargs.get(MERGE_RATIO, 1.0), prune)
+    request = parse_request(kwargs)
+    return OFF if request is None or request.schedule is None else request.schedule
 
 
 class AimProcessorMixin:
     """Resolves the AIM level once per request in `apply` (put before vLLM's processor class)."""
+
+    aim_merge_methods: tuple[str, ...] = ("aim",)  # token reductions the model file implements
 
     def aim_layout(self, mm_items) -> VisualLayout:
         """The request's visual tokens as the merger sees them (model specific)."""
@@ -84,6 +85,11 @@ class AimProcessorMixin:
         kwargs = {k: v for k, v in inputs.hf_processor_mm_kwargs.items() if k not in AIM_KEYS}
         if request is not None:
             schedule = request.resolve(self._aim_llm_shape().num_layers, lambda b: self._solve(b, inputs))
+            if schedule.merges and schedule.merge_method not in self.aim_merge_methods:
+                raise ValueError(
+                    f"merge_method {schedule.merge_method!r} is not available for this model "
+                    f"(available: {', '.join(self.aim_merge_methods)})"
+                )
             kwargs.update(canonical_kwargs(schedule))
         return super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
 

@@ -72,6 +72,8 @@ class AimLlavaOnevisionProcessingInfo(LlavaOnevisionProcessingInfo):
 class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMultiModalProcessor):
     """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
 
+    aim_merge_methods = ("aim", "pool", "random")  # AIM and the equal-count baselines
+
     def aim_layout(self, mm_items) -> VisualLayout:
         groups, extra = [], 0
         for width, height, frames in _video_sizes(mm_items):
@@ -200,16 +202,18 @@ class AimLlavaOnevisionForConditionalGeneration(AimModelMixin, LlavaOnevisionFor
         return embeddings
 
     def _merge(self, modality: str, inputs, items: list[torch.Tensor], params) -> list[torch.Tensor]:
-        # AIM: begin
+        """Each item reduced per its `ItemParams` (AIM merging or a baseline of the same count)."""
         merged = []
         for i, embeds in enumerate(items):
             item = ItemParams.from_tensor(params[i])
-            ratio = item.schedule.merge_ratio
+            ratio, method = item.schedule.merge_ratio, item.schedule.merge_method
             if ratio >= 1.0:
                 merged.append(embeds)
             elif modality == "video":
-                merged.append(merge_video_embedding(embeds, len(inputs["pixel_values_videos"][i]), ratio))
+                frames = len(inputs["pixel_values_videos"][i])
+                merged.append(merge_video_embedding(embeds, frames, ratio, method))
             else:
-                merged.append(merge_anyres_image_embedding(embeds, item.base_tokens, item.grid_rows, ratio))
+                merged.append(
+                    merge_anyres_image_embedding(embeds, item.base_tokens, item.grid_rows, ratio, method)
+                )
         return merged
-        # AIM: end

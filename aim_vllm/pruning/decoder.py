@@ -21,7 +21,7 @@ import torch
 
 from aim_vllm.attention.compaction import compact_common_metadata
 from aim_vllm.compat import get_forward_context
-from aim_vllm.core.importance import pagerank_importance, select_kept_tokens
+from aim_vllm.core.importance import importance, select_kept_tokens
 from aim_vllm.pruning.state import PruneRecord, RequestStep, StepContext, decide
 
 
@@ -141,15 +141,17 @@ class PruningDecoder:
     def _rank(req: RequestStep, q, k, attn_layer, token_index, start: int, count: int, num_kept: int):
         """Local indices kept among a request's `count` rows: all text + the top visual prompt rows.
 
-        PageRank runs over the prompt rows only (as in the request's original prefill); rows of
-        tokens generated before a preemption (recomputed here, after the prompt) are kept.
+        Importance (PageRank, or the FastV baseline) runs over the prompt rows only, as in the
+        request's original prefill; rows of tokens generated before a preemption (recomputed here,
+        after the prompt) are kept.
         """
         prompt = sum(1 for p in token_index[start : start + count].tolist() if p < req.num_prompt)
         span = slice(start, start + prompt)
         is_visual = torch.tensor([req.is_visual(p) for p in token_index[span].tolist()])
         q_r = q[span].view(prompt, attn_layer.num_heads, attn_layer.head_size)
         k_r = k[span].view(prompt, attn_layer.num_kv_heads, attn_layer.head_size)
-        kept = select_kept_tokens(pagerank_importance(q_r, k_r), is_visual, num_kept)
+        scores = importance(req.schedule.prune_method, q_r, k_r, is_visual)
+        kept = select_kept_tokens(scores, is_visual, num_kept)
         return torch.cat([kept, torch.arange(prompt, count)])
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aim_vllm.core.schedule import AimSchedule
-from aim_vllm.core.token_counts import visual_kept_after_layer
 
 PRUNED, NOT_PRUNED = "pruned", "not requested"
 SKIPPED_SPLIT = "skipped: prompt not prefilled in one step (chunked prefill or prefix cache hit)"
@@ -89,7 +88,7 @@ class PruneRecord:
     @classmethod
     def planned(cls, req: RequestStep, num_layers: int) -> PruneRecord:
         """The record a whole-prompt prefill of `req` produces (counts are deterministic)."""
-        kept = visual_kept_after_layer(req.num_visual, num_layers, req.prune_layers)
+        kept = req.schedule.visual_kept(req.num_visual, num_layers)
         entering = [req.num_visual, *kept[:-1]]  # visual tokens each layer processes
         text = req.num_prompt - req.num_visual
         return cls(

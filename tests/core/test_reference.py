@@ -76,3 +76,18 @@ def test_aim_off_equals_transformers(tiny_model_dir, decoder: ReferenceDecoder) 
         expected = model.lm_head(hidden)[0]
     got = decoder.prefill(embeds, positions, is_visual).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("method", "keep"), [("fastv", 0.3), ("pagerank", 0.5), ("fastv", None)])
+def test_baseline_pruning_removal_equals_masking(decoder: ReferenceDecoder, method, keep) -> None:
+    """The FastV-style baseline (and single-layer PageRank) obey the same removal == masking rule."""
+    embeds, positions, is_visual = _prompt()
+    kwargs = {"prune_method": method, "prune_keep": keep}
+    removed = decoder.prefill(embeds, positions, is_visual, (2, 4), **kwargs)
+    hidden, masks = decoder.forward_masked(embeds, positions, is_visual, (2, 4), **kwargs)
+    for layer, mask in enumerate(masks):
+        assert mask.nonzero().squeeze(-1).tolist() == removed.kept[layer].tolist()
+    final = masks[-1].nonzero().squeeze(-1)
+    torch.testing.assert_close(removed.logits, decoder.logits(hidden[final]), rtol=1e-5, atol=1e-5)
+    if keep is not None:
+        assert removed.rows_per_layer[3:] == [12 + int(40 * keep)] * 3

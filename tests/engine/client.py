@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from aim_vllm.config import canonical_kwargs
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.reference_pipeline import ReferencePipeline
 
@@ -46,10 +47,8 @@ def chat(
 
 
 def aim_kwargs(schedule: AimSchedule) -> dict:
-    kwargs: dict[str, Any] = {"aim_merge_ratio": schedule.merge_ratio}
-    if schedule.prune_layers:
-        kwargs["aim_prune_l1"], kwargs["aim_prune_l2"] = schedule.prune_layers
-    return kwargs
+    """The explicit `mm_processor_kwargs` of `schedule` (merge ratio always given)."""
+    return {"aim_merge_ratio": schedule.merge_ratio, **canonical_kwargs(schedule)}
 
 
 def assert_matches_reference(
@@ -59,7 +58,7 @@ def assert_matches_reference(
     choice = response["choices"][0]
     tokens = choice["token_ids"]
     logprobs = [entry["logprob"] for entry in choice["logprobs"]["content"]]
-    items = [reference_item(reference, m, schedule.merge_ratio) for m in media]
+    items = [reference_item(reference, m, schedule.merge_ratio, schedule.merge_method) for m in media]
     run = reference.run(response["prompt_token_ids"], items, schedule, tokens)
     np.testing.assert_allclose(logprobs, run.logprobs, atol=LOGPROB_TOL, rtol=0)
     for step, (token, best, margin) in enumerate(zip(tokens, run.argmax, run.margins, strict=True)):
@@ -67,6 +66,8 @@ def assert_matches_reference(
     return run
 
 
-def reference_item(reference: ReferencePipeline, media: Media, ratio: float) -> Any:
+def reference_item(reference: ReferencePipeline, media: Media, ratio: float, method: str = "aim") -> Any:
     """The reference's item for `media` merged at `ratio` (an embedding, or an architecture's item)."""
-    return reference.item(media.kind, media.data, ratio)
+    if method == "aim":
+        return reference.item(media.kind, media.data, ratio)
+    return reference.item(media.kind, media.data, ratio, method)

@@ -91,3 +91,38 @@ def test_server_default_from_environment(monkeypatch) -> None:
     monkeypatch.setenv(DEFAULT_ENV, "balanced")
     with pytest.raises(ValueError, match="JSON object"):
         default_request()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (
+            {"aim_merge_ratio": 0.25, "aim_merge_method": "pool"},
+            AimSchedule(0.25, merge_method="pool"),
+        ),
+        (
+            {"aim_prune_l1": 2, "aim_prune_method": "fastv", "aim_prune_keep": 0.3},
+            AimSchedule(1.0, (2, 3), prune_method="fastv", prune_keep=0.3),
+        ),
+    ],
+)
+def test_baselines_parse_and_round_trip(kwargs, expected) -> None:
+    """Baseline requests are explicit schedules; their canonical form parses back to them."""
+    request = parse_request(kwargs)
+    assert request == AimRequest(schedule=expected)
+    assert parse_request(canonical_kwargs(expected)) == request
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"aim_merge_ratio": 0.5, "aim_merge_method": "median"}, "merge_method must be one of"),
+        ({"aim_merge_method": 3}, "must be a string"),
+        ({"aim_prune_keep": 0.3}, "give both"),
+        ({"aim_prune_l2": 3, "aim_prune_keep": 0.3}, "give both"),
+        ({"aim_preset": "max", "aim_merge_method": "pool"}, "give one of"),
+    ],
+)
+def test_bad_baselines(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_request(kwargs)
