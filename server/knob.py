@@ -5,6 +5,8 @@ Where the knob comes from (first present wins):
      grammar below or one object of
        {"preset": "off" | "light" | "balanced" | "max"}
        {"merge_ratio": r, "prune_layers": [l1, l2]}   (either key may be left out, not both)
+         plus, for baselines at the same token counts: "merge_method": "pool" | "random",
+         "prune_method": "fastv", "prune_keep": k (prune once at l1 to this fraction)
        {"budget": b}
   2. the `X-AIM-Level` header, a string in the grammar below;
   3. the server default (`Settings.default_aim`, itself in the grammar; `off` unless set).
@@ -16,12 +18,17 @@ Level grammar (case-insensitive, surrounding blanks ignored; numbers are plain d
     explicit := item ("," item)*                     each key at most once
     item     := "merge:" number                      kept fraction of each frame, 0 < number <= 1
               | "prune:" int "-" int                 pruning layers l1-l2, 0 <= l1 < l2
-  e.g. `balanced`, `budget:0.2`, `merge:0.25,prune:14-22`, `prune:14-22` (no merging).
+              | "method:" ("aim" | "pool" | "random")     token reduction before the LLM
+              | "importance:" ("pagerank" | "fastv")      ranking inside the LLM
+              | "keep:" number                       single-layer pruning at l1 to this fraction
+  e.g. `balanced`, `budget:0.2`, `merge:0.25,prune:14-22`, `prune:14-22` (no merging),
+  `merge:0.25,method:pool` (uniform pooling baseline), `prune:2-3,keep:0.3,importance:fastv`.
 
 What the engine receives (request body `mm_processor_kwargs`; exactly one form, always sent):
     preset   -> {"aim_preset": name}
     budget   -> {"aim_budget": b}
-    explicit -> {"aim_merge_ratio": r} plus {"aim_prune_l1": l1, "aim_prune_l2": l2} when pruning
+    explicit -> {"aim_merge_ratio": r} plus {"aim_prune_l1": l1, "aim_prune_l2": l2} when pruning,
+                plus "aim_merge_method" / "aim_prune_method" / "aim_prune_keep" when not default
 The engine resolves presets and budgets against the model's real depth and token counts and
 answers 400 for values that do not fit the model. `level` is the normalised grammar string the
 gateway adds to `usage.aim`; `label` is its bounded form for metric labels.
@@ -31,7 +38,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -79,23 +86,35 @@ class PresetKnob(_Knob):
 
 
 class ExplicitKnob(_Knob):
-    """Explicit parameters: merge ratio (kept fraction) and/or pruning layers (l1, l2)."""
+    """Explicit parameters: merge ratio (kept fraction) and/or pruning layers (l1, l2), and the
+    baselines' methods (`core.schedule.MERGE_METHODS` / `PRUNE_METHODS`, single-layer keep)."""
 
     merge_ratio: Fraction = 1.0
     prune_layers: Annotated[list[Layer], Field(min_length=2, max_length=2)] | None = None
+    merge_method: Literal["aim", "pool", "random"] = "aim"
+    prune_method: Literal["pagerank", "fastv"] = "pagerank"
+    prune_keep: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ExplicitKnob:
-        if not self.model_fields_set:
+        if not self.model_fields_set & {"merge_ratio", "prune_layers"}:
             raise ValueError("give merge_ratio, prune_layers, or both")
         if self.prune_layers is not None and not self.prune_layers[0] < self.prune_layers[1]:
             raise ValueError(f"prune_layers must be [l1, l2] with l1 < l2, got {self.prune_layers}")
+        if self.prune_keep is not None and self.prune_layers is None:
+            raise ValueError("prune_keep needs prune_layers")
         return self
 
     def mm_processor_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"aim_merge_ratio": self.merge_ratio}
+        if self.merge_method != "aim":
+            kwargs["aim_merge_method"] = self.merge_method
         if self.prune_layers is not None:
             kwargs["aim_prune_l1"], kwargs["aim_prune_l2"] = self.prune_layers
+            if self.prune_method != "pagerank":
+                kwargs["aim_prune_method"] = self.prune_method
+            if self.prune_keep is not None:
+                kwargs["aim_prune_keep"] = self.prune_keep
         return kwargs
 
     @property
@@ -103,6 +122,12 @@ class ExplicitKnob(_Knob):
         text = f"merge:{_format_number(self.merge_ratio)}"
         if self.prune_layers is not None:
             text += f",prune:{self.prune_layers[0]}-{self.prune_layers[1]}"
+        if self.merge_method != "aim":
+            text += f",method:{self.merge_method}"
+        if self.prune_method != "pagerank":
+            text += f",importance:{self.prune_method}"
+        if self.prune_keep is not None:
+            text += f",keep:{_format_number(self.prune_keep)}"
         return text
 
     @property
@@ -182,16 +207,30 @@ def resolve_knob(body_value: object, header_value: str | None, default: AimKnob)
     return default
 
 
+_ITEMS = {
+    "merge": "merge_ratio",
+    "prune": "prune_layers",
+    "method": "merge_method",
+    "importance": "prune_method",
+    "keep": "prune_keep",
+}
+
+
 def _parse_explicit(value: str) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for item in value.split(","):
         key, sep, arg = item.strip().partition(":")
-        name = {"merge": "merge_ratio", "prune": "prune_layers"}.get(key)
+        name = _ITEMS.get(key)
         if not sep or name is None:
             raise ValueError(f"unknown item {item.strip()!r}")
         if name in fields:
             raise ValueError(f"{key!r} given twice")
-        fields[name] = _parse_number(arg) if name == "merge_ratio" else _parse_layers(arg)
+        if name in ("merge_ratio", "prune_keep"):
+            fields[name] = _parse_number(arg)
+        elif name == "prune_layers":
+            fields[name] = _parse_layers(arg)
+        else:
+            fields[name] = arg.strip()
     return fields
 
 

@@ -132,3 +132,32 @@ def test_presets_match_the_core_schedule() -> None:
         "budget",
         "custom",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs"),
+    [
+        ("merge:0.25,method:pool", {"aim_merge_ratio": 0.25, "aim_merge_method": "pool"}),
+        (
+            "prune:2-3,keep:0.3,importance:fastv",
+            {
+                "aim_merge_ratio": 1.0,
+                "aim_prune_l1": 2,
+                "aim_prune_l2": 3,
+                "aim_prune_method": "fastv",
+                "aim_prune_keep": 0.3,
+            },
+        ),
+    ],
+)
+def test_baseline_levels_map_to_engine_keys(text: str, kwargs: dict) -> None:
+    """Baselines travel like AIM levels; the level string round-trips through the grammar."""
+    knob = parse_level(text)
+    assert knob.mm_processor_kwargs() == kwargs
+    assert parse_level(knob.level) == knob
+
+
+@pytest.mark.parametrize("text", ["merge:0.5,method:median", "keep:0.3", "merge:0.5,importance:random"])
+def test_bad_baseline_levels_are_400(text: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        parse_level(text)
