@@ -11,9 +11,6 @@ functions (`aim_vllm.core`), and the gateway's metrics against the answers.
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +19,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape, executed_prefill_flops, prefill_flops
 from aim_vllm.core.schedule import PRESETS, AimSchedule, preset_schedule
 from aim_vllm.core.token_counts import visual_kept_after_layer
-from server.app import create_app
-from server.config import Settings
-from tests.engine import media, servers
+from tests.engine import media
 
 QUESTION = "What colour is the square?"
 MAX_TOKENS = 2
@@ -65,26 +59,6 @@ class Answer:
     usage: dict[str, Any]  # usage with its `aim` object, as the SDK parsed it
     content: str
     chunks: int = 0  # streaming: chunks received, the usage chunk last
-
-
-@pytest.fixture(scope="module")
-def gateway(aim_engine) -> Iterator[str]:
-    """The gateway over the session's engine, served by uvicorn in a thread; yields its base URL."""
-    settings = Settings(upstreams=[aim_engine.url], upstream_dns=None, default_aim="off", api_keys=[])
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=servers.free_port(), log_config=None,
-        access_log=False, lifespan="on",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{config.port}"
-    server.should_exit = True
-    thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

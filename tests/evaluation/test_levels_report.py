@@ -1,0 +1,65 @@
+"""Level specs, baselines at AIM's token counts, and the report files."""
+
+import json
+
+import pytest
+
+from aim_vllm.core.architectures import ARCHITECTURES
+from aim_vllm.core.budget import VisualLayout, estimate_flops
+from aim_vllm.core.schedule import preset_schedule
+from aim_vllm.evaluation.levels import baselines_for, parse_specs
+from aim_vllm.evaluation.report import markdown, plot, summarise
+from server.knob import parse_level
+
+
+def test_specs_use_plus_inside_a_level() -> None:
+    assert parse_specs("off, balanced,merge:0.25+prune:3-5") == ["off", "balanced", "merge:0.25,prune:3-5"]
+    with pytest.raises(ValueError):
+        parse_specs(" , ")
+
+
+def test_baselines_share_aims_counts_and_flops() -> None:
+    """Pool/random/merge-only use AIM's merge ratio; FastV's keep fraction matches AIM's FLOPs."""
+    spec = ARCHITECTURES["llava-onevision-0.5b"]
+    layout = VisualLayout((196,) * 8, 1)
+    levels = baselines_for("balanced", spec.llm, layout, 40)
+    aim = preset_schedule("balanced", spec.llm.num_layers)
+    assert set(levels) == {"aim-balanced", "pool", "random", "fastv", "merge-only", "prune-only"}
+    knobs = {name: parse_level(level) for name, level in levels.items()}  # all valid gateway levels
+    assert knobs["pool"].merge_ratio == knobs["random"].merge_ratio == aim.merge_ratio
+    assert knobs["pool"].merge_method == "pool" and knobs["fastv"].prune_method == "fastv"
+    from aim_vllm.core.schedule import AimSchedule
+
+    fastv = AimSchedule(
+        aim.merge_ratio, tuple(knobs["fastv"].prune_layers), prune_keep=knobs["fastv"].prune_keep
+    )
+    target = estimate_flops(aim, spec.llm, layout, 40).executed
+    assert estimate_flops(fastv, spec.llm, layout, 40).executed == pytest.approx(target, rel=0.02)
+
+
+def test_summary_markdown_and_plot(tmp_path) -> None:
+    results = tmp_path / "results.jsonl"
+    records = [
+        {
+            "id": f"{i}",
+            "level": level,
+            "correct": i % k == 0,
+            "ttft_s": 0.5,
+            "latency_s": 1.0,
+            "prompt_tokens": 100,
+            "aim": {"flops_ratio": ratio},
+            "error": "",
+        }
+        for level, k, ratio in (("off", 1, 1.0), ("balanced", 2, 0.2))
+        for i in range(10)
+    ]
+    records.append({**records[0], "error": "HTTP 500"})  # errors are not counted
+    results.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    rows = summarise(results, ["off", "balanced"], {"balanced": "aim-balanced"})
+    assert [(r["name"], r["n"], r["accuracy"], r["flops_ratio"]) for r in rows] == [
+        ("off", 10, 1.0, 1.0),
+        ("aim-balanced", 10, 0.5, 0.2),
+    ]
+    assert "| aim-balanced | `balanced` | 10 | 0.500 |" in markdown(rows)
+    plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
