@@ -25,12 +25,21 @@ PLAIN_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 DISABLE_ENV = "AIM_VLLM_DISABLE"
 _MIDDLEWARE_FLAG = "--middleware"
 _GATEWAY_START_S = 60.0
+# vLLM kills the engine when one model step takes longer (default 300 s); a CPU prefill of a
+# batch of videos (or any prefill on a loaded machine) can. Set for the engines we start, unless
+# the caller set it.
+_ENGINE_ENV_DEFAULTS = {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "3600"}
 # The gateway's limits on one request, raised: 16 queued CPU video prefills can take an hour.
 _GATEWAY_TIMEOUT_S = 7200
 
 
 def start_aim_engine(model: str, flags: list[str], log_dir: Path, index: int = 0) -> Replica:
-    """`aim-vllm engine --model MODEL FLAGS` on a free local port (not yet ready)."""
+    """`aim-vllm engine --model MODEL FLAGS` on a free local port (not yet ready).
+
+    The engine inherits this process's environment, with `_ENGINE_ENV_DEFAULTS` filled in.
+    """
+    for name, value in _ENGINE_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return start_replica(index, model, flags, log_dir)
 
 
@@ -52,7 +61,7 @@ def start_plain_engine(model: str, flags: list[str], log_dir: Path, index: int =
     """Stock vLLM (plugin disabled) with the AIM engine's flags, on a free local port."""
     port = free_port()
     log_path = log_dir / f"plain-{index}.log"
-    env = {**os.environ, DISABLE_ENV: "1"}
+    env = {**_ENGINE_ENV_DEFAULTS, **os.environ, DISABLE_ENV: "1"}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # what `aim-vllm engine` sets
     command = [sys.executable, "-m", PLAIN_ENTRY, *plain_engine_argv(model, flags, port)]
     with log_path.open("wb") as log:

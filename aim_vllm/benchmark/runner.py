@@ -164,7 +164,8 @@ async def _measure_levels(options: BenchOptions, model: str, gateway_url: str) -
             list(options.levels), balanced.aim["merge_ratio"], balanced.aim.get("prune_layers")
         )
         targets = {level.label: Target(level, gateway_url) for level in levels}
-        await _warm_up(session, targets, options.media, REFERENCE_LEVEL)
+        warmed = {REFERENCE_LEVEL, "balanced"} & set(targets)  # the two requests above
+        await _warm_up(session, targets, options.media, REFERENCE_LEVEL, warmed)
         results = await _run_phases(session, targets, levels, options)
     cells = stats.add_ratios(_load_cells(results["load"]), REFERENCE_LEVEL)
     split = {
@@ -225,14 +226,19 @@ def _plan(options: BenchOptions, levels: list[Level]) -> list[Phase]:
 
 
 async def _warm_up(
-    session: Session, targets: dict[str, Target], media: tuple[MediaSpec, ...], only: str | None
+    session: Session,
+    targets: dict[str, Target],
+    media: tuple[MediaSpec, ...],
+    only: str | None,
+    warmed: set[str] = frozenset(),
 ) -> None:
     """Unmeasured requests: every level with the first media kind (first-use costs, early 400s),
-    then the other media kinds with level `only` (every level when None)."""
+    except the `warmed` ones, then the other media kinds with level `only` (all levels if None)."""
     session.bar.set_description("warm-up")
     for index, spec in enumerate(media):
         for label, target in targets.items():
-            if index == 0 or only is None or label == only:
+            first = index == 0 and label not in warmed
+            if first or (index > 0 and (only is None or label == only)):
                 await session.one(target, spec)
 
 

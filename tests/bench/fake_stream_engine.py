@@ -4,12 +4,14 @@ Takes `--port`/`--host` (ignores other flags); serves /health, /v1/models and st
 completions: a role chunk, `max_tokens` token chunks (text and `token_ids`), a usage chunk and
 `[DONE]`. `usage.aim` mimics the AIM engine from the request's `mm_processor_kwargs` (none when
 the request has none, like plain vLLM): `balanced` reports merge 0.25 and pruning layers [3, 5].
+With $FAKE_ENGINE_LOG set, appends one JSON line per chat request: its `mm_processor_kwargs`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -54,6 +56,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if os.environ.get("FAKE_ENGINE_LOG"):
+            with open(os.environ["FAKE_ENGINE_LOG"], "a") as log:
+                log.write(json.dumps(body.get("mm_processor_kwargs")) + "\n")
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")

@@ -85,3 +85,20 @@ def test_gateway_command_raises_timeouts() -> None:
     command = processes.gateway_command("http://127.0.0.1:1", 8000)
     assert command[command.index("--read-timeout-s") + 1] == "7200"
     assert command[command.index("--default-aim") + 1] == "off"
+
+
+def test_plain_engine_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain vLLM: vLLM's own server entry, the plugin disabled, vLLM's step timeout raised."""
+    started = {}
+
+    class FakePopen:
+        def __init__(self, command, **kwargs) -> None:
+            started.update(command=command, env=kwargs["env"], new_session=kwargs["start_new_session"])
+
+    monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
+    monkeypatch.delenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", raising=False)
+    replica = processes.start_plain_engine("/m", ["--dtype", "float32"], tmp_path)
+    assert started["command"][1:3] == ["-m", "vllm.entrypoints.launchers.api_server.entry"]
+    assert started["env"]["AIM_VLLM_DISABLE"] == "1" and started["new_session"]
+    assert started["env"]["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "3600"
+    assert replica.log_path == tmp_path / "plain-1.log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,15 +28,18 @@ def _options(tmp_path: Path, **changes) -> runner.BenchOptions:
 
 
 @pytest.fixture
-def fake_engines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The AIM engine and plain vLLM both replaced by the fake streaming server."""
+def fake_engines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The AIM engine and plain vLLM both replaced by the fake streaming server; its request log."""
     monkeypatch.setenv(ENGINE_CMD_ENV, f"{sys.executable} {FAKE}")
     monkeypatch.setattr(processes, "PLAIN_ENTRY", "tests.bench.fake_stream_engine")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("FAKE_ENGINE_LOG", str(tmp_path / "requests.jsonl"))
+    monkeypatch.delenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", raising=False)
+    return tmp_path / "requests.jsonl"
 
 
 @pytest.mark.timeout(120)
-def test_levels_through_the_gateway(tmp_path: Path, fake_engines: None) -> None:
+def test_levels_through_the_gateway(tmp_path: Path, fake_engines: Path) -> None:
     """Every level reaches the engine through the gateway; `merge`/`prune` resolve from balanced."""
     result = runner.run(_options(tmp_path))
     assert result["mode"] == "levels" and result["reference"] == "off"
@@ -49,12 +53,17 @@ def test_levels_through_the_gateway(tmp_path: Path, fake_engines: None) -> None:
     assert balanced["output_tokens"] == 3 and balanced["ttft_p50_s"] <= balanced["e2e_p50_s"]
     assert [row["level"] for row in result["split"]["image"]][0] == "off"
     assert result["meta"]["settings"]["media"] == ["image", "video2"]
+    sent = [json.loads(line) for line in fake_engines.read_text().splitlines()]
+    warm_ups = 2 + 3 + 1  # off + balanced (resolving merge/prune), the 3 other levels, off for video2
+    assert len(sent) == warm_ups + 2 * 5 * (2 + 1 + 2)  # per media and level: split pair, c=1, c=2
+    assert {"aim_prune_l1": 3, "aim_prune_l2": 5, "aim_merge_ratio": 1.0} in sent
+    assert os.environ["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "3600"  # set for the engines started
     paths = report.write_outputs(result, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["cells"] == result["cells"]
 
 
 @pytest.mark.timeout(120)
-def test_plugin_overhead_mode(tmp_path: Path, fake_engines: None) -> None:
+def test_plugin_overhead_mode(tmp_path: Path, fake_engines: Path) -> None:
     """Plain engine (no usage.aim) against the AIM engine with AIM off, requests sent to each directly."""
     result = runner.run(
         _options(tmp_path, plugin_overhead=True, media=(MediaSpec("image"),), concurrency=(2,))
