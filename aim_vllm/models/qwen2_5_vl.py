@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from aim_vllm.compat import (
@@ -153,8 +154,10 @@ def _pixel_item_sizes(mm_items):
             yield "image", (size.width, size.height, 1)
     if isinstance(videos := mm_items.get("video") if "video" in mm_items else None, VideoProcessorItems):
         for i in range(len(videos)):
-            size = videos.get_frame_size(i)
-            yield "video", (size.width, size.height, videos.get_num_frames(i))
+            video = videos.get(i)
+            frames = video[0] if isinstance(video, tuple) else video  # Qwen videos carry metadata
+            height, width = np.asarray(frames[0]).shape[:2]
+            yield "video", (width, height, len(frames))
 
 
 # -- M-RoPE positions of a merged prompt (pure bookkeeping over placeholder ranges) -------------

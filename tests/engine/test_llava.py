@@ -118,6 +118,13 @@ def test_concurrent_requests_with_different_levels(llava_engine, llava_reference
         assert_matches_reference(llava_reference, response, [item], schedule)
 
 
+def test_budget_level_stays_within_its_flops(llava_engine, image) -> None:
+    """`aim_budget` resolves on the engine (this model's layout) to a schedule within the budget."""
+    aim = chat(llava_engine, [image], QUESTION, {"aim_budget": 0.3}, max_tokens=1)["usage"]["aim"]
+    assert aim["flops_ratio"] <= 0.3
+    assert aim["merge_ratio"] < 1.0 or aim["prune_layers"] is not None
+
+
 @pytest.mark.parametrize(
     "aim",
     [{"aim_merge_ratio": -0.5}, {"aim_merge_ratio": True}, {"aim_prune_l1": 3, "aim_prune_l2": 2}],

@@ -1,0 +1,111 @@
+"""Qwen2.5-VL M-RoPE positions of merged prompts: the engine's override == the reference's rule.
+
+The engine fixes positions when a request is added (`get_mrope_input_positions`, from
+placeholder ranges and grids only); the reference writes them out independently. Multi-item
+prompts with different ratios (and unmerged items among them) must agree exactly, and a prompt
+without AIM parameters must get vLLM's own positions.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aim_vllm.core.schedule import AimSchedule
+from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.models.common import ItemParams, field_name
+from aim_vllm.models.qwen2_5_vl import AimQwen2_5_VLForConditionalGeneration
+from aim_vllm.reference_qwen2_5_vl import QwenItem, mrope_positions
+
+IMAGE_ID, VIDEO_ID, MERGE, TOKENS_PER_SECOND = 7, 8, 2, 2
+SECONDS_PER_SLICE = 2.0
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The AIM model class with only its config (the position code reads nothing else)."""
+    from transformers import Qwen2_5_VLConfig
+
+    config = Qwen2_5_VLConfig(
+        vision_config={"spatial_merge_size": MERGE, "tokens_per_second": TOKENS_PER_SECOND},
+        image_token_id=IMAGE_ID,
+        video_token_id=VIDEO_ID,
+    )
+    instance = object.__new__(AimQwen2_5_VLForConditionalGeneration)
+    object.__setattr__(instance, "config", config)
+    return instance
+
+
+def _elem(data: torch.Tensor):
+    from vllm.multimodal.inputs import MultiModalBatchedField, MultiModalFieldElem
+
+    return MultiModalFieldElem(data=data, field=MultiModalBatchedField())
+
+
+def _feature(modality: str, grid: tuple[int, int, int], ratio: float | None, offset: int, length: int):
+    from vllm.multimodal.inputs import MultiModalFeatureSpec, MultiModalKwargsItem, PlaceholderRange
+
+    data = {f"{modality}_grid_thw": _elem(torch.tensor(grid))}
+    if modality == "video":
+        data["second_per_grid_ts"] = _elem(torch.tensor(SECONDS_PER_SLICE))
+    if ratio is not None:
+        t, h, w = grid
+        data[field_name(modality)] = _elem(ItemParams(AimSchedule(ratio), t * h * w // 4).to_tensor())
+    return MultiModalFeatureSpec(
+        data=MultiModalKwargsItem(data),
+        modality=modality,
+        identifier=f"{modality}-{offset}",
+        mm_position=PlaceholderRange(offset=offset, length=length),
+    )
+
+
+def _prompt(items: list[tuple[str, tuple[int, int, int], float | None]], texts: list[int]):
+    """Token ids, features and reference items of text runs (lengths `texts`) around the items."""
+    ids, features, reference_items = [100] * texts[0], [], []
+    for (modality, grid, ratio), text in zip(items, texts[1:], strict=True):
+        t, h, w = grid
+        n = (h // MERGE) * (w // MERGE)
+        k = n if ratio is None else merged_token_count(n, ratio)
+        features.append(_feature(modality, grid, ratio, len(ids), t * k))
+        interval = SECONDS_PER_SLICE * TOKENS_PER_SECOND if modality == "video" else 1.0
+        reference_items.append(QwenItem(torch.zeros(t * k, 1), grid, interval, k))
+        ids += [IMAGE_ID if modality == "image" else VIDEO_ID] * (t * k) + [101] * text
+    return ids, features, reference_items
+
+
+CASES = {
+    "image": ([("image", (1, 22, 28), 0.3)], [5, 4]),
+    "video": ([("video", (4, 14, 14), 0.25)], [5, 0]),
+    "image+video": ([("image", (1, 22, 28), 0.5), ("video", (4, 14, 14), 0.3)], [5, 4, 6]),
+    "merged+unmerged": ([("video", (4, 14, 14), None), ("image", (1, 16, 12), 0.125)], [3, 2, 7]),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_engine_positions_equal_reference(model, case: str) -> None:
+    ids, features, items = _prompt(*CASES[case])
+    positions, delta = model.get_mrope_input_positions(ids, features)
+    expected, expected_delta = mrope_positions(ids, items, (IMAGE_ID, VIDEO_ID), MERGE)
+    assert torch.equal(positions, expected)
+    assert delta == expected_delta
+
+
+def test_without_aim_parameters_positions_are_stock(model) -> None:
+    """AIM off: the override returns exactly what vLLM's own method returns."""
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    ids, features, items = _prompt([("image", (1, 22, 28), None), ("video", (4, 14, 14), None)], [5, 4, 6])
+    ours = model.get_mrope_input_positions(ids, features)
+    stock = Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions(model, ids, features)
+    assert torch.equal(ours[0], stock[0]) and ours[1] == stock[1]
+    assert torch.equal(ours[0], mrope_positions(ids, items, (IMAGE_ID, VIDEO_ID), MERGE)[0])
+
+
+def test_text_after_a_merged_item_keeps_its_unmerged_positions(model) -> None:
+    """Merging shortens the prompt, not the positions of the text that follows."""
+    unmerged = _prompt([("video", (4, 14, 14), None)], [5, 6])
+    merged = _prompt([("video", (4, 14, 14), 0.25)], [5, 6])
+    full, _ = model.get_mrope_input_positions(unmerged[0], unmerged[1])
+    short, delta = model.get_mrope_input_positions(merged[0], merged[1])
+    assert torch.equal(short[:, -6:], full[:, -6:])
+    assert delta == int(full.max()) + 1 - len(merged[0])
