@@ -6,6 +6,7 @@ parent classes below) is what changes. `plugin.SUPPORTED_VLLM` lists the version
 
 from __future__ import annotations
 
+from vllm.distributed.communication_op import tensor_model_parallel_all_reduce
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
@@ -61,4 +62,5 @@ __all__ = [
     "VideoProcessorItems",
     "build_llava_or_pixtral_info",
     "build_llava_or_pixtral_processor",
+    "tensor_model_parallel_all_reduce",
 ]

@@ -40,6 +40,7 @@ from aim_vllm.compat import (
     PromptUpdate,
     build_llava_or_pixtral_info,
     build_llava_or_pixtral_processor,
+    tensor_model_parallel_all_reduce,
 )
 from aim_vllm.config import without_aim_keys
 from aim_vllm.core.budget import VisualLayout
@@ -186,9 +187,18 @@ class AimLlavaForConditionalGeneration(AimModelMixin, LlavaForConditionalGenerat
         hidden = hidden + last.mlp(last.layer_norm2(hidden))
         if tower.post_layernorm is not None:
             hidden = tower.post_layernorm(hidden)
-        keys = k.view(*k.shape[:2], attn.num_heads_per_partition, attn.head_dim).mean(dim=2)  # (B, N, D)
+        per_head = k.view(*k.shape[:2], attn.num_heads_per_partition, attn.head_dim)  # (B, N, heads, D)
+        keys = _head_mean(per_head, attn)  # (B, N, D)
         first = _first_selected_token(self.config.vision_feature_select_strategy)
         return hidden[:, first:], keys[:, first:]
+
+
+def _head_mean(keys: torch.Tensor, attn) -> torch.Tensor:
+    """Mean over all heads of keys [B, N, heads, D]; with tensor parallelism each rank holds some
+    heads, so the per-rank sums are all-reduced (every rank then merges identically)."""
+    if attn.tp_size == 1:
+        return keys.mean(dim=2)
+    return tensor_model_parallel_all_reduce(keys.sum(dim=2)) / attn.num_heads
 
 
 def _first_selected_token(strategy: str) -> int:
