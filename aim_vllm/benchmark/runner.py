@@ -315,10 +315,11 @@ def package_version(*distributions: str) -> str:
 
 
 def _git_commit() -> str | None:
+    """The checkout's commit, with `-dirty` when tracked files differ from it (None outside git)."""
     root = Path(__file__).resolve().parents[2]
     try:
         found = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+            ["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True
         )
     except OSError:
         return None
