@@ -105,19 +105,32 @@ class AimProcessorMixin:
 class AimModelMixin:
     """Pruning + usage reporting around the LLM forward (put before vLLM's model class).
 
-    The runner patch passes `aim_step` to `forward` of models with `aim_accepts_step`; batches
-    with nothing to prune run vLLM's stock forward.
+    Overrides the model's `__init__` (adds the pruner and reporter) and `forward`: the runner
+    patch passes `aim_step` to models with `aim_accepts_step`; batches with nothing to prune
+    (and dummy / profiling runs) take vLLM's stock forward. The LLM decoder is
+    `self.language_model.model` in every supported vLLM model class.
     """
 
     aim_accepts_step = True
 
-    def _aim_setup(self, hf_config) -> None:
-        shape = LLMShape.from_hf_config(hf_config.to_dict())
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        shape = LLMShape.from_hf_config(self.config.to_dict())
         self.aim_pruner = PruningDecoder(shape.num_layers)
         self.aim_reporter = UsageReporter(shape, StatsStore.from_env())
 
-    def _aim_forward(self, decoder, input_ids, positions, inputs_embeds, aim_step):
+    def forward(
+        self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
+    ):
+        if aim_step is not None and intermediate_tensors is None:
+            hidden = self._aim_forward(input_ids, positions, inputs_embeds, aim_step)
+            if hidden is not None:
+                return hidden
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+
+    def _aim_forward(self, input_ids, positions, inputs_embeds, aim_step):
         """Hidden states of a pruned batch, or None to run the stock forward."""
+        decoder = self.language_model.model
         plan = self.aim_pruner.plan_step(decoder, aim_step)
         if plan is None:
             return None

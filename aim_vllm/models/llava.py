@@ -136,21 +136,6 @@ def build_aim_processor(info, dummy_inputs):
 class AimLlavaForConditionalGeneration(AimModelMixin, LlavaForConditionalGeneration):
     """Merges images inside CLIP per their `aim_image` parameters; prunes in the decoder."""
 
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._aim_setup(self.config)
-
-    def forward(
-        self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
-    ):
-        if aim_step is not None and intermediate_tensors is None:
-            hidden = self._aim_forward(
-                self.language_model.model, input_ids, positions, inputs_embeds, aim_step
-            )
-            if hidden is not None:
-                return hidden
-        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
-
     def embed_multimodal(self, **kwargs: object):
         # Adapted from LlavaForConditionalGeneration.embed_multimodal @ vllm==0.32.0
         params = kwargs.pop(field_name(IMAGE), None)

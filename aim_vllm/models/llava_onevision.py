@@ -170,21 +170,6 @@ def _image_sizes(mm_items) -> list[tuple[int, int]]:
 class AimLlavaOnevisionForConditionalGeneration(AimModelMixin, LlavaOnevisionForConditionalGeneration):
     """Merges each item's embedding per its `aim_<modality>` parameters; prunes in the decoder."""
 
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._aim_setup(self.config)
-
-    def forward(
-        self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
-    ):
-        if aim_step is not None and intermediate_tensors is None:
-            hidden = self._aim_forward(
-                self.language_model.model, input_ids, positions, inputs_embeds, aim_step
-            )
-            if hidden is not None:
-                return hidden
-        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
-
     def embed_multimodal(self, **kwargs: object):
         # Adapted from LlavaOnevisionForConditionalGeneration.embed_multimodal @ vllm==0.32.0
         params = {m: kwargs.pop(field_name(m), None) for m in ("image", "video")}

@@ -219,21 +219,6 @@ def unmerged_layout(
 class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditionalGeneration):
     """Merges each item per its `aim_<modality>` parameters; M-RoPE follows; prunes in the decoder."""
 
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._aim_setup(self.config)
-
-    def forward(
-        self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
-    ):
-        if aim_step is not None and intermediate_tensors is None:
-            hidden = self._aim_forward(
-                self.language_model.model, input_ids, positions, inputs_embeds, aim_step
-            )
-            if hidden is not None:
-                return hidden
-        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
-
     def get_mrope_input_positions(self, input_tokens, mm_features):
         """Overrides `Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions` (vllm==0.32.0).
 
