@@ -11,7 +11,8 @@ flag passed through. Defaults added when the flag is absent:
                                        pruning ranks a whole prompt in one step
   --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
   --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded tiny model only
-and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given.
+and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given,
+VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=3600 unless set (CPU prefills of long videos are slow).
 AIM's own flag, removed before vLLM sees the rest: `--aim-default LEVEL`, the level of requests
 that name none: a preset (`balanced`) or a JSON object of AIM keys (`{"aim_budget": 0.2}`).
 """
@@ -100,6 +101,8 @@ def main(user_args: list[str]) -> int:
         default_request()  # fail now, not on the first request, if the level is invalid
     if not any(a.startswith("--kv-cache-memory-bytes") for a in user_args):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vLLM's CPU KV cache size in GiB
+    # A long multimodal prefill on a loaded CPU can exceed vLLM's 300 s step timeout.
+    os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
     if STATS_DIR_ENV not in os.environ:
         stats_dir = tempfile.mkdtemp(
             prefix="aim-vllm-stats-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
