@@ -56,7 +56,7 @@ def _build_key(arch: str) -> str:
     import importlib.metadata
 
     here = Path(__file__).parent
-    sources = [here / "tokenizer.py", here / f"{BUILDERS[arch].rsplit('.', 1)[1]}.py"]
+    sources = [here / "tokenizer.py", here / "checkpoint.py", here / f"{BUILDERS[arch].rsplit('.', 1)[1]}.py"]
     digest = hashlib.sha256(importlib.metadata.version("transformers").encode())
     for path in sources:
         digest.update(path.read_bytes())

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aim_vllm.model_builders.checkpoint import write_checkpoint
 from aim_vllm.model_builders.tokenizer import CHAT_TEMPLATE, END_OF_TEXT, IM_END, build_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -123,9 +124,7 @@ def build_processor(tokenizer_object, size: str):
 
 def build(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a LLaVA-1.5 checkpoint directory; weights only for `tiny` (seeded init)."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     if size not in TEXT_CONFIGS:
         raise ValueError(f"unknown size {size!r} for llava-1.5; expected one of {', '.join(TEXT_CONFIGS)}")
@@ -133,18 +132,16 @@ def build(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     ids = processor.tokenizer
     token_ids = {t: ids.convert_tokens_to_ids(t) for t in (END_OF_TEXT, IM_END)}
     config = build_config(size, len(ids), ids.convert_tokens_to_ids(IMAGE_TOKEN), token_ids)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    processor.save_pretrained(out_dir)
-    GenerationConfig(eos_token_id=token_ids[IM_END], pad_token_id=ids.pad_token_id).save_pretrained(out_dir)
-    config.save_pretrained(out_dir)
-    if size != "tiny":
-        return out_dir
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).to(torch.float32).eval()
-    save_file(
-        checkpoint_state_dict(model.state_dict()), out_dir / "model.safetensors", metadata={"format": "pt"}
+    return write_checkpoint(
+        out_dir,
+        processor=processor,
+        config=config,
+        eos_token_id=token_ids[IM_END],
+        model_cls=LlavaForConditionalGeneration,
+        size=size,
+        seed=seed,
+        prefixes=_CHECKPOINT_PREFIXES,
     )
-    return out_dir
 
 
 # transformers 5 module names -> published llava-hf checkpoint names (first matching prefix wins).
@@ -154,12 +151,3 @@ _CHECKPOINT_PREFIXES = (
     ("model.vision_tower.", "vision_tower.vision_model."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
 )
-
-
-def checkpoint_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Rename a transformers-5 state dict to the published checkpoint names (contiguous tensors)."""
-    renamed = {}
-    for name, tensor in state_dict.items():
-        old, new = next((o, n) for o, n in _CHECKPOINT_PREFIXES if name.startswith(o))
-        renamed[new + name[len(old) :]] = tensor.contiguous()
-    return renamed

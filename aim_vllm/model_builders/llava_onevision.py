@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aim_vllm.model_builders.checkpoint import rename_state_dict, write_checkpoint
 from aim_vllm.model_builders.tokenizer import CHAT_TEMPLATE, END_OF_TEXT, IM_END, build_tokenizer
 
 # Qwen2 text configs: tiny, and the published LLaVA-OneVision 0.5B / 7B LLMs.
@@ -109,34 +110,25 @@ def build_processor(tokenizer_object):
 
 def build(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a LLaVA-OneVision checkpoint directory; weights only for `tiny` (seeded init)."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import LlavaOnevisionForConditionalGeneration
 
     if size not in TEXT_CONFIGS:
         raise ValueError(f"unknown size {size!r}; expected one of {', '.join(TEXT_CONFIGS)}")
-    tok = build_tokenizer(_TINY_VOCAB, pad_to=_VOCAB.get(size))
-    processor = build_processor(tok)
+    processor = build_processor(build_tokenizer(_TINY_VOCAB, pad_to=_VOCAB.get(size)))
     ids = processor.tokenizer
     config = build_config(
         size, len(ids), ids.convert_tokens_to_ids("<image>"), ids.convert_tokens_to_ids("<video>")
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    processor.save_pretrained(out_dir)
-    generation = GenerationConfig(
-        eos_token_id=ids.convert_tokens_to_ids(IM_END), pad_token_id=ids.pad_token_id
+    return write_checkpoint(
+        out_dir,
+        processor=processor,
+        config=config,
+        eos_token_id=ids.convert_tokens_to_ids(IM_END),
+        model_cls=LlavaOnevisionForConditionalGeneration,
+        size=size,
+        seed=seed,
+        prefixes=_CHECKPOINT_PREFIXES,
     )
-    generation.save_pretrained(out_dir)
-    if size != "tiny":
-        config.save_pretrained(out_dir)
-        return out_dir
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config).to(torch.float32).eval()
-    config.save_pretrained(out_dir)
-    save_file(
-        checkpoint_state_dict(model.state_dict()), out_dir / "model.safetensors", metadata={"format": "pt"}
-    )
-    return out_dir
 
 
 # transformers 5 module names -> published checkpoint names (first matching prefix wins).
@@ -151,8 +143,4 @@ _CHECKPOINT_PREFIXES = (
 
 def checkpoint_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """Rename a transformers-5 state dict to the published checkpoint names (contiguous tensors)."""
-    renamed = {}
-    for name, tensor in state_dict.items():
-        old, new = next((o, n) for o, n in _CHECKPOINT_PREFIXES if name.startswith(o))
-        renamed[new + name[len(old) :]] = tensor.contiguous()
-    return renamed
+    return rename_state_dict(state_dict, _CHECKPOINT_PREFIXES)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aim_vllm.model_builders.checkpoint import write_checkpoint
 from aim_vllm.model_builders.tokenizer import CHAT_TEMPLATE, END_OF_TEXT, IM_END, build_tokenizer
 
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = (
@@ -137,9 +138,7 @@ def build_processor(tokenizer_object, size: str):
 
 def build(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a Qwen2.5-VL checkpoint directory; weights only for `tiny` (seeded init)."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     if size not in TEXT_CONFIGS:
         raise ValueError(f"unknown size {size!r} for qwen2.5-vl; expected one of {', '.join(TEXT_CONFIGS)}")
@@ -147,15 +146,12 @@ def build(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     processor = build_processor(tok, size)
     ids = processor.tokenizer
     token_ids = {t: ids.convert_tokens_to_ids(t) for t in (END_OF_TEXT, IM_END, *SPECIAL_TOKENS)}
-    config = build_config(size, len(ids), token_ids)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    processor.save_pretrained(out_dir)
-    GenerationConfig(eos_token_id=token_ids[IM_END], pad_token_id=ids.pad_token_id).save_pretrained(out_dir)
-    config.save_pretrained(out_dir)
-    if size != "tiny":
-        return out_dir
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
-    weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
-    return out_dir
+    return write_checkpoint(
+        out_dir,
+        processor=processor,
+        config=build_config(size, len(ids), token_ids),
+        eos_token_id=token_ids[IM_END],
+        model_cls=Qwen2_5_VLForConditionalGeneration,
+        size=size,
+        seed=seed,
+    )  # transformers 5 names are the ones vLLM's Qwen2.5-VL loader maps
