@@ -64,20 +64,24 @@ def pagerank_importance_masked(
     active: torch.Tensor,
     tau: float = DEFAULT_TAU,
     iters: int = DEFAULT_ITERS,
+    mask_queries: bool = True,
 ) -> torch.Tensor:
     """PageRank over all N tokens with inactive (pruned) tokens masked as queries and keys.
 
     The paper's definition written on the full matrix, all heads at once: inactive keys get no
     attention, inactive queries hold no mass (zero rows, zero start). It equals
     `pagerank_importance` on the active tokens alone; inactive tokens score 0.
+    `mask_queries=False` is the reference code's key-only masking (LaVi-Lab/AIM): pruned rows
+    stay as queries, start with mass and pass it on, so they still sway the ranking.
     """
     num_tokens, num_heads, head_size = q.shape
     k = k.repeat_interleave(num_heads // k.shape[1], dim=1)
     logits = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * head_size**-0.5
     allowed = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=q.device).tril()
-    allowed &= active[None, :] & active[:, None]
+    allowed &= active[None, :] & (active[:, None] if mask_queries else True)
     attn = (logits / tau).masked_fill(~allowed, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
-    v = (active.float() / active.sum()).expand(num_heads, 1, num_tokens)
+    start = active.float() if mask_queries else torch.ones_like(active, dtype=torch.float32)
+    v = (start / start.sum()).expand(num_heads, 1, num_tokens)
     for _ in range(iters):
         v = v @ attn
     return v.squeeze(1).square().mean(dim=0).sqrt()

@@ -26,7 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aim_vllm.core.importance import DEFAULT_ITERS, DEFAULT_TAU, importance, select_kept_tokens
+from aim_vllm.core.importance import (
+    DEFAULT_ITERS,
+    DEFAULT_TAU,
+    importance,
+    pagerank_importance_masked,
+    select_kept_tokens,
+)
 from aim_vllm.core.token_counts import visual_kept_after_layer
 
 
@@ -213,9 +219,12 @@ class ReferenceDecoder:
         keep_sets: list[torch.Tensor] | None = None,
         prune_keep: float | None = None,
         prune_method: str = "pagerank",
+        key_only: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All rows through all layers; pruned tokens masked as queries and keys.
 
+        `key_only=True` ranks like the AIM reference code (pruned tokens masked as keys only in
+        PageRank); kept tokens' attention is the same, only the kept sets may differ.
         `keep_sets` (per layer, indices of visual tokens kept, e.g. `PrefillResult.kept`) replaces
         the PageRank selection: used to check decoding against a full recomputation.
         Returns the final hidden states [N, d] (meaningful on the last active set only) and,
@@ -230,12 +239,16 @@ class ReferenceDecoder:
         x, masks = embeds, []
         for layer in range(c.num_layers):
             q, k, v = self._qkv(layer, x, cos, sin)
-            attn = self._attend(q, k, v, causal & active[None, :] & active[:, None])
+            queries = active[:, None] if not key_only else True  # key-only: pruned rows still attend
+            attn = self._attend(q, k, v, causal & active[None, :] & queries)
             if keep_sets is not None:
                 active = ~is_visual.clone()
                 active[keep_sets[layer]] = True
             elif targets[layer] < int((is_visual & active).sum()):
-                scores = importance(prune_method, q, k, is_visual, active, tau, iters)
+                if key_only:
+                    scores = pagerank_importance_masked(q, k, active, tau, iters, mask_queries=False)
+                else:
+                    scores = importance(prune_method, q, k, is_visual, active, tau, iters)
                 present = active.nonzero().squeeze(-1)
                 keep = select_kept_tokens(scores[present], is_visual[present], targets[layer])
                 active = torch.zeros_like(active)

@@ -70,3 +70,20 @@ def test_select_ties_go_to_the_earlier_token() -> None:
 def test_select_rejects_impossible_counts() -> None:
     with pytest.raises(ValueError, match="num_visual_kept"):
         select_kept_tokens(torch.ones(3), torch.tensor([True, False, True]), 3)
+
+
+def test_key_only_masking_is_the_reference_codes_variant() -> None:
+    """Key-only masking (LaVi-Lab/AIM) lets pruned rows pass mass on: scores differ once tokens are
+    pruned, and are identical while nothing is."""
+    q, k = _qk(n=20)
+    everything = torch.ones(20, dtype=torch.bool)
+    torch.testing.assert_close(
+        pagerank_importance_masked(q, k, everything),
+        pagerank_importance_masked(q, k, everything, mask_queries=False),
+    )
+    some = everything.clone()
+    some[[3, 7, 11]] = False
+    ours = pagerank_importance_masked(q, k, some)
+    theirs = pagerank_importance_masked(q, k, some, mask_queries=False)
+    assert not torch.allclose(ours[some], theirs[some])
+    assert torch.all(theirs[~some] == 0)  # pruned tokens still receive nothing as keys
