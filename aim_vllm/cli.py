@@ -13,7 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("aim_vllm.commands.gateway", "start the gateway in front of running vLLM servers"),
     "make-tiny-model": ("aim_vllm.commands.make_tiny_model", "build a tiny model offline"),
     "flops": ("aim_vllm.commands.flops", "LLM prefill FLOPs with and without AIM"),
+    "make-synthetic-data": ("aim_vllm.commands.make_synthetic_data", "write a synthetic shape QA data set"),
+    "train-synthetic": ("aim_vllm.commands.train_synthetic", "train a small model on synthetic QA (CPU)"),
     "bench": ("aim_vllm.commands.bench", "latency and throughput of AIM levels vs AIM off, one run"),
+    "eval": ("aim_vllm.commands.eval", "accuracy vs FLOPs of AIM levels and baselines on a data set"),
 }
 
 

@@ -61,3 +61,40 @@ def _build_key(arch: str) -> str:
     for path in sources:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def trained_model_dir(config=None, threads: int | None = None) -> Path:
+    """The LLaVA-OneVision trained on synthetic shape QA (`aim_vllm.training`), cached.
+
+    Trained once (under a file lock; minutes on 2 CPU cores, an interrupted run resumes) into
+    the cache under a key of the training, data and builder code, the torch and transformers
+    versions and `config` (a `training.TrainConfig`; default: its defaults).
+    """
+    from aim_vllm.training import TrainConfig, train
+
+    config = config or TrainConfig()
+    target = cache_root() / "models" / f"{DEFAULT_ARCH}-synthetic-{config.size}-{_train_key(config)}"
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            train(target, config, threads=threads)
+            (target / ".complete").touch()
+    return target
+
+
+def _train_key(config) -> str:
+    """Hash of the training, data and builder sources, torch/transformers versions and the config."""
+    import importlib.metadata
+    import json
+
+    here = Path(__file__).parent
+    sources = [here / "tokenizer.py", here / "llava_onevision.py"]
+    sources += [here.parent / "training.py", here.parent / "synthetic.py"]
+    versions = [importlib.metadata.version(name) for name in ("torch", "transformers")]
+    digest = hashlib.sha256(json.dumps([versions, config.to_json()], sort_keys=True).encode())
+    for path in sources:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -1,0 +1,320 @@
+"""Train a small LLaVA-OneVision on synthetic shape QA (`aim_vllm.synthetic`) on the CPU.
+
+The model is the architecture of `model_builders.llava_onevision` (seeded init, its tokenizer,
+processor and config), trained end to end with transformers' `LlavaOnevisionForConditionalGeneration`
+in plain torch: AdamW, float32, one scene per step with several question/answer turns about it
+(the vision cost is shared), teacher forcing with the loss on the answer tokens only, prompts
+rendered with the tokenizer's chat template exactly as vLLM renders an OpenAI request (media
+placeholder, newline, text). Data is generated on the fly from (seed, step), so a run is
+deterministic and resumes exactly from its last saved state.
+
+Cost on 2 CPU cores is set by the sequence length: an 8-frame video is 8 x 196 + 1 visual tokens
+and a 384x384 image 729 + 27 x 28 (base + one anyres crop), while a 1-frame video is 197. Early
+stages therefore use short videos (colour, count, motion between two frames), later ones the
+real 8-frame videos and images.
+
+The result is a checkpoint directory with the builder's published weight names
+(`checkpoint_state_dict`), processor and tokenizer, which vLLM serves as is; `training.json` next
+to it records the config, wall time and held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from aim_vllm import synthetic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """`steps` optimiser steps of one data mixture (a curriculum is a list of stages)."""
+
+    steps: int
+    frames: tuple[int, ...]  # video lengths, one drawn per step
+    image: float = 0.0  # probability that a step's items are images (anyres) rather than videos
+    types: tuple[str, ...] = synthetic.QUESTION_TYPES  # question types asked (those the medium allows)
+    free_form: float = 0.25  # share of turns answered with the text instead of the letter
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    size: str = "tiny"  # model_builders.llava_onevision size
+    seed: int = 0
+    stages: tuple[Stage, ...] = (
+        Stage(80, (1,), types=("colour",), free_form=0.0),
+        Stage(300, (1, 2), free_form=0.0),
+        Stage(300, (1, 2)),
+        Stage(200, (8,), image=0.3),
+    )
+    lr: float = 2e-3
+    min_lr: float = 2e-4  # cosine decay floor
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    batch_size: int = 16  # scenes per step, all of one medium and length
+    jpeg: float = 0.5  # share of videos whose frames go through JPEG q95 (how clients send video)
+    eval_items: int = 96  # held-out items (synthetic.make_item) scored at the end
+    eval_seed: int = 1_000_003
+    save_every: int = 50  # steps between resumable states
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- data
+
+
+def stage_at(config: TrainConfig, step: int) -> Stage:
+    for stage in config.stages:
+        if step < stage.steps:
+            return stage
+        step -= stage.steps
+    raise ValueError(f"step {step} is past the last stage")
+
+
+def batch_at(config: TrainConfig, step: int) -> tuple[bool, int, list]:
+    """Step `step`'s medium, video length and (scene, turns, jpeg) examples (pure in seed, step)."""
+    rng = np.random.default_rng([config.seed, step])
+    stage = stage_at(config, step)
+    is_video = bool(rng.random() >= stage.image)
+    frames = int(stage.frames[int(rng.integers(len(stage.frames)))])
+    examples = []
+    for index in range(config.batch_size):
+        item_rng = np.random.default_rng([config.seed, step, index])
+        scene, turns = synthetic.training_example(item_rng, is_video, frames, stage.free_form, stage.types)
+        examples.append((scene, turns, bool(item_rng.random() < config.jpeg)))
+    return is_video, frames, examples
+
+
+def jpeg_roundtrip(frames: np.ndarray, quality: int = 95) -> np.ndarray:
+    """Frames as a client's `video/jpeg` data URL delivers them (`media.jpeg_video_data_url`)."""
+    out = []
+    for frame in frames:
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+        out.append(np.asarray(Image.open(buf).convert("RGB")))
+    return np.stack(out)
+
+
+def chat_text(tokenizer, is_video: bool, turns: list[tuple[str, str | None]]) -> str:
+    """The chat-template text of the turns; a None answer ends with the generation prompt."""
+    placeholder = "<video>" if is_video else "<image>"
+    messages = []
+    for i, (prompt, answer) in enumerate(turns):
+        messages.append({"role": "user", "content": f"{placeholder}\n{prompt}" if i == 0 else prompt})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=turns[-1][1] is None)
+
+
+def encode(processor, frames: np.ndarray, is_video: bool, turns: list[tuple[str, str | None]]):
+    """Processor inputs for one item ([1, T] ids) and labels: answer tokens and their <|im_end|>."""
+    inputs, labels = encode_batch(processor, [frames], is_video, [turns])
+    return inputs, labels[0]
+
+
+def encode_batch(
+    processor, media: list[np.ndarray], is_video: bool, turns: list[list[tuple[str, str | None]]]
+):
+    """Right-padded processor inputs ([B, T] ids) and [B, T] labels of a batch of one medium."""
+    texts = [chat_text(processor.tokenizer, is_video, item_turns) for item_turns in turns]
+    if is_video:
+        inputs = processor(text=texts, videos=list(media), padding=True, return_tensors="pt")
+    else:
+        images = [Image.fromarray(frames[0]) for frames in media]
+        inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
+    inputs.pop("batch_num_images", None)
+    labels = torch.stack([answer_labels(processor.tokenizer, ids) for ids in inputs["input_ids"]])
+    labels[inputs["attention_mask"] == 0] = -100
+    return inputs, labels
+
+
+def answer_labels(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """[T] labels: the ids of every assistant reply (through its <|im_end|>), -100 elsewhere."""
+    header = tokenizer.encode("<|im_start|>assistant\n")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    labels = torch.full_like(ids, -100)
+    seq, n = ids.tolist(), len(header)
+    for start in range(len(seq) - n + 1):
+        if seq[start : start + n] != header:
+            continue
+        end = start + n
+        while end < len(seq) and seq[end] != im_end:
+            end += 1
+        labels[start + n : end + 1] = ids[start + n : end + 1]
+    return labels
+
+
+# ---------------------------------------------------------------- model
+
+
+def answer_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the labelled tokens of [B, T] labels (the LM head runs on those rows)."""
+    hidden = model.model(**inputs).last_hidden_state  # [B, T, C]
+    if labels.dim() == 1:
+        labels = labels[None]
+    rows = labels[:, 1:] != -100  # row t predicts token t + 1
+    logits = model.lm_head(hidden[:, :-1][rows])  # [n, V]
+    return torch.nn.functional.cross_entropy(logits, labels[:, 1:][rows])
+
+
+@torch.inference_mode()
+def next_token(model, inputs: dict[str, torch.Tensor]) -> int:
+    """The greedy next token after the prompt (the answer letter for multiple choice)."""
+    hidden = model.model(**inputs).last_hidden_state[0, -1]
+    return int(model.lm_head(hidden).argmax())
+
+
+def evaluate(model, processor, config: TrainConfig) -> dict[str, Any]:
+    """Multiple-choice accuracy on held-out items, overall and per question type."""
+    model.eval()
+    hits: dict[str, list[bool]] = {}
+    for item in synthetic.iter_items(config.eval_seed, config.eval_items):
+        q = item.question
+        inputs, _ = encode(
+            processor,
+            synthetic.render(item.scene),
+            item.scene.is_video,
+            [(synthetic.prompt_text(q.question, q.options), None)],
+        )
+        answer = processor.tokenizer.decode([next_token(model, inputs)]).strip()
+        hits.setdefault(q.type, []).append(answer == q.answer)
+    model.train()
+    every = [h for type_hits in hits.values() for h in type_hits]
+    return {
+        "accuracy": sum(every) / len(every),
+        "items": len(every),
+        "by_type": {t: sum(h) / len(h) for t, h in sorted(hits.items())},
+    }
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay from `lr` to `min_lr`."""
+    warm = min(1.0, (step + 1) / config.warmup_steps)
+    progress = step / max(1, config.total_steps - 1)
+    return warm * (config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------- training run
+
+
+def train(out_dir: Path, config: TrainConfig = TrainConfig(), threads: int | None = None) -> dict[str, Any]:
+    """Train (or resume) into `out_dir`; returns the metrics also written to `training.json`.
+
+    `threads` defaults to 1: the matrices are small, and with other processes on the cores
+    torch's threads wait on each other at every op (measured on a loaded 2-core machine: a
+    step 20-50x slower with 2 threads than with 1).
+
+    `out_dir/_train/` holds the seeded initial checkpoint, the resumable state and the loss log
+    until training ends; then `out_dir` holds the servable checkpoint.
+    """
+    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+
+    from aim_vllm.model_builders.llava_onevision import build
+
+    torch.set_num_threads(threads or 1)
+    work = Path(out_dir) / "_train"
+    init = work / "init"
+    if not (init / "model.safetensors").exists():
+        build(init, size=config.size, seed=config.seed)
+    processor = LlavaOnevisionProcessor.from_pretrained(init)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
+    step, elapsed = _resume(work, model, optimizer)
+    model.train()
+    started = time.monotonic() - elapsed
+    with open(work / "log.jsonl", "a") as log:
+        while step < config.total_steps:
+            record = _train_step(model, processor, optimizer, config, step)
+            step += 1
+            record["elapsed_s"] = round(time.monotonic() - started, 1)
+            log.write(json.dumps(record) + "\n")
+            if step % 10 == 0:
+                log.flush()
+                logger.info("step %(step)d loss %(loss).3f %(tokens)d tokens %(step_s).2fs", record)
+            if step % config.save_every == 0 or step == config.total_steps:
+                _save_state(work, model, optimizer, step, time.monotonic() - started)
+    train_s = time.monotonic() - started
+    metrics = {"train_wall_s": round(train_s, 1), "steps": step, "eval": evaluate(model, processor, config)}
+    logger.info("held-out multiple-choice accuracy %.3f %s", metrics["eval"]["accuracy"], metrics["eval"])
+    _write_checkpoint(model, init, Path(out_dir), config, metrics)
+    shutil.rmtree(work)
+    return metrics
+
+
+def _train_step(model, processor, optimizer, config: TrainConfig, step: int) -> dict[str, Any]:
+    t0 = time.monotonic()
+    is_video, frames, examples = batch_at(config, step)
+    media = [synthetic.render(scene) for scene, _, _ in examples]
+    media = [
+        jpeg_roundtrip(m) if is_video and jpeg else m for m, (_, _, jpeg) in zip(media, examples, strict=True)
+    ]
+    inputs, labels = encode_batch(processor, media, is_video, [turns for _, turns, _ in examples])
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(config, step)
+    loss = answer_loss(model, inputs, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return {
+        "step": step,
+        "loss": round(loss.item(), 4),
+        "tokens": int(labels.numel()),
+        "frames": frames if is_video else 0,
+        "step_s": round(time.monotonic() - t0, 3),
+    }
+
+
+def _resume(work: Path, model, optimizer) -> tuple[int, float]:
+    path = work / "state.pt"
+    if not path.exists():
+        return 0, 0.0
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    logger.info("resuming at step %d", state["step"])
+    return int(state["step"]), float(state["elapsed_s"])
+
+
+def _save_state(work: Path, model, optimizer, step: int, elapsed: float) -> None:
+    tmp = work / "state.pt.tmp"
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    torch.save({**state, "elapsed_s": elapsed}, tmp)
+    tmp.replace(work / "state.pt")
+
+
+def _write_checkpoint(model, init: Path, out_dir: Path, config: TrainConfig, metrics: dict) -> None:
+    """The builder's files (config, processor, tokenizer) with the trained weights."""
+    from safetensors.torch import save_file
+
+    from aim_vllm.model_builders.llava_onevision import checkpoint_state_dict
+
+    for path in init.iterdir():
+        if path.name != "model.safetensors":
+            shutil.copy2(path, out_dir / path.name)
+    weights = checkpoint_state_dict(model.state_dict())
+    save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
+    record = {"config": config.to_json(), **metrics}
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
