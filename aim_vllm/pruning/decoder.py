@@ -49,19 +49,25 @@ class PruningDecoder:
 
     # -- planning ----------------------------------------------------------------------------
     def plan(self, step: StepContext, query_start_loc: torch.Tensor, seq_lens: torch.Tensor) -> BatchPlan:
-        """Counts for every layer, from the step's requests and their records (no activations read)."""
+        """Counts for every layer, from the step's requests and their records (no activations read).
+
+        A batch where no request is pruned gets a plan without layers (it runs vLLM's stock forward).
+        """
         self.records = {k: v for k, v in self.records.items() if k in step.live_req_ids}
         scheduled = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
         computed = [int(s) - q for s, q in zip(seq_lens.tolist(), scheduled, strict=True)]
-        rows = torch.tensor([scheduled] * self.num_layers, dtype=torch.int64)
-        missing = torch.zeros_like(rows)
-        pruning: dict[int, PruneRecord] = {}
         started: list[tuple[RequestStep, PruneRecord]] = []
         for r, req in enumerate(step.requests):
             if req.req_id not in self.records or computed[r] == 0:  # a (re)started prefill decides
                 record = decide(req, computed[r], scheduled[r], step.disabled_reason, self.num_layers)
                 self.records[req.req_id] = record
                 started.append((req, record))
+        if not any(self.records[req.req_id].pruned for req in step.requests):
+            return BatchPlan(step.requests, [], [], {}, torch.empty(0, dtype=torch.int64), started)
+        rows = torch.tensor([scheduled] * self.num_layers, dtype=torch.int64)
+        missing = torch.zeros_like(rows)
+        pruning: dict[int, PruneRecord] = {}
+        for r, req in enumerate(step.requests):
             record = self.records[req.req_id]
             if not record.pruned:
                 continue

@@ -97,8 +97,20 @@ def _ask(sdk: openai.OpenAI, model: str, part: dict[str, Any], ask: Ask) -> Answ
     return Answer(chunks[-1].usage.to_dict(), content, len(chunks))
 
 
+def _metric_samples(gateway: str) -> dict[str, float]:
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in pairs}
+
+
 @pytest.fixture(scope="module")
-def answers(sdk, aim_engine, parts) -> dict[str, Answer]:
+def metrics_before(gateway) -> dict[str, float]:
+    """The gateway's metrics before this module's requests (the gateway is shared by the session)."""
+    return _metric_samples(gateway)
+
+
+@pytest.fixture(scope="module")
+def answers(sdk, aim_engine, parts, metrics_before) -> dict[str, Answer]:
     """Every request of ASKS, sent at once (the engine batches them)."""
     with ThreadPoolExecutor(len(ASKS)) as pool:
         futures = {
@@ -209,19 +221,22 @@ def test_gateway_passes_the_engines_usage_aim_unchanged(answers, aim_engine, par
     assert through["prompt_tokens"] == direct.json()["usage"]["prompt_tokens"]
 
 
-def test_metrics_aggregate_usage_aim_by_level(answers, gateway) -> None:
-    """The gateway's Prometheus counters are the sums of the answers' usage.aim, per level label."""
-    text = httpx.get(f"{gateway}/metrics", timeout=10).text
-    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+def test_metrics_aggregate_usage_aim_by_level(answers, gateway, metrics_before) -> None:
+    """The gateway's Prometheus counters grow by the sums of the answers' usage.aim, per level label."""
+    now = _metric_samples(gateway)
+
+    def grew(name: str) -> float:
+        return now.get(name, 0.0) - metrics_before.get(name, 0.0)
+
     for label in PRESETS:
         group = [a.usage["aim"] for n, a in answers.items() if n.endswith(f"-{label}")]
         for field in ("visual_tokens_in", "visual_tokens_merged"):
-            total = float(samples[f'aim_gateway_{field}_total{{level="{label}"}}'])
+            total = grew(f'aim_gateway_{field}_total{{level="{label}"}}')
             assert total == sum(a[field] for a in group), (label, field)
-        assert float(samples[f'aim_gateway_flops_ratio_count{{level="{label}"}}']) == len(group)
-    assert float(samples['aim_gateway_flops_ratio_count{level="budget"}']) == 1
-    assert float(samples['aim_gateway_flops_ratio_count{level="custom"}']) == 1
-    assert float(samples['aim_gateway_ttft_seconds_count{level="off"}']) == 1  # one streaming "off"
+        assert grew(f'aim_gateway_flops_ratio_count{{level="{label}"}}') == len(group)
+    assert grew('aim_gateway_flops_ratio_count{level="budget"}') == 1
+    assert grew('aim_gateway_flops_ratio_count{level="custom"}') == 1
+    assert grew('aim_gateway_ttft_seconds_count{level="off"}') == 1  # one streaming "off"
 
 
 def test_a_level_the_engine_refuses_is_a_clear_400(sdk, aim_engine, parts) -> None:
