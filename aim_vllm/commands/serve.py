@@ -2,7 +2,8 @@
 
     aim-vllm serve [--model PATH] [--replicas N] [--host H] [--port P] [gateway flags] [-- vLLM flags]
 
-1. Starts N `aim-vllm engine` processes (the embedded tiny model unless --model is given) on free
+1. Starts N `aim-vllm engine` processes (the embedded model unless --model is given: the tiny
+   LLaVA-OneVision trained on synthetic colour QA, trained here once if not cached) on free
    ports of 127.0.0.1 (replicas must only be reachable through the gateway), each in its own
    process group, logging to <log dir>/replica-<i>.log. Flags after `--` go to every engine.
 2. Waits until every replica's /health answers; on --startup-timeout or an early exit the error
@@ -56,7 +57,9 @@ class ServeError(RuntimeError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model path or name (default: the embedded tiny model)")
+    parser.add_argument(
+        "--model", help="model path or name (default: the embedded model, trained on synthetic colour QA)"
+    )
     parser.add_argument("--replicas", type=int, default=1, help="number of vLLM engines")
     parser.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for readiness")
     parser.add_argument(
@@ -188,6 +191,19 @@ def gateway_settings(args: argparse.Namespace, upstreams: list[str]) -> Any:
     return settings_from_args(args, upstreams=upstreams, upstream_dns=None)
 
 
+def _prepare_embedded_model() -> None:
+    """Train the embedded model now if it is not cached, so replicas start on a finished one."""
+    from aim_vllm.model_builders import trained_model_dir
+    from aim_vllm.training import TrainConfig
+
+    logger.info(
+        "embedded model: the tiny LLaVA-OneVision trained on synthetic colour QA "
+        "(first use trains it once: %d CPU steps, about 7 minutes)",
+        TrainConfig().total_steps,
+    )
+    logger.info("embedded model ready: %s", trained_model_dir())
+
+
 def run(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
@@ -199,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     interrupt_on_sigterm()
+    if args.model is None and "AIM_SERVE_ENGINE_CMD" not in os.environ:
+        _prepare_embedded_model()
     replicas: list[Replica] = []
     try:
         for index in range(args.replicas):

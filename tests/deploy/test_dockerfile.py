@@ -196,11 +196,11 @@ def test_baked_tiny_model_is_where_the_engine_looks(dockerfile: Dockerfile) -> N
     """BAKE_TINY_MODEL=1 must call the very lookup `aim-vllm engine` uses for its default model
     (cache path, build key, completion marker); a model built anywhere else is rebuilt at start."""
     engine_source = (REPO / "aim_vllm" / "commands" / "engine.py").read_text()
-    (module,) = re.findall(r"from (\S+) import default_model_dir", engine_source)
+    (module,) = re.findall(r"from (\S+) import trained_model_dir", engine_source)
     runtime = dockerfile.stages[-1]
     assert "BAKE_TINY_MODEL" in dict(i.args.partition("=")[::2] for i in runtime.all("ARG"))
     (bake,) = [i.args for i in runtime.all("RUN") if "BAKE_TINY_MODEL" in i.args]
-    assert f"from {module} import default_model_dir" in bake
+    assert f"from {module} import trained_model_dir" in bake
     user = runtime.all("USER")
     assert user and runtime.instructions.index(user[-1]) < next(
         i for i, ins in enumerate(runtime.instructions) if ins.args == bake
