@@ -21,7 +21,6 @@ to it records the config, wall time and held-out accuracy.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ import torch
 from PIL import Image
 
 from aim_vllm import synthetic
+from aim_vllm.media import jpeg_video_data_url
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +111,6 @@ def batch_at(config: TrainConfig, step: int) -> tuple[bool, int, list]:
         scene, turns = synthetic.training_example(item_rng, is_video, frames, stage.free_form, stage.types)
         examples.append((scene, turns, bool(item_rng.random() < config.jpeg)))
     return is_video, frames, examples
-
-
-def jpeg_roundtrip(frames: np.ndarray, quality: int = 95) -> np.ndarray:
-    """Frames as a client's `video/jpeg` data URL delivers them (`media.jpeg_video_data_url`)."""
-    out = []
-    for frame in frames:
-        buf = io.BytesIO()
-        Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
-        out.append(np.asarray(Image.open(buf).convert("RGB")))
-    return np.stack(out)
 
 
 def chat_text(tokenizer, is_video: bool, turns: list[tuple[str, str | None]]) -> str:
@@ -276,7 +266,8 @@ def _train_step(model, processor, optimizer, config: TrainConfig, step: int) -> 
     is_video, frames, examples = batch_at(config, step)
     media = [synthetic.render(scene) for scene, _, _ in examples]
     media = [
-        jpeg_roundtrip(m) if is_video and jpeg else m for m, (_, _, jpeg) in zip(media, examples, strict=True)
+        jpeg_video_data_url(m)[1] if is_video and jpeg else m
+        for m, (_, _, jpeg) in zip(media, examples, strict=True)
     ]
     inputs, labels = encode_batch(processor, media, is_video, [turns for _, turns, _ in examples])
     for group in optimizer.param_groups:

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_ARCH = "llava-onevision"
@@ -39,14 +40,23 @@ def build_model(out_dir: Path, arch: str = DEFAULT_ARCH, size: str = "tiny", see
 def default_model_dir(arch: str = DEFAULT_ARCH, size: str = "tiny") -> Path:
     """The cached build of `arch`/`size`, built (once, under a file lock) if missing."""
     target = cache_root() / "models" / f"{arch}-{size}-{_build_key(arch)}"
+
+    def build(out: Path) -> None:
+        shutil.rmtree(out, ignore_errors=True)  # a build interrupted half-way starts over
+        build_model(out, arch, size)
+
+    return _cached(target, build)
+
+
+def _cached(target: Path, build: Callable[[Path], object]) -> Path:
+    """`target`, after `build(target)` ran once (file lock across processes; `.complete` marker)."""
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / ".complete").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            build_model(target, arch, size)
+            build(target)
             (target / ".complete").touch()
     return target
 
@@ -74,15 +84,7 @@ def trained_model_dir(config=None, threads: int | None = None) -> Path:
 
     config = config or TrainConfig()
     target = cache_root() / "models" / f"{DEFAULT_ARCH}-synthetic-{config.size}-{_train_key(config)}"
-    if (target / ".complete").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / ".complete").exists():
-            train(target, config, threads=threads)
-            (target / ".complete").touch()
-    return target
+    return _cached(target, lambda out: train(out, config, threads=threads))
 
 
 def _train_key(config) -> str:
@@ -91,8 +93,8 @@ def _train_key(config) -> str:
     import json
 
     here = Path(__file__).parent
-    sources = [here / "tokenizer.py", here / "llava_onevision.py"]
-    sources += [here.parent / "training.py", here.parent / "synthetic.py"]
+    sources = [here / "tokenizer.py", here / "checkpoint.py", here / "llava_onevision.py"]
+    sources += [here.parent / "training.py", here.parent / "synthetic.py", here.parent / "media.py"]
     versions = [importlib.metadata.version(name) for name in ("torch", "transformers")]
     digest = hashlib.sha256(json.dumps([versions, config.to_json()], sort_keys=True).encode())
     for path in sources:
