@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     interrupt_on_sigterm()
-    if args.model is None and "AIM_SERVE_ENGINE_CMD" not in os.environ:
+    if args.model is None and ENGINE_CMD_ENV not in os.environ:
         _prepare_embedded_model()
     replicas: list[Replica] = []
     try:
