@@ -28,7 +28,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,12 +36,12 @@ from typing import Any
 
 import httpx
 
-from aim_vllm.commands.serve import Replica, free_port, start_replica, stop_replicas, wait_ready
+from aim_vllm.benchmark.processes import start_gateway, stop_gateway
+from aim_vllm.commands.serve import Replica, start_replica, stop_replicas, wait_ready
 
 TARGETS = ("direct", "gateway")
 QUESTION = "Say hello in one short sentence."
 _WARMUP_REQUESTS = 4
-_GATEWAY_START_S = 60.0
 
 
 @dataclass
@@ -65,26 +64,6 @@ def chat_body(model: str, max_tokens: int, image_url: str | None) -> dict[str, A
         "temperature": 0,
         "ignore_eos": True,  # every request generates exactly max_tokens tokens
     }
-
-
-def start_gateway(upstream: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`aim-vllm gateway` in its own process (as deployed), ready when /ready answers 200."""
-    port = free_port()
-    command = [sys.executable, "-m", "aim_vllm.cli", "gateway", "--upstream", upstream,
-               "--port", str(port), "--log-level", "warning", "--default-aim", "off"]  # fmt: skip
-    with (log_dir / "gateway.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + _GATEWAY_START_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"the gateway did not become ready; see {log_dir / 'gateway.log'}")
 
 
 async def run_phase(client: httpx.AsyncClient, url: str, body: dict, count: int, concurrency: int) -> Samples:
@@ -206,9 +185,7 @@ def measure(args: argparse.Namespace) -> dict:
             for name, bodies in workloads(model, args).items()
         }
     finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(timeout=30)
+        stop_gateway(gateway)
         stop_replicas(replicas, grace_s=30)
     config = {key: getattr(args, key) for key in ("requests", "concurrency", "rounds", "max_tokens", "image")}
     return {"bench": "gateway_overhead", "model": model, "device": device_name(),
