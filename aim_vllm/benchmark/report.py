@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,23 @@ def plugin_verdict(result: dict[str, Any]) -> str:
         return "plugin cost: no throughput ratio measured"
     worst = min(ratios)
     verdict = "meets" if worst >= PLUGIN_GOAL else "misses"
-    return (
+    line = (
         f"plugin cost: requests/s of AIM off / plain vLLM, worst cell {worst:.3f} "
         f"({verdict} the goal >= {PLUGIN_GOAL})"
     )
+    rounds = sorted(
+        r
+        for c in result["cells"]
+        if c["level"] != result["reference"]
+        for r in c.get("round_ratio_requests_per_s") or []
+        if r is not None
+    )
+    if len(rounds) > 1:
+        line += (
+            f"; round by round (noise): median {statistics.median(rounds):.3f}, "
+            f"range {rounds[0]:.3f}-{rounds[-1]:.3f} over {len(rounds)} cell-rounds"
+        )
+    return line
 
 
 def markdown(result: dict[str, Any]) -> str:

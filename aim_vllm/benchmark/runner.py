@@ -4,8 +4,11 @@ Levels mode (default): one AIM engine and the gateway; every AIM level is a per-
 one engine serves all of them in the same run and the ratios to `off` share the engine, the
 machine state and the media sizes.
 
-Plugin-overhead mode: the AIM engine and plain vLLM (plugin disabled, same flags) up at the same
-time, requests sent to each engine directly (the gateway is not what is measured here; see
+Plugin-overhead mode: the AIM engine and plain vLLM (plugin disabled, same flags), one at a
+time: each round starts, measures and stops each engine in turn (ABBA order over rounds). Two
+engines up together bind their workers' OpenMP threads to the same core and disturb each other
+(measured with both up: one engine's TTFT 70% above the other's for the same workload).
+Requests go to each engine directly (the gateway is not what is measured here; see
 `bench/gateway_overhead.py`), AIM engine requests carrying the gateway's `{"aim_preset": "off"}`.
 """
 
@@ -38,6 +41,7 @@ from aim_vllm.benchmark.workload import (
     MediaSpec,
     Phase,
     chat_body,
+    level_order,
     media_part,
     plan_phases,
     resolve_levels,
@@ -133,24 +137,27 @@ def run(options: BenchOptions) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load_start = _loadavg()
+    if options.plugin_overhead:
+        served, body = asyncio.run(_measure_plugin(options, log_dir))
+    else:
+        served, body = _run_levels(options, log_dir)
+    meta = _meta(options, served, load_start, time.time() - started)
+    return {"bench": "aim-vllm bench", "meta": meta, **body}
+
+
+def _run_levels(options: BenchOptions, log_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The AIM engine and the gateway up for the whole run; every level through the gateway."""
     engines: list[processes.Replica] = []
     gateway = None
     try:
         engines.append(processes.start_aim_engine(options.model, list(options.engine_flags), log_dir))
-        if options.plugin_overhead:
-            engines.append(processes.start_plain_engine(options.model, list(options.engine_flags), log_dir))
         processes.wait_engines(engines, options.startup_timeout_s)
         served = processes.served_model(engines[0].url)
-        if options.plugin_overhead:
-            body = asyncio.run(_measure_plugin(options, served, engines[0].url, engines[1].url))
-        else:
-            gateway, gateway_url = processes.start_gateway(engines[0].url, log_dir)
-            body = asyncio.run(_measure_levels(options, served, gateway_url))
+        gateway, gateway_url = processes.start_gateway(engines[0].url, log_dir)
+        return served, asyncio.run(_measure_levels(options, served, gateway_url))
     finally:
         processes.stop_gateway(gateway)
         processes.stop_engines(engines)
-    meta = _meta(options, served, load_start, time.time() - started)
-    return {"bench": "aim-vllm bench", "meta": meta, **body}
 
 
 async def _measure_levels(options: BenchOptions, model: str, gateway_url: str) -> dict[str, Any]:
@@ -166,7 +173,7 @@ async def _measure_levels(options: BenchOptions, model: str, gateway_url: str) -
         targets = {level.label: Target(level, gateway_url) for level in levels}
         warmed = {REFERENCE_LEVEL, "balanced"} & set(targets)  # the two requests above
         await _warm_up(session, targets, options.media, REFERENCE_LEVEL, warmed)
-        results = await _run_phases(session, targets, levels, options)
+        results = await _run_phases(session, targets, _plan(options, levels))
     cells = stats.add_ratios(_load_cells(results["load"]), REFERENCE_LEVEL)
     split = {
         media: stats.summarise_split(pairs, REFERENCE_LEVEL) for media, pairs in results["split"].items()
@@ -180,19 +187,46 @@ async def _measure_levels(options: BenchOptions, model: str, gateway_url: str) -
     }
 
 
-async def _measure_plugin(options: BenchOptions, model: str, aim_url: str, plain_url: str) -> dict[str, Any]:
+async def _measure_plugin(options: BenchOptions, log_dir: Path) -> tuple[str, dict[str, Any]]:
+    """Each round: each engine alone (started, warmed up, its phases of the round, stopped)."""
     levels = [Level(PLAIN), Level(AIM_OFF, engine_kwargs={"aim_preset": "off"})]
-    targets = {PLAIN: Target(levels[0], plain_url), AIM_OFF: Target(levels[1], aim_url)}
-    async with _session(options, model) as session:
-        await _warm_up(session, targets, options.media, None)
-        results = await _run_phases(session, targets, levels, options)
-    cells = stats.add_ratios(_load_cells(results["load"]), PLAIN)
-    return {
+    phases = _plan(options, levels)
+    load: dict[tuple[str, int, str], list[bench_client.PhaseResult]] = {}
+    served = ""
+    async with _session(options, served) as session:
+        turns = [(r, level) for r in range(options.rounds) for level in level_order(levels, r)]
+        for index, (rnd, level) in enumerate(turns):
+            session.bar.set_description(f"r{rnd} starting {level.label}")
+            with _engine_alone(options, level.label, log_dir, index) as url:
+                session.model = served = served or processes.served_model(url)
+                target = {level.label: Target(level, url)}
+                await _warm_up(session, target, options.media, None)
+                mine = [p for p in phases if p.round == rnd and p.level.label == level.label]
+                _merge_load(load, (await _run_phases(session, target, mine))["load"])
+    cells = stats.add_ratios(_load_cells(load), PLAIN)
+    return served, {
         "mode": "plugin-overhead",
         "reference": PLAIN,
         "levels": {PLAIN: None, AIM_OFF: "off"},
         "cells": cells,
     }
+
+
+@contextlib.contextmanager
+def _engine_alone(options: BenchOptions, label: str, log_dir: Path, index: int) -> Iterator[str]:
+    """Plain vLLM or the AIM engine, up (and the only engine) for the block; its URL."""
+    start = processes.start_plain_engine if label == PLAIN else processes.start_aim_engine
+    engine = start(options.model, list(options.engine_flags), log_dir, index)
+    try:
+        processes.wait_engines([engine], options.startup_timeout_s)
+        yield engine.url
+    finally:
+        processes.stop_engines([engine])
+
+
+def _merge_load(into: dict[tuple, list], more: dict[tuple, list]) -> None:
+    for cell, results in more.items():
+        into.setdefault(cell, []).extend(results)
 
 
 @contextlib.asynccontextmanager
@@ -242,13 +276,11 @@ async def _warm_up(
                 await session.one(target, spec)
 
 
-async def _run_phases(
-    session: Session, targets: dict[str, Target], levels: list[Level], options: BenchOptions
-) -> dict[str, dict]:
-    """Every phase in plan order; results by cell (load) and by media and level (split)."""
+async def _run_phases(session: Session, targets: dict[str, Target], phases: list[Phase]) -> dict[str, dict]:
+    """The phases in order; results by cell (load) and by media and level (split)."""
     load: dict[tuple[str, int, str], list[bench_client.PhaseResult]] = {}
     split: dict[str, dict[str, list]] = {}
-    for phase in _plan(options, levels):
+    for phase in phases:
         target = targets[phase.level.label]
         bodies = session.bodies(phase.level, phase.media, phase.requests)
         kind = "split" if phase.split else f"c={phase.concurrency}"

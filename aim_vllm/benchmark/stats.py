@@ -82,6 +82,9 @@ def summarise_load(phases: list[PhaseResult]) -> dict[str, Any]:
         **_spread(tpots, "tpot"),
         **_spread([r.e2e_s for r in ok], "e2e"),
         "requests_per_s": len(ok) / wall if wall > 0 else None,
+        "round_requests_per_s": [
+            sum(r.ok for r in phase.results) / phase.wall_s if phase.wall_s > 0 else None for phase in phases
+        ],
         "output_tokens_per_s": sum(r.output_tokens for r in ok) / wall if wall > 0 else None,
         "prompt_tokens": _mean_or_none([r.prompt_tokens for r in ok]),
         "output_tokens": _mean_or_none([r.output_tokens for r in ok]),
@@ -108,8 +111,16 @@ def add_ratios(cells: list[dict[str, Any]], reference: str) -> list[dict[str, An
     for cell in cells:
         base = by_key.get((cell["media"], cell["concurrency"]))
         ratios = {m: ratio(cell.get(m), base.get(m)) if base else None for m in RATIO_METRICS}
-        out.append({**cell, "ratio": ratios})
+        out.append({**cell, "ratio": ratios, "round_ratio_requests_per_s": _round_ratios(cell, base)})
     return out
+
+
+def _round_ratios(cell: dict[str, Any], base: dict[str, Any] | None) -> list[float | None] | None:
+    """requests/s over the reference's, phase by phase (phase i of every cell ran in round i)."""
+    mine, theirs = cell.get("round_requests_per_s"), (base or {}).get("round_requests_per_s")
+    if not mine or not theirs or len(mine) != len(theirs):
+        return None
+    return [ratio(a, b) for a, b in zip(mine, theirs, strict=True)]
 
 
 def amdahl_bound(encoder_share: float, flops_ratio: float) -> float:

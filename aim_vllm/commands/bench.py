@@ -23,8 +23,8 @@ shorthands: `merge` (the balanced merge ratio alone) and `prune` (the balanced p
 alone, as the engine resolves them for the model).
 
 --plugin-overhead: plain vLLM (plugin disabled, same flags) against the AIM engine with AIM off,
-both up at once, same workload sent to each engine directly; reports the throughput ratio
-(goal >= 0.98).
+each engine up alone for its turn of every round, same workload sent to each engine directly;
+reports the throughput ratio (goal >= 0.98).
 --quick: a smoke run on the embedded tiny model (image + 8-frame video, concurrency 1 and 2,
 one request per slot, one round): a few minutes on a laptop CPU.
 """

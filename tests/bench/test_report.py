@@ -64,6 +64,15 @@ def test_plugin_verdict() -> None:
     result["cells"].append(_cell("aim-off", 1.0, 1.0, 0.9, plain))
     assert "0.900 (misses" in plugin_verdict(result)
     assert "no throughput" in plugin_verdict({"reference": "plain", "cells": [plain]})
+    assert "round by round" not in plugin_verdict(result)
+
+
+def test_plugin_verdict_reports_round_spread() -> None:
+    """Per-round ratios (the run's noise) follow the verdict: median and range over cell-rounds."""
+    plain = _cell("plain", None, 1.0, 1.0)
+    aim = _cell("aim-off", 1.0, 1.0, 0.95, plain) | {"round_ratio_requests_per_s": [0.9, 1.1, None, 1.0]}
+    line = plugin_verdict({"reference": "plain", "cells": [plain, aim]})
+    assert "0.950 (misses" in line and "median 1.000, range 0.900-1.100 over 3 cell-rounds" in line
 
 
 def test_write_outputs(tmp_path: Path, levels_result: dict) -> None:

@@ -64,9 +64,10 @@ def test_levels_through_the_gateway(tmp_path: Path, fake_engines: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_plugin_overhead_mode(tmp_path: Path, fake_engines: Path) -> None:
-    """Plain engine (no usage.aim) against the AIM engine with AIM off, requests sent to each directly."""
+    """Plain engine (no usage.aim) against the AIM engine with AIM off, requests sent to each directly;
+    each engine started alone for its turn, in ABBA order over rounds."""
     result = runner.run(
-        _options(tmp_path, plugin_overhead=True, media=(MediaSpec("image"),), concurrency=(2,))
+        _options(tmp_path, plugin_overhead=True, media=(MediaSpec("image"),), concurrency=(2,), rounds=2)
     )
     assert result["mode"] == "plugin-overhead" and result["reference"] == "plain"
     cells = {c["level"]: c for c in result["cells"]}
@@ -77,3 +78,6 @@ def test_plugin_overhead_mode(tmp_path: Path, fake_engines: Path) -> None:
     assert result["meta"]["settings"]["levels"] == ["plain", "aim-off"]
     assert result["meta"]["settings"]["split_pairs"] == 0
     assert "plugin cost" in report.markdown(result)
+    logs = sorted(path.name for path in (tmp_path / "logs").iterdir())
+    assert logs == ["plain-0.log", "plain-3.log", "replica-1.log", "replica-2.log"]
+    assert cells["plain"]["requests"] == cells["aim-off"]["requests"] == 2 * 2  # 2 rounds x 1 wave x c=2

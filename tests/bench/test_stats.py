@@ -50,6 +50,7 @@ def test_summarise_load_over_phases() -> None:
         15 / 10
     )
     assert cell["flops_ratio"] == 0.5 and cell["pruning"] == "pruned" and cell["visual_tokens_in"] == 100
+    assert cell["round_requests_per_s"] == pytest.approx([2 / 4, 1 / 6])  # phase by phase, successes only
 
 
 def test_summarise_load_without_successes_or_aim() -> None:
@@ -71,6 +72,20 @@ def test_add_ratios_pairs_cells_of_the_same_media_and_concurrency() -> None:
     assert out[1]["ratio"]["ttft_p50_s"] == 0.5 and out[1]["ratio"]["requests_per_s"] == 3.0
     assert out[1]["ratio"]["tpot_p50_s"] is None  # metric missing
     assert all(v is None for v in out[2]["ratio"].values())  # no off cell at concurrency 4
+    assert out[1]["round_ratio_requests_per_s"] is None  # no per-round figures
+
+
+def test_add_ratios_round_by_round() -> None:
+    """Phase i of a cell is paired with phase i of the reference (same round)."""
+    cells = [
+        {"media": "image", "concurrency": 1, "level": "plain", "round_requests_per_s": [2.0, 4.0]},
+        {"media": "image", "concurrency": 1, "level": "aim-off", "round_requests_per_s": [1.0, 5.0]},
+        {"media": "image", "concurrency": 2, "level": "plain", "round_requests_per_s": [2.0]},
+        {"media": "image", "concurrency": 2, "level": "aim-off", "round_requests_per_s": [1.0, 1.0]},
+    ]
+    out = add_ratios(cells, "plain")
+    assert out[1]["round_ratio_requests_per_s"] == [0.5, 1.25]
+    assert out[3]["round_ratio_requests_per_s"] is None  # rounds do not pair up
 
 
 def test_ratio_edge_cases() -> None:
