@@ -327,13 +327,14 @@ def training_example(
     num_frames: int,
     free_form: float,
     types: tuple[str, ...] = QUESTION_TYPES,
+    colour_size: tuple[int, int] = COLOUR_SIZE,
 ) -> tuple[Scene, list[tuple[str, str]]]:
     """A random scene and (prompt, answer) turns for every question of `types` it answers.
 
     The scene is drawn for a question of uniform type (among `types` this medium can ask) and
     answer, like a data set item; the turns ask it and any other question of `types` the scene
     answers, in random order. Videos of 1 frame are fine (cheap); `free_form` is the probability
-    of a free-form turn (the answer text instead of the letter).
+    of a free-form turn (the answer text instead of the letter); `colour_size` as in `make_scene`.
     """
     num_frames = num_frames if is_video else 1
     possible = (
@@ -344,7 +345,8 @@ def training_example(
         raise ValueError(f"no question of {types} can be asked of {num_frames} frame(s)")
     qtype = allowed[int(rng.integers(len(allowed)))]
     values = answer_values(qtype, num_frames)
-    scene, _ = make_scene(rng, qtype, values[int(rng.integers(len(values)))], is_video, num_frames)
+    value = values[int(rng.integers(len(values)))]
+    scene, _ = make_scene(rng, qtype, value, is_video, num_frames, colour_size)
     questions = [q for q in scene_questions(scene) if q[0] in allowed]
     turns = []
     for index in rng.permutation(len(questions)):

@@ -13,6 +13,9 @@ and a 384x384 image 729 + 27 x 28 (base + one anyres crop), while a 1-frame vide
 default curriculum therefore trains on 1-2 frame videos and a few images; what it learns carries
 over to 8-frame videos and anyres images (held-out accuracy in `training.json`).
 
+`RECIPES` names the two configurations `aim-vllm train-synthetic --recipe` offers: the embedded
+default ("colour") and a patch-local model ("local") for comparing token reductions.
+
 The result is a checkpoint directory with the builder's published weight names
 (`checkpoint_state_dict`), processor and tokenizer, which vLLM serves as is; `training.json` next
 to it records the config, wall time and held-out accuracy.
@@ -49,6 +52,7 @@ class Stage:
     image: float = 0.0  # probability that a step's items are images (anyres) rather than videos
     types: tuple[str, ...] = synthetic.QUESTION_TYPES  # question types asked (those the medium allows)
     free_form: float = 0.25  # share of turns answered with the text instead of the letter
+    colour_size: tuple[int, int] = synthetic.COLOUR_SIZE  # [low, high) side of a colour question's shape
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class TrainConfig:
         Stage(60, (1,), types=("colour",), free_form=0.0),
         Stage(140, (1, 2), image=0.05, types=("colour",), free_form=0.5),
     )
+    patch_local_vision: bool = False  # `make_patch_local`: no mixing across patches in SigLIP
     lr: float = 2e-3
     min_lr: float = 2e-4  # cosine decay floor
     warmup_steps: int = 30
@@ -88,6 +93,24 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Named configurations of `aim-vllm train-synthetic --recipe`.
+# - "colour" (the embedded default): colour questions answered with the letter or the colour word.
+#   Trained end to end, the tiny SigLIP spreads the answer into every visual token, so any token
+#   reduction keeps it: every AIM level and baseline scores like AIM off (README "Choosing a level").
+# - "local": a patch-local SigLIP (`make_patch_local`) on smaller shapes (16-47 px, about one
+#   visual token), multiple choice only. The answer then lives in the few tokens of the shape,
+#   as in a pretrained encoder's tokens, and reductions can lose it: the model on which `aim-vllm
+#   eval` tells AIM from the baselines. It needs ~500 steps before it finds the shape (600: ~13
+#   min here).
+RECIPES: dict[str, TrainConfig] = {
+    "colour": TrainConfig(),
+    "local": TrainConfig(
+        stages=(Stage(600, (1,), types=("colour",), free_form=0.0, colour_size=(16, 48)),),
+        patch_local_vision=True,
+    ),
+}
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -108,7 +131,9 @@ def batch_at(config: TrainConfig, step: int) -> tuple[bool, int, list]:
     examples = []
     for index in range(config.batch_size):
         item_rng = np.random.default_rng([config.seed, step, index])
-        scene, turns = synthetic.training_example(item_rng, is_video, frames, stage.free_form, stage.types)
+        scene, turns = synthetic.training_example(
+            item_rng, is_video, frames, stage.free_form, stage.types, stage.colour_size
+        )
         examples.append((scene, turns, bool(item_rng.random() < config.jpeg)))
     return is_video, frames, examples
 
@@ -205,6 +230,19 @@ def evaluate(model, processor, config: TrainConfig) -> dict[str, Any]:
     }
 
 
+def make_patch_local(vision_tower: torch.nn.Module) -> None:
+    """Zero and freeze every attention output projection: each patch's features see only that patch.
+
+    The encoder is then a per-patch network (patch embedding, position embedding, MLPs), and all
+    mixing across the image happens in the LLM, where AIM and the baselines act.
+    """
+    for name, param in vision_tower.named_parameters():
+        if ".self_attn." in name:
+            param.requires_grad_(False)
+            if ".out_proj." in name:
+                param.data.zero_()
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warmup, then cosine decay from `lr` to `min_lr`."""
     warm = min(1.0, (step + 1) / config.warmup_steps)
@@ -236,8 +274,11 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), threads: int | Non
         build(init, size=config.size, seed=config.seed)
     processor = LlavaOnevisionProcessor.from_pretrained(init)
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    if config.patch_local_vision:
+        make_patch_local(model.model.vision_tower)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+        trainable, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
     step, elapsed = _resume(work, model, optimizer)
     model.train()

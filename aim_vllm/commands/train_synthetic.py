@@ -1,11 +1,13 @@
 """`aim-vllm train-synthetic [OUT_DIR]`: train a small LLaVA-OneVision on synthetic shape QA (CPU).
 
 The tiny builder's architecture (Qwen2 LLM + SigLIP 384/14, local tokenizer), trained from a
-fixed seed on colour / count / frame / direction questions generated on the fly
-(`aim_vllm.training`). OUT_DIR then holds a checkpoint vLLM serves as is
-(`aim-vllm engine --model OUT_DIR`) and `training.json` (config, wall time, held-out accuracy).
+fixed seed on questions generated on the fly (`aim_vllm.training`), per `--recipe`: `colour`
+(the embedded default) or `local` (a patch-local encoder whose answers live in a few visual
+tokens: the model on which `aim-vllm eval` tells AIM from the baselines). OUT_DIR then holds a
+checkpoint vLLM serves as is (`aim-vllm engine --model OUT_DIR`) and `training.json` (config,
+wall time, held-out accuracy).
 An interrupted run resumes from OUT_DIR/_train; a finished OUT_DIR is reused. Without OUT_DIR the
-model is built into (or reused from) the cache: `aim_vllm.model_builders.trained_model_dir()`.
+model is built into (or reused from) the cache: `aim_vllm.model_builders.trained_model_dir(config)`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", type=Path, nargs="?", help="checkpoint directory (default: the cache)")
+    parser.add_argument(
+        "--recipe",
+        choices=("colour", "local"),
+        default="colour",
+        help="colour: the embedded default; local: patch-local vision, for comparing token reductions "
+        "(aim_vllm.training.RECIPES)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="initialisation and data seed (default 0)")
     parser.add_argument("--eval-items", type=int, default=None, help="held-out items scored at the end")
     parser.add_argument(
@@ -28,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from aim_vllm.training import TrainConfig, train
+    from aim_vllm.training import RECIPES, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = TrainConfig(seed=args.seed)
+    config = dataclasses.replace(RECIPES[args.recipe], seed=args.seed)
     if args.eval_items is not None:
         config = dataclasses.replace(config, eval_items=args.eval_items)
     if args.out_dir is None:

@@ -53,6 +53,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def is_baseline(row: dict) -> bool:
+    """A row of a baseline (another reduction, or one of AIM's two steps alone), not an AIM level."""
+    names = ("pool", "random", "fastv", "merge-only", "prune-only")
+    return row["name"] in names or "method:" in row["level"] or "importance:" in row["level"]
+
+
 def plot(rows: list[dict], path: Path, title: str = "Accuracy vs LLM prefill FLOPs") -> None:
     """PNG: accuracy (95% interval bars) vs executed FLOPs ratio, and vs median TTFT."""
     import matplotlib
@@ -60,22 +66,23 @@ def plot(rows: list[dict], path: Path, title: str = "Accuracy vs LLM prefill FLO
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    colours = plt.get_cmap("tab20").colors
     for ax, key, label in (
         (axes[0], "flops_ratio", "LLM prefill FLOPs / AIM off"),
         (axes[1], "ttft_s", "TTFT (s)"),
     ):
-        for r in rows:
+        for index, r in enumerate(rows):
             err = [[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]]
-            marker = (
-                "o" if r["name"].startswith(("aim", "off", "light", "balanced", "max", "budget")) else "s"
-            )
-            ax.errorbar(r[key], r["accuracy"], yerr=err, fmt=marker, capsize=3, label=r["name"])
+            ax.errorbar(
+                r[key], r["accuracy"], yerr=err, fmt="s" if is_baseline(r) else "o", capsize=3,
+                color=colours[index % len(colours)], label=r["name"],
+            )  # fmt: skip
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="o AIM  ■ baseline")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
