@@ -15,6 +15,8 @@ from aim_vllm.core.budget import VisualLayout, estimate_flops
 from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.schedule import AimSchedule, preset_schedule
 
+BASELINE_NAMES = ("pool", "random", "fastv", "merge-only", "prune-only")  # `baselines_for`'s rows
+
 
 def parse_specs(text: str) -> list[str]:
     """Comma-separated specs -> gateway level strings (each `+` becomes `,`)."""
@@ -58,6 +60,7 @@ def baselines_for(preset: str, shape: LLMShape, layout: VisualLayout, text_token
         "merge-only": AimSchedule(aim.merge_ratio),
         "prune-only": AimSchedule(1.0, aim.prune_layers),
     }
+    assert tuple(schedules)[1:] == BASELINE_NAMES
     return {name: level_of(schedule) for name, schedule in schedules.items()}
 
 

@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+from aim_vllm.evaluation.levels import BASELINE_NAMES
 from aim_vllm.evaluation.scoring import wilson_interval
 
 
@@ -55,8 +56,7 @@ def markdown(rows: list[dict]) -> str:
 
 def is_baseline(row: dict) -> bool:
     """A row of a baseline (another reduction, or one of AIM's two steps alone), not an AIM level."""
-    names = ("pool", "random", "fastv", "merge-only", "prune-only")
-    return row["name"] in names or "method:" in row["level"] or "importance:" in row["level"]
+    return row["name"] in BASELINE_NAMES or "method:" in row["level"] or "importance:" in row["level"]
 
 
 def plot(rows: list[dict], path: Path, title: str = "Accuracy vs LLM prefill FLOPs") -> None:

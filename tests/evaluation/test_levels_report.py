@@ -63,3 +63,18 @@ def test_summary_markdown_and_plot(tmp_path) -> None:
     assert "| aim-balanced | `balanced` | 10 | 0.500 |" in markdown(rows)
     plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_plot_marks_baselines_apart_from_aim_levels() -> None:
+    from aim_vllm.evaluation.report import is_baseline
+
+    def row(name: str, level: str) -> dict:
+        return {"name": name, "level": level}
+
+    aim = [row("off", "off"), row("merge:0.05", "merge:0.05"), row("aim-balanced", "merge:0.25,prune:3-5")]
+    baselines = [
+        row("merge:0.05,method:pool", "merge:0.05,method:pool"),
+        row("fastv", "merge:0.25,prune:3-4,importance:fastv,keep:0.2"),
+        row("prune-only", "merge:1,prune:3-5"),
+    ]
+    assert not any(map(is_baseline, aim)) and all(map(is_baseline, baselines))
