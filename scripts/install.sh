@@ -74,7 +74,7 @@ echo "$engine_site" > "$site/_aim_engine.pth"
 # Native tools of the engine environment (ruff, hadolint) next to this environment's python.
 for tool in "$engine_env"/bin/*; do
   name=$(basename "$tool")
-  if [ ! -e "$venv/bin/$name" ] && head -c 4 "$tool" | grep -q ELF; then
+  if [ -f "$tool" ] && [ ! -e "$venv/bin/$name" ] && head -c 4 "$tool" | grep -q ELF; then
     ln -s "$tool" "$venv/bin/$name"
   fi
 done
