@@ -29,12 +29,21 @@ def _naive(q: torch.Tensor, k: torch.Tensor, tau: float = 0.1, iters: int = 5) -
     return torch.stack(per_head).square().mean(0).sqrt()
 
 
-@pytest.mark.parametrize("head_chunk", [1, 3, 4])
-def test_pagerank_matches_naive_loop(head_chunk: int) -> None:
+@pytest.mark.parametrize(
+    ("head_chunk", "row_block"), [(1, 1024), (3, 1024), (4, 1024), (3, 5), (4, 1), (4, 12)]
+)
+def test_pagerank_matches_naive_loop(head_chunk: int, row_block: int) -> None:
+    """Row blocks (causal: keys up to the block's last row) and head chunks change nothing."""
     q, k = _qk()
     expected = _naive(q, k)
-    got = pagerank_importance(q, k, head_chunk=head_chunk)
+    got = pagerank_importance(q, k, head_chunk=head_chunk, row_block=row_block)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_pagerank_row_blocks_match_one_block_on_a_long_prompt() -> None:
+    q, k = _qk(n=700, heads=4, kv_heads=2, dim=16, seed=3)
+    whole = pagerank_importance(q, k, row_block=700)
+    torch.testing.assert_close(pagerank_importance(q, k, row_block=128), whole, rtol=1e-5, atol=1e-8)
 
 
 def test_pagerank_mass_is_a_distribution() -> None:

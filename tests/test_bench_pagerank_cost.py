@@ -1,0 +1,25 @@
+"""bench/pagerank_cost.py: one small run (two row blocks against one dense block)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "pagerank_cost.py"
+
+
+@pytest.mark.timeout(60)
+def test_blocked_and_dense_agree_and_are_timed(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("bench_pagerank_cost", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--tokens", "1100", "300", "--repeats", "1"])
+    assert [row["tokens"] for row in rows] == [1100, 300]
+    assert all(row["blocked_s"] > 0 and row["dense_s"] > 0 for row in rows)
+    assert rows[0]["max_abs_diff"] < 1e-6  # 1100 > the default 1024-row block: two blocks
+    assert rows[1]["max_abs_diff"] == 0.0  # one block either way: the same computation
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[0])["shape"] == "llava-onevision-0.5b"
