@@ -47,7 +47,8 @@ def pagerank_importance(
     group = num_heads // k.shape[1]
     scale = head_size**-0.5 / tau
     blocks = [(r0, min(r0 + row_block, num_tokens)) for r0 in range(0, num_tokens, row_block)]
-    future = torch.ones(row_block, row_block, dtype=torch.bool, device=q.device).triu(1)
+    side = min(row_block, num_tokens)
+    future = torch.ones(side, side, dtype=torch.bool, device=q.device).triu(1)
     sum_sq = torch.zeros(num_tokens, dtype=torch.float32, device=q.device)
     for start in range(0, num_heads, head_chunk):
         heads = torch.arange(start, min(start + head_chunk, num_heads), device=q.device)
