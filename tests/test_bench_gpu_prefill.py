@@ -6,7 +6,6 @@ The 7B widths take minutes on a small CPU, so the smoke runs the same code with 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import types
 from dataclasses import replace
@@ -15,15 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_prefill.py"
+from tests.bench_scripts import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def gpu_prefill() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_gpu_prefill", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("gpu_prefill.py")
 
 
 @pytest.mark.timeout(60)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "pagerank_cost.py"
+from tests.bench_scripts import load_bench_script
 
 
 @pytest.mark.timeout(60)
 def test_blocked_and_dense_agree_and_are_timed(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("bench_pagerank_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = module.main(["--tokens", "1100", "300", "--repeats", "1"])
+    rows = load_bench_script("pagerank_cost.py").main(["--tokens", "1100", "300", "--repeats", "1"])
     assert [row["tokens"] for row in rows] == [1100, 300]
     assert all(row["blocked_s"] > 0 and row["dense_s"] > 0 for row in rows)
     assert rows[0]["max_abs_diff"] < 1e-6  # 1100 > the default 1024-row block: two blocks

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib.util
 import io
 import json
 import random
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-LOCUSTFILE = Path(__file__).resolve().parents[2] / "bench" / "locustfile.py"
+from tests.bench_scripts import BENCH_DIR, load_bench_script
+
+LOCUSTFILE = BENCH_DIR / "locustfile.py"
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,7 @@ def locustfile() -> types.ModuleType:
     saved = sys.modules.get("locust")
     sys.modules["locust"] = stand_in
     try:
-        spec = importlib.util.spec_from_file_location("bench_locustfile", LOCUSTFILE)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_bench_script("locustfile.py")
     finally:
         if saved is None:
             sys.modules.pop("locust")
