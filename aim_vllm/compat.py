@@ -7,6 +7,7 @@ parent classes below) is what changes. `plugin.SUPPORTED_VLLM` lists the version
 from __future__ import annotations
 
 from vllm.distributed.communication_op import tensor_model_parallel_all_reduce
+from vllm.distributed.parallel_state import get_tp_group
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
@@ -37,10 +38,13 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems, VideoProcessorItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 from vllm.multimodal.processing.inputs import ProcessorInputs
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 __all__ = [
     "MULTIMODAL_REGISTRY",
+    "GPUModelRunner",
     "get_forward_context",
+    "get_tp_group",
     "ImageProcessorItems",
     "LlavaDummyInputsBuilder",
     "LlavaForConditionalGeneration",

@@ -3,14 +3,17 @@
 Ledger (vllm==0.32.0):
 1. `GPUModelRunner._model_forward` (V1 runner; `CPUModelRunner` inherits it).
    Why: the decoder forward needs, per request of the batch, its pruning schedule and visual
-   spans; vLLM passes no request information to `model.forward`.
-   How: a wrapper adds the keyword `aim_step` (`pruning.state.StepContext`) for models that set
-   `aim_accepts_step = True`; dummy/profile runs call the model directly and get none.
+   spans; vLLM passes no request information to `model.forward`. And a tensor-parallel rank
+   whose forward raises leaves the other ranks waiting in a collective forever (vLLM's
+   `WorkerProc` logs the exception of a non-output rank and carries on).
+   How: for models that set `aim_accepts_step = True` only, a wrapper adds the keyword
+   `aim_step` (`pruning.state.StepContext`); dummy/profile runs call the model directly and get
+   none. If the forward raises in an engine of several ranks, the worker exits, so vLLM's
+   executor sees a dead worker and shuts the engine down at once (requests fail instead of hang).
    Remove when: vLLM passes request metadata to models (Model Runner V2's `ModelState` does;
-   port there when the GPU path moves to V2).
-2. `AttentionBackendEnum.CPU_ATTN` class path -> `aim_vllm.attention.cpu.AimCPUAttentionBackend`
-   through vLLM's public `register_backend` (same kernels; metadata remembers its inputs).
-   Remove when: per-layer metadata can be requested from vLLM for a subset of rows.
+   `models/model_state.py`) and fails an engine whose rank raised.
+Attention backends are not patched: the AIM model wraps its own layers' backends
+(`attention/backends.py`), so other models in the process see vLLM's backends unchanged.
 """
 
 from __future__ import annotations
@@ -38,19 +41,22 @@ def patch_method(owner: type, name: str, make_wrapper: Callable[[Callable], Call
 
 def apply_all() -> None:
     """Apply the ledger's patches (idempotent)."""
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from aim_vllm.compat import GPUModelRunner
 
-    register_backend(AttentionBackendEnum.CPU_ATTN, "aim_vllm.attention.cpu.AimCPUAttentionBackend")
     patch_method(GPUModelRunner, "_model_forward", _with_step_context)
 
 
 def _with_step_context(original: Callable) -> Callable:
     def _model_forward(self, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self.get_model(), "aim_accepts_step", False):
-            from aim_vllm.pruning.runner_context import build_step_context
+        if not getattr(self.get_model(), "aim_accepts_step", False):
+            return original(self, *args, **kwargs)
+        from aim_vllm.pruning.runner_context import build_step_context, exit_if_peers_would_hang
 
-            kwargs["aim_step"] = build_step_context(self)
-        return original(self, *args, **kwargs)
+        kwargs["aim_step"] = build_step_context(self)
+        try:
+            return original(self, *args, **kwargs)
+        except Exception:
+            exit_if_peers_would_hang(self.vllm_config)
+            raise
 
     return _model_forward

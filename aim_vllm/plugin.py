@@ -3,6 +3,9 @@
 `register_all` registers lazy "module:Class" strings over vLLM's stock architectures (no heavy
 import, nothing CUDA-related happens here) and applies the runner patches. It is idempotent and
 does nothing when `AIM_VLLM_DISABLE=1`, which gives plain vLLM with the package installed.
+On a vLLM version the glue was not written for it logs one error and leaves vLLM untouched: the
+entry point loads in every vLLM process of the environment, and a process that never asked for
+AIM must keep working (`aim-vllm engine` refuses to start instead).
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ def register_all() -> None:
     global _registered
     if _registered or os.environ.get(DISABLE_ENV) == "1":
         return
-    _check_vllm_version()
+    _registered = True  # decided once per process, whatever the outcome
+    problem = version_problem()
+    if problem:
+        logger.error("aim-vllm: not loaded, vLLM runs without AIM: %s", problem)
+        return
     from vllm import ModelRegistry
 
     from aim_vllm.patches import apply_all
@@ -41,16 +48,16 @@ def register_all() -> None:
     for arch, cls in MODELS.items():
         ModelRegistry.register_model(arch, cls)
     apply_all()
-    _registered = True
     logger.info("aim-vllm: registered AIM models for %s", ", ".join(MODELS))
 
 
-def _check_vllm_version() -> None:
+def version_problem() -> str:
+    """'' when the installed vLLM is one this plugin supports (or the check is skipped), else why not."""
     import vllm
 
     if os.environ.get(SKIP_VERSION_CHECK_ENV) == "1" or vllm.__version__.startswith(SUPPORTED_VLLM):
-        return
-    raise RuntimeError(
+        return ""
+    return (
         f"aim-vllm supports vLLM {' or '.join(v + 'x' for v in SUPPORTED_VLLM)}, found {vllm.__version__}; "
-        f"set {SKIP_VERSION_CHECK_ENV}=1 to try anyway or {DISABLE_ENV}=1 to run plain vLLM"
+        f"install a supported vLLM, or set {SKIP_VERSION_CHECK_ENV}=1 to try anyway"
     )

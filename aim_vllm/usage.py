@@ -1,7 +1,8 @@
 """Per-request AIM statistics: computed in the worker, reported in the response's `usage.aim`.
 
-The worker writes one small JSON file per request whose prefill starts (visual tokens before and
-after merging, rows and KV entries per layer, FLOPs) into `$AIM_VLLM_STATS_DIR`; the API server's
+The worker (tensor-parallel rank 0 only) writes one small JSON file per request whose prefill
+starts (visual tokens before and after merging, rows and KV entries per layer, FLOPs) into
+`$AIM_VLLM_STATS_DIR`; the API server's
 `AimUsageMiddleware` takes it out when the response for that request id leaves (vLLM's engine
 request id is the response id plus "-" and 8 random characters). Plain Python, no vLLM import.
 """
@@ -101,7 +102,7 @@ class StatsStore:
     def put(self, request_id: str, stats: RequestStats) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._path(request_id)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one writer per file name, even across processes
         tmp.write_text(json.dumps(stats.to_dict()))
         tmp.replace(path)  # readers never see a partial file
 
@@ -117,7 +118,7 @@ class StatsStore:
     def sweep(self, max_age_s: float = 600.0) -> None:
         """Delete files nobody collected (e.g. the client disconnected)."""
         cutoff = time.time() - max_age_s
-        for path in self.root.glob("*.json"):
+        for path in self.root.glob("*"):  # stats files and temporaries of a writer that died
             try:
                 if path.stat().st_mtime < cutoff:
                     path.unlink(missing_ok=True)

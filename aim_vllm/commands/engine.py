@@ -13,7 +13,10 @@ flag passed through. Defaults added when the flag is absent:
   --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
   --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded model only
 and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given,
-VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=3600 unless set (CPU prefills of long videos are slow).
+VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=3600 unless set (CPU prefills of long videos are slow),
+VLLM_USE_V2_MODEL_RUNNER=0 unless set: vLLM's V1 model runner, the one pruning runs on (vLLM
+would pick Model Runner V2 on CUDA; the CPU engine has only V1), said at start-up.
+It refuses to start, with one line and exit code 1, on a vLLM version the plugin does not support.
 AIM's own flag, removed before vLLM sees the rest: `--aim-default LEVEL`, the level of requests
 that name none: a preset (`balanced`) or a JSON object of AIM keys (`{"aim_budget": 0.2}`).
 """
@@ -94,8 +97,20 @@ def pop_aim_default(args: list[str]) -> tuple[list[str], str | None]:
 def main(user_args: list[str]) -> int:
     from aim_vllm.config import DEFAULT_ENV, default_request
     from aim_vllm.model_builders import trained_model_dir
+    from aim_vllm.plugin import version_problem
+    from aim_vllm.pruning.support import USE_V1_RUNNER_ENV
     from aim_vllm.usage import STATS_DIR_ENV
 
+    problem = version_problem()
+    if problem:
+        print(f"aim-vllm engine: error: {problem}", file=sys.stderr)
+        return 1
+    if USE_V1_RUNNER_ENV not in os.environ:
+        os.environ[USE_V1_RUNNER_ENV] = "0"
+        print(
+            f"aim-vllm engine: vLLM's V1 model runner ({USE_V1_RUNNER_ENV}=0), where AIM prunes",
+            file=sys.stderr,
+        )
     user_args, default_level = pop_aim_default(user_args)
     if default_level is not None:
         os.environ[DEFAULT_ENV] = default_level

@@ -9,17 +9,36 @@ The paged attention kernels return no attention weights, so callers pass the lay
 queries and keys and the logits are recomputed here one head chunk at a time: never all heads'
 N x N matrices in float32 at once.
 
+Tensor parallelism: a rank holds only some heads. `head_sum` (a sum over ranks, e.g. an
+all-reduce) turns each rank's per-head sums into the sums over all heads, so every rank scores
+with all heads, as AIM defines it; without it the heads given are all the heads.
+
 Dimensions:
     N: tokens of one sequence; H: query heads; Hkv: key/value heads; D: head size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 # From the reference implementation (LaVi-Lab/AIM, get_importance): temperature and iterations.
 DEFAULT_TAU = 0.1
 DEFAULT_ITERS = 5
+
+HeadSum = Callable[[torch.Tensor], torch.Tensor]  # sums a per-rank partial over all ranks
+
+
+def _mean_over_all_heads(total: torch.Tensor, num_heads: int, head_sum: HeadSum | None) -> torch.Tensor:
+    """`total` (a sum over this rank's `num_heads` heads) divided by the heads of all ranks.
+
+    One `head_sum` call carries both the sums and the head count.
+    """
+    if head_sum is None:
+        return total / num_heads
+    packed = head_sum(torch.cat([total, total.new_tensor([num_heads])]))
+    return packed[:-1] / packed[-1]
 
 
 def pagerank_importance(
@@ -29,6 +48,7 @@ def pagerank_importance(
     iters: int = DEFAULT_ITERS,
     head_chunk: int = 4,
     row_block: int = 1024,
+    head_sum: HeadSum | None = None,
 ) -> torch.Tensor:
     """PageRank importance of every token of one causal sequence.
 
@@ -40,6 +60,7 @@ def pagerank_importance(
         head_chunk: heads whose attention rows are held at once.
         row_block: query rows per block. M is causal, so the rows [r0, r1) are computed against
             keys [0, r1) only: about half of the N x N work and memory at long prompts.
+        head_sum: under tensor parallelism, the sum over ranks (module docstring).
     Returns:
         [N] float32 importance, sqrt(mean over heads of v_h^2).
     """
@@ -66,7 +87,7 @@ def pagerank_importance(
                 flowed[..., :r1] += v[..., r0:r1] @ attn
             v = flowed
         sum_sq += v.squeeze(1).square().sum(dim=0)
-    return (sum_sq / num_heads).sqrt()
+    return _mean_over_all_heads(sum_sq, num_heads, head_sum).sqrt()
 
 
 def pagerank_importance_masked(
@@ -99,7 +120,11 @@ def pagerank_importance_masked(
 
 
 def text_attention_importance(
-    q: torch.Tensor, k: torch.Tensor, is_query: torch.Tensor, active: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    is_query: torch.Tensor,
+    active: torch.Tensor | None = None,
+    head_sum: HeadSum | None = None,
 ) -> torch.Tensor:
     """FastV-style importance: attention each token receives from the query rows `is_query` [N].
 
@@ -118,7 +143,7 @@ def text_attention_importance(
     for head in range(num_heads):
         logits = (q[rows, head].float() @ k[:, head // group].float().T) * head_size**-0.5  # (Q, N)
         total += logits.masked_fill(~causal[rows], float("-inf")).softmax(-1).sum(0)
-    return total / (num_heads * max(1, rows.numel()))
+    return _mean_over_all_heads(total, num_heads, head_sum) / max(1, rows.numel())
 
 
 def importance(
@@ -129,15 +154,17 @@ def importance(
     active: torch.Tensor | None = None,
     tau: float = DEFAULT_TAU,
     iters: int = DEFAULT_ITERS,
+    head_sum: HeadSum | None = None,
 ) -> torch.Tensor:
     """Importance of `method` ("pagerank" or "fastv") over the tokens of one sequence.
 
     `active` (masking formulation): tokens still present; inactive tokens are masked out.
+    `head_sum`: the sum over tensor-parallel ranks (removal formulation only).
     """
     if method == "fastv":
-        return text_attention_importance(q, k, ~is_visual, active)
+        return text_attention_importance(q, k, ~is_visual, active, head_sum)
     if active is None:
-        return pagerank_importance(q, k, tau, iters)
+        return pagerank_importance(q, k, tau, iters, head_sum=head_sum)
     return pagerank_importance_masked(q, k, active, tau, iters)
 
 

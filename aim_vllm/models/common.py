@@ -22,6 +22,8 @@ from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.schedule import MERGE_METHODS, OFF, PRUNE_METHODS, AimSchedule
 from aim_vllm.pruning.decoder import PruningDecoder
+from aim_vllm.pruning.parallel import TensorParallel
+from aim_vllm.pruning.support import prepare_engine
 from aim_vllm.usage import StatsStore, UsageReporter
 
 
@@ -105,10 +107,11 @@ class AimProcessorMixin:
 class AimModelMixin:
     """Pruning + usage reporting around the LLM forward (put before vLLM's model class).
 
-    Overrides the model's `__init__` (adds the pruner and reporter) and `forward`: the runner
-    patch passes `aim_step` to models with `aim_accepts_step`; batches with nothing to prune
-    (and dummy / profiling runs) take vLLM's stock forward. The LLM decoder is
-    `self.language_model.model` in every supported vLLM model class.
+    Overrides the model's `__init__` (decides whether this engine can prune, adds the pruner and
+    the reporter) and `forward`: the runner patch passes `aim_step` to models with
+    `aim_accepts_step`; batches with nothing to prune (and dummy / profiling runs) take vLLM's
+    stock forward. The LLM decoder is `self.language_model.model` in every supported vLLM model
+    class. Under tensor parallelism every rank prunes alike; rank 0 reports usage.
     """
 
     aim_accepts_step = True
@@ -116,8 +119,11 @@ class AimModelMixin:
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         shape = LLMShape.from_hf_config(self.config.to_dict())
-        self.aim_pruner = PruningDecoder(shape.num_layers)
-        self.aim_reporter = UsageReporter(shape, StatsStore.from_env())
+        parallel = TensorParallel.current()
+        layers = [layer.self_attn.attn for layer in self.language_model.model.layers]
+        unsupported = prepare_engine(vllm_config, layers, announce=parallel.is_reporter)
+        self.aim_pruner = PruningDecoder(shape.num_layers, parallel, unsupported)
+        self.aim_reporter = UsageReporter(shape, StatsStore.from_env() if parallel.is_reporter else None)
 
     def forward(
         self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs

@@ -11,6 +11,8 @@ pruned request; otherwise the stock forward runs untouched. Per layer l:
    kept rows only; kept rows keep their original positions (RoPE ids).
 Decode steps of a pruned request use the same per-layer metadata with no row drops: layer l
 attends to exactly the prompt tokens it kept plus the generated ones.
+Under tensor parallelism every rank keeps the same rows (`parallel.py`). Counts and row indices
+are CPU bookkeeping; activations and the metadata's tensors stay on the engine's device.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
+from aim_vllm.attention.backends import block_size, rebuild
 from aim_vllm.attention.compaction import compact_common_metadata
 from aim_vllm.compat import get_forward_context
 from aim_vllm.core.importance import importance, select_kept_tokens
+from aim_vllm.pruning.parallel import TensorParallel
 from aim_vllm.pruning.state import PruneRecord, RequestStep, StepContext, decide
 
 
@@ -35,6 +39,7 @@ class BatchPlan:
     pruning: dict[int, PruneRecord]  # batch index -> record of requests pruning in this step
     token_index: torch.Tensor  # [N] index of each row in its request's sequence
     started: list[tuple[RequestStep, PruneRecord]]  # prefills that start in this step
+    seq_lens: torch.Tensor  # [R] the step's sequence lengths (CPU)
 
     def changes_layout(self) -> bool:
         return bool(self.pruning) or any(bool(m.any()) for m in self.missing)
@@ -43,8 +48,13 @@ class BatchPlan:
 class PruningDecoder:
     """Runs a vLLM decoder stack with per-request pruning; remembers each request's outcome."""
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(
+        self, num_layers: int, parallel: TensorParallel | None = None, unsupported: str = ""
+    ) -> None:
+        """`unsupported`: why this engine cannot prune at all (e.g. its attention backend)."""
         self.num_layers = num_layers
+        self.parallel = parallel or TensorParallel()
+        self.unsupported = unsupported
         self.records: dict[str, PruneRecord] = {}
 
     # -- planning ----------------------------------------------------------------------------
@@ -54,16 +64,17 @@ class PruningDecoder:
         A batch where no request is pruned gets a plan without layers (it runs vLLM's stock forward).
         """
         self.records = {k: v for k, v in self.records.items() if k in step.live_req_ids}
+        seq_lens = seq_lens.cpu()
         scheduled = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
         computed = [int(s) - q for s, q in zip(seq_lens.tolist(), scheduled, strict=True)]
         started: list[tuple[RequestStep, PruneRecord]] = []
         for r, req in enumerate(step.requests):
             if req.req_id not in self.records or computed[r] == 0:  # a (re)started prefill decides
-                record = decide(req, computed[r], scheduled[r], step.disabled_reason, self.num_layers)
+                record = decide(req, computed[r], scheduled[r], self.unsupported, self.num_layers)
                 self.records[req.req_id] = record
                 started.append((req, record))
         if not any(self.records[req.req_id].pruned for req in step.requests):
-            return BatchPlan(step.requests, [], [], {}, torch.empty(0, dtype=torch.int64), started)
+            return BatchPlan(step.requests, [], [], {}, torch.empty(0, dtype=torch.int64), started, seq_lens)
         rows = torch.tensor([scheduled] * self.num_layers, dtype=torch.int64)
         missing = torch.zeros_like(rows)
         pruning: dict[int, PruneRecord] = {}
@@ -77,7 +88,7 @@ class PruningDecoder:
                 rows[:, r] = torch.tensor(record.rows_per_layer) + (scheduled[r] - req.num_prompt)
                 pruning[r] = record
         token_index = torch.cat([torch.arange(c, c + q) for c, q in zip(computed, scheduled, strict=True)])
-        return BatchPlan(step.requests, list(rows), list(missing), pruning, token_index, started)
+        return BatchPlan(step.requests, list(rows), list(missing), pruning, token_index, started, seq_lens)
 
     # -- forward ---------------------------------------------------------------------------
     def plan_step(self, model, step: StepContext) -> BatchPlan | None:
@@ -87,40 +98,46 @@ class PruningDecoder:
         stock = metadata.get(first) if isinstance(metadata, dict) else None
         if stock is None:
             return None
-        common = stock.aim_common
-        num_reqs = common.num_reqs
-        return self.plan(step, common.query_start_loc_cpu[: num_reqs + 1], common.seq_lens[:num_reqs])
+        common = getattr(stock, "aim_common", None)
+        if common is not None:
+            num_reqs = common.num_reqs
+            return self.plan(step, common.query_start_loc_cpu[: num_reqs + 1], common.seq_lens[:num_reqs])
+        # a backend pruning cannot serve: its own metadata still gives the counts usage reports need
+        num_reqs = len(step.requests)
+        query_start_loc, seq_lens = getattr(stock, "query_start_loc", None), getattr(stock, "seq_lens", None)
+        if not self.unsupported or query_start_loc is None or seq_lens is None:
+            return None
+        return self.plan(step, query_start_loc[: num_reqs + 1].cpu(), seq_lens[:num_reqs])
 
     def forward(self, model, positions: torch.Tensor, hidden: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
         """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel) under `plan`."""
         fc = get_forward_context()
         stock = fc.attn_metadata[model.layers[0].self_attn.attn.layer_name]
-        idx, residual, layouts = torch.arange(hidden.shape[0]), None, {}
+        layouts = {_layout_key(plan, 0): stock}  # layer 0 computes every scheduled row: the step's own
+        idx = torch.arange(hidden.shape[0])  # rows present, as indices into the step's rows (CPU)
+        present, residual = idx.to(hidden.device), None
         for layer_idx, layer in enumerate(model.layers):
             attn = layer.self_attn
-            _install(
-                fc,
-                attn.attn.layer_name,
-                compacted_metadata(stock, plan.rows[layer_idx], plan.missing[layer_idx], layouts),
-            )
+            _install(fc, attn.attn.layer_name, compacted_metadata(stock, plan, layer_idx, layouts))
             # Adapted from Qwen2DecoderLayer.forward / Qwen2Attention.forward @ vllm==0.32.0
             if residual is None:
                 residual, h = hidden, layer.input_layernorm(hidden)
             else:
                 h, residual = layer.input_layernorm(hidden, residual)
             q, k, v = attn.qkv_proj(h)[0].split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-            q, k = attn.rotary_emb(positions[..., idx], q, k)
+            q, k = attn.rotary_emb(positions[..., present], q, k)
             out = attn.attn(q, k, v)
             # AIM: begin -- drop pruned rows right after attention
             keep = self.select(plan, layer_idx, q, k, attn.attn, plan.token_index[idx])
             if keep is not None:
-                out, residual, idx = out[keep], residual[keep], idx[keep]
+                idx, keep = idx[keep], keep.to(hidden.device)
+                out, residual, present = out[keep], residual[keep], present[keep]
             # AIM: end
             h, residual = layer.post_attention_layernorm(attn.o_proj(out)[0], residual)
             hidden = layer.mlp(h)
         hidden, _ = model.norm(hidden, residual)
         full = hidden.new_zeros(positions.shape[-1], hidden.shape[-1])
-        full[idx] = hidden  # pruned rows are visual, never sampled from
+        full[present] = hidden  # pruned rows are visual, never sampled from
         return full
 
     # -- selection ---------------------------------------------------------------------------
@@ -143,21 +160,20 @@ class PruningDecoder:
             start += count
         return torch.cat(keep)
 
-    @staticmethod
-    def _rank(req: RequestStep, q, k, attn_layer, token_index, start: int, count: int, num_kept: int):
-        """Local indices kept among a request's `count` rows: all text + the top visual prompt rows.
+    def _rank(self, req: RequestStep, q, k, attn_layer, token_index, start: int, count: int, num_kept: int):
+        """Local indices (CPU) kept among a request's `count` rows: all text + the top visual prompt rows.
 
         Importance (PageRank, or the FastV baseline) runs over the prompt rows only, as in the
         request's original prefill; rows of tokens generated before a preemption (recomputed here,
-        after the prompt) are kept.
+        after the prompt) are kept. `q`/`k` hold this rank's heads; the scores use all ranks' heads.
         """
         prompt = sum(1 for p in token_index[start : start + count].tolist() if p < req.num_prompt)
         span = slice(start, start + prompt)
-        is_visual = torch.tensor([req.is_visual(p) for p in token_index[span].tolist()])
+        is_visual = torch.tensor([req.is_visual(p) for p in token_index[span].tolist()], device=q.device)
         q_r = q[span].view(prompt, attn_layer.num_heads, attn_layer.head_size)
         k_r = k[span].view(prompt, attn_layer.num_kv_heads, attn_layer.head_size)
-        scores = importance(req.schedule.prune_method, q_r, k_r, is_visual)
-        kept = select_kept_tokens(scores, is_visual, num_kept)
+        scores = importance(req.schedule.prune_method, q_r, k_r, is_visual, head_sum=self.parallel.head_sum)
+        kept = self.parallel.agree(select_kept_tokens(scores, is_visual, num_kept)).cpu()
         return torch.cat([kept, torch.arange(prompt, count)])
 
 
@@ -171,10 +187,16 @@ def _entering(record: PruneRecord, layer: int) -> int:
     return record.num_visual if layer == 0 else record.kept_after_layer[layer - 1]
 
 
-def compacted_metadata(stock, rows: torch.Tensor, missing: torch.Tensor, cache: dict):
-    """Metadata for one layout (cached per step by its counts)."""
-    key = (tuple(rows.tolist()), tuple(missing.tolist()))
-    if key not in cache:
-        block_size = stock.aim_builder.kv_cache_spec.block_size
-        cache[key] = stock.rebuild(compact_common_metadata(stock.aim_common, rows, missing, block_size))
-    return cache[key]
+def _layout_key(plan: BatchPlan, layer: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return tuple(plan.rows[layer].tolist()), tuple(plan.missing[layer].tolist())
+
+
+def compacted_metadata(stock, plan: BatchPlan, layer: int, layouts: dict):
+    """Metadata of `layer`'s layout, built once per step per distinct layout (`layouts` caches them)."""
+    key = _layout_key(plan, layer)
+    if key not in layouts:
+        common = compact_common_metadata(
+            stock.aim_common, plan.rows[layer], plan.missing[layer], block_size(stock), plan.seq_lens
+        )
+        layouts[key] = rebuild(stock, common, slot=len(layouts) - 1)
+    return layouts[key]

@@ -2,13 +2,19 @@
 
 Reads, in batch order, each request's prompt length, visual placeholder spans
 (`CachedRequestState.mm_features[i].mm_position`) and AIM parameters (the per-item
-`aim_<modality>` field the processor attached), plus the engine settings that rule pruning out.
+`aim_<modality>` field the processor attached). Engine settings that rule pruning out are
+checked once, when the model is built (`pruning.support`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
 from aim_vllm.models.common import ItemParams, field_name
 from aim_vllm.pruning.state import SKIPPED_PROMPT_LOGPROBS, RequestStep, StepContext
+
+logger = logging.getLogger(__name__)
 
 
 def build_step_context(runner) -> StepContext:
@@ -16,18 +22,7 @@ def build_step_context(runner) -> StepContext:
     steps = tuple(
         _request_step(req_id, runner.requests[req_id]) for req_id in batch.req_ids[: batch.num_reqs]
     )
-    return StepContext(steps, frozenset(runner.requests), disabled_reason(runner.vllm_config))
-
-
-def disabled_reason(vllm_config) -> str:
-    """Why pruning cannot run in this engine ('' when it can)."""
-    if vllm_config.cache_config.enable_prefix_caching:
-        return "prefix caching is enabled (pruned KV must never be reused); use --no-enable-prefix-caching"
-    if vllm_config.speculative_config is not None:
-        return "speculative decoding needs every row of every layer"
-    if vllm_config.parallel_config.pipeline_parallel_size > 1:
-        return "pipeline parallelism is not supported with pruning"
-    return ""
+    return StepContext(steps, frozenset(runner.requests))
 
 
 def _request_step(req_id: str, state) -> RequestStep:
@@ -43,3 +38,20 @@ def _request_step(req_id: str, state) -> RequestStep:
     skip = SKIPPED_PROMPT_LOGPROBS if sampling is not None and sampling.prompt_logprobs is not None else ""
     schedule = known[0].schedule if known else None
     return RequestStep(req_id, state.num_prompt_tokens, schedule, tuple(spans), tokens_in, skip)
+
+
+def exit_if_peers_would_hang(vllm_config) -> None:
+    """End this worker after its forward raised, when other ranks wait for it in a collective.
+
+    vLLM 0.32's `WorkerProc` only logs an exception of a rank that is not the output rank, and
+    the ranks still inside the forward then wait for it forever. A dead worker is what vLLM's
+    executor watches for: it shuts the engine down, and in-flight requests fail at once.
+    """
+    parallel = vllm_config.parallel_config
+    if parallel.tensor_parallel_size * parallel.pipeline_parallel_size == 1:
+        return
+    logger.exception(
+        "aim-vllm: the forward failed on this rank; exiting so the engine stops instead of hanging"
+    )
+    logging.shutdown()
+    os._exit(1)

@@ -50,7 +50,6 @@ class StepContext:
 
     requests: tuple[RequestStep, ...]
     live_req_ids: frozenset[str]
-    disabled_reason: str = ""  # set when an engine feature rules pruning out
 
 
 @dataclass

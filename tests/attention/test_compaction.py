@@ -43,7 +43,9 @@ def test_common_metadata_fields() -> None:
         slot_mapping=torch.arange(13, dtype=torch.int64),
     )
     # request 0 is a prefill pruned to 7 rows at this layer; request 1 decodes missing 4 tokens
-    out = compact_common_metadata(common, torch.tensor([7, 1]), torch.tensor([5, 4]), BLOCK)
+    out = compact_common_metadata(
+        common, torch.tensor([7, 1]), torch.tensor([5, 4]), BLOCK, torch.tensor([12, 20])
+    )
     assert out.query_start_loc_cpu.tolist() == [0, 7, 8]
     assert out.seq_lens.tolist() == [7, 16]
     assert (out.num_actual_tokens, out.max_query_len, out.max_seq_len) == (8, 7, 16)

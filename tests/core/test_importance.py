@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from aim_vllm.core.importance import pagerank_importance, pagerank_importance_masked, select_kept_tokens
+from aim_vllm.core.importance import (
+    importance,
+    pagerank_importance,
+    pagerank_importance_masked,
+    select_kept_tokens,
+)
 
 
 def _qk(n: int = 12, heads: int = 4, kv_heads: int = 2, dim: int = 8, seed: int = 0):
@@ -96,3 +101,42 @@ def test_key_only_masking_is_the_reference_codes_variant() -> None:
     theirs = pagerank_importance_masked(q, k, some, mask_queries=False)
     assert not torch.allclose(ours[some], theirs[some])
     assert torch.all(theirs[~some] == 0)  # pruned tokens still receive nothing as keys
+
+
+def _over_ranks(method: str, q: torch.Tensor, k: torch.Tensor, is_visual: torch.Tensor, ranks: int):
+    """Each tensor-parallel rank's importance, its heads only, with an all-reduce stand-in.
+
+    Rank r holds query heads [r*H/ranks, (r+1)*H/ranks) and their key heads, as vLLM shards them.
+    First pass: record every rank's partial; second: each rank gets the sum of all partials.
+    """
+    heads, kv_heads = q.shape[1] // ranks, k.shape[1] // ranks
+    shards = [
+        (q[:, r * heads : (r + 1) * heads], k[:, r * kv_heads : (r + 1) * kv_heads]) for r in range(ranks)
+    ]
+    partials: list[torch.Tensor] = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        partials.append(x.clone())
+        return x
+
+    for q_r, k_r in shards:
+        importance(method, q_r, k_r, is_visual, head_sum=record)
+    total = torch.stack(partials).sum(0)
+    return [importance(method, q_r, k_r, is_visual, head_sum=lambda _: total) for q_r, k_r in shards]
+
+
+@pytest.mark.parametrize("method", ["pagerank", "fastv"])
+def test_tensor_parallel_ranks_score_with_all_heads(method: str) -> None:
+    """Under TP each rank sums its heads, then the sums over ranks: every rank gets the one-rank scores
+    (and so keeps the same tokens); a rank scoring with its own heads alone would not."""
+    q, k = _qk(n=40, heads=4, kv_heads=2, dim=8, seed=5)
+    is_visual = torch.tensor([False] * 5 + [True] * 30 + [False] * 5)
+    whole = importance(method, q, k, is_visual)
+    per_rank = _over_ranks(method, q, k, is_visual, ranks=2)
+    for scores in per_rank:
+        torch.testing.assert_close(scores, whole, rtol=1e-6, atol=1e-9)
+        assert torch.equal(
+            select_kept_tokens(scores, is_visual, 12), select_kept_tokens(whole, is_visual, 12)
+        )
+    own_heads = importance(method, q[:, :2], k[:, :1], is_visual)
+    assert not torch.allclose(own_heads, whole, rtol=1e-3)

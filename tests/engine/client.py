@@ -26,9 +26,15 @@ class Media:
 
 
 def chat(
-    server, media: list[Media], text: str, aim: dict | None = None, max_tokens: int = 5, **extra
+    server,
+    media: list[Media],
+    text: str,
+    aim: dict | None = None,
+    max_tokens: int = 5,
+    timeout: float = 600,
+    **extra,
 ) -> dict:
-    """Greedy chat completion with logprobs and token ids; raises on non-200."""
+    """Greedy chat completion with logprobs and token ids; raises on non-200 or after `timeout` s."""
     body = {
         "model": server.model,
         "messages": [{"role": "user", "content": [*(m.part for m in media), {"type": "text", "text": text}]}],
@@ -41,7 +47,7 @@ def chat(
     }
     if aim is not None:
         body["mm_processor_kwargs"] = aim
-    response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=600)
+    response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=timeout)
     response.raise_for_status()
     return response.json()
 

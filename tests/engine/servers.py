@@ -22,8 +22,9 @@ from aim_vllm.commands.serve import (
     wait_ready,
 )
 
-__all__ = ["Server", "free_port", "start"]
+__all__ = ["Server", "free_port", "start", "start_tensor_parallel", "with_test_site"]
 
+TEST_SITE = Path(__file__).resolve().parents[1] / "vllm_site"
 STARTUP_TIMEOUT_S = 900  # two cores shared with other tests: vLLM start-up can take minutes
 PLAIN_VLLM = f"{sys.executable} -m vllm.entrypoints.launchers.api_server.entry"
 PLAIN_FLAGS = [
@@ -49,12 +50,16 @@ class Server:
 def start(
     model_dir: Path, log: Path, *extra: str, plain: bool = False, env: dict[str, str | None] | None = None
 ) -> Server:
-    """Start `aim-vllm engine` (or plain vLLM) on `model_dir`, logging into `log`'s folder."""
-    overrides: dict[str, str | None] = {"VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+    """Start `aim-vllm engine` (or plain vLLM) on `model_dir`, logging into `log`'s folder.
+
+    `env`: variables to set (value) or remove (None) for the server, applied last.
+    """
+    overrides: dict[str, str | None] = {"VLLM_CPU_KVCACHE_SPACE": "1"}
     flags = ["--dtype", "float32", *extra]
     if plain:
         overrides |= {"AIM_VLLM_DISABLE": "1", ENGINE_CMD_ENV: PLAIN_VLLM}
         flags = [*PLAIN_FLAGS, *extra]
+    overrides |= env or {}
     log.parent.mkdir(parents=True, exist_ok=True)
     with _environment(overrides):
         replica = start_replica(0, str(model_dir), flags, log.parent)
@@ -83,3 +88,17 @@ def _environment(overrides: dict[str, str | None]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def start_tensor_parallel(model_dir: Path, log: Path, *extra: str, ranks: int = 2) -> Server:
+    """`aim-vllm engine` with `ranks` tensor-parallel workers, one core each (one NUMA node here:
+    vLLM's `auto` binding refuses it)."""
+    binding = "|".join(str(core % (os.cpu_count() or 1)) for core in range(ranks))
+    flags = ["--tensor-parallel-size", str(ranks), *extra]
+    return start(model_dir, log, *flags, env={"VLLM_CPU_OMP_THREADS_BIND": binding})
+
+
+def with_test_site(**variables: str) -> dict[str, str | None]:
+    """Environment for a server whose processes load `tests/vllm_site` (see its docstring)."""
+    path = os.pathsep.join(filter(None, [str(TEST_SITE), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, **variables}

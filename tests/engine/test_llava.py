@@ -141,3 +141,17 @@ def test_bad_values_are_clear_400s(llava_engine, image, aim) -> None:
     assert response.status_code == 400, response.text
     message = response.json()["error"]["message"]
     assert "aim" in message or "merge_ratio" in message or "prune" in message
+
+
+def test_two_tensor_parallel_ranks_merge_and_prune_like_the_reference(
+    llava_model_dir, llava_reference, image, tmp_path
+) -> None:
+    """TP=2: CLIP's keys are averaged over both ranks' heads and pruning ranks with all heads, so
+    merging inside CLIP and pruning give the reference's answers."""
+    server = servers.start_tensor_parallel(llava_model_dir, tmp_path / "log.txt")
+    try:
+        for schedule in (AimSchedule(0.4375), AimSchedule(0.125, (1, 4)), AimSchedule(1.0, (0, 6))):
+            response = chat(server, [image], QUESTION, aim_kwargs(schedule), max_tokens=6, timeout=300)
+            assert_matches_reference(llava_reference, response, [image], schedule)
+    finally:
+        server.stop()

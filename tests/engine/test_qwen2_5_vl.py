@@ -153,3 +153,21 @@ def test_bad_values_are_clear_400s(qwen_engine, image, aim) -> None:
     assert response.status_code == 400, response.text
     message = response.json()["error"]["message"]
     assert "aim" in message or "merge_ratio" in message or "prune" in message
+
+
+def test_two_tensor_parallel_ranks_merge_and_prune_like_the_reference(
+    qwen_model_dir, qwen_reference, image, video, tmp_path
+) -> None:
+    """TP=2: merged slices (M-RoPE by rule) and pruning that ranks with both ranks' heads give the
+    reference's answers, for images and videos."""
+    server = servers.start_tensor_parallel(qwen_model_dir, tmp_path / "log.txt")
+    try:
+        for item, schedule in (
+            (video, AimSchedule(0.25)),
+            (image, AimSchedule(0.5, (1, 4))),
+            (video, AimSchedule(0.3, (0, 6))),
+        ):
+            response = chat(server, [item], QUESTION, aim_kwargs(schedule), max_tokens=6, timeout=300)
+            assert_matches_reference(qwen_reference, response, [item], schedule)
+    finally:
+        server.stop()

@@ -1,0 +1,85 @@
+"""Tensor parallelism on the CPU engine (2 ranks, one core each): the same answers as one rank.
+
+Under TP each rank holds half the heads; pruning must rank with all heads and keep the same rows
+on every rank (`pruning/parallel.py`), and usage is written once. Every request here must answer
+within `TIMEOUT_S`: a rank that fails must never leave the others waiting.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from aim_vllm.core.schedule import AimSchedule
+from tests.engine import media, servers
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat
+
+QUESTION = "What colour is the square?"
+TIMEOUT_S = 300
+SCHEDULES = {
+    "off": AimSchedule(),
+    "merge": AimSchedule(0.25),
+    "prune": AimSchedule(1.0, (1, 4)),
+    "both": AimSchedule(0.25, (1, 4)),
+}
+
+
+@pytest.fixture(scope="module")
+def tp_engine(tiny_model_dir, tmp_path_factory):
+    server = servers.start_tensor_parallel(tiny_model_dir, tmp_path_factory.mktemp("tp-engine") / "log.txt")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def image() -> Media:
+    img = media.image(seed=11, width=420, height=300)
+    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+
+
+@pytest.fixture(scope="module")
+def video() -> Media:
+    url, frames = media.jpeg_video_data_url(media.video_frames(seed=12, frames=6))
+    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+
+
+def _chat(server, item: Media | None, schedule: AimSchedule, max_tokens: int = 6) -> dict:
+    items = [item] if item is not None else []
+    return chat(server, items, QUESTION, aim_kwargs(schedule), max_tokens=max_tokens, timeout=TIMEOUT_S)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_two_ranks_answer_like_one_and_like_the_reference(
+    tp_engine, aim_engine, reference, image, video, kind, name
+) -> None:
+    """Greedy tokens equal TP=1's and the reference's; logprobs within 1e-4; the same usage report."""
+    item, schedule = (image if kind == "image" else video), SCHEDULES[name]
+    two, one = _chat(tp_engine, item, schedule), _chat(aim_engine, item, schedule)
+    assert two["choices"][0]["token_ids"] == one["choices"][0]["token_ids"]
+    np.testing.assert_allclose(_logprobs(two), _logprobs(one), atol=1e-4, rtol=0)
+    assert two["usage"]["aim"] == one["usage"]["aim"]
+    assert two["usage"]["aim"]["pruning"] == ("pruned" if schedule.prune_layers else "not requested")
+    assert_matches_reference(reference, two, [item], schedule)
+
+
+def test_mixed_batch_on_two_ranks(tp_engine, reference, image, video) -> None:
+    """Concurrent requests with different schedules (and none) share steps; each equals its reference."""
+    jobs = [
+        (video, AimSchedule(0.5, (2, 5))),
+        (image, AimSchedule()),
+        (video, AimSchedule(1.0, (0, 6))),
+        (None, AimSchedule()),
+        (image, AimSchedule(0.25, (1, 3))),
+        (video, AimSchedule(0.25)),
+    ]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(lambda job: _chat(tp_engine, *job), jobs))
+    for (item, schedule), response in zip(jobs, responses, strict=True):
+        assert_matches_reference(reference, response, [item] if item else [], schedule)
+
+
+def _logprobs(response: dict) -> list[float]:
+    return [entry["logprob"] for entry in response["choices"][0]["logprobs"]["content"]]
