@@ -38,10 +38,12 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems, VideoProcessorItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 from vllm.multimodal.processing.inputs import ProcessorInputs
+from vllm.v1.worker.gpu.model_states.default import DefaultModelState
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 __all__ = [
     "MULTIMODAL_REGISTRY",
+    "DefaultModelState",
     "GPUModelRunner",
     "get_forward_context",
     "get_tp_group",

@@ -125,6 +125,12 @@ class AimModelMixin:
         self.aim_pruner = PruningDecoder(shape.num_layers, parallel, unsupported)
         self.aim_reporter = UsageReporter(shape, StatsStore.from_env() if parallel.is_reporter else None)
 
+    def get_model_state_cls(self) -> type:
+        """Model Runner V2's per-model state (`model_state.py`); the V1 runner never asks."""
+        from aim_vllm.models.model_state import AimModelState
+
+        return AimModelState
+
     def forward(
         self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, aim_step=None, **kwargs
     ):

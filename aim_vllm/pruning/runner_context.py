@@ -1,4 +1,7 @@
-"""Builds the `StepContext` of a forward from vLLM's V1 model runner (vllm==0.32.0 `GPUModelRunner`).
+"""Builds the `StepContext` of a forward from vLLM's model runner (vllm==0.32.0).
+
+The V1 runner (`GPUModelRunner`) through the `_model_forward` patch (`build_step_context`);
+Model Runner V2 through AIM's `ModelState` (`models/model_state.py`), from the same request data.
 
 Reads, in batch order, each request's prompt length, visual placeholder spans
 (`CachedRequestState.mm_features[i].mm_position`) and AIM parameters (the per-item
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from aim_vllm.models.common import ItemParams, field_name
 from aim_vllm.pruning.state import SKIPPED_PROMPT_LOGPROBS, RequestStep, StepContext
@@ -20,24 +24,35 @@ logger = logging.getLogger(__name__)
 def build_step_context(runner) -> StepContext:
     batch = runner.input_batch
     steps = tuple(
-        _request_step(req_id, runner.requests[req_id]) for req_id in batch.req_ids[: batch.num_reqs]
+        _cached_request_step(req_id, runner.requests[req_id]) for req_id in batch.req_ids[: batch.num_reqs]
     )
     return StepContext(steps, frozenset(runner.requests))
 
 
-def _request_step(req_id: str, state) -> RequestStep:
-    """A request's spans and AIM parameters (from its items' `aim_<modality>` fields)."""
+def _cached_request_step(req_id: str, state) -> RequestStep:
+    """From the V1 runner's `CachedRequestState`."""
+    return request_step(req_id, state.num_prompt_tokens, state.mm_features, state.sampling_params)
+
+
+def request_step(req_id: str, num_prompt: int, mm_features, sampling_params) -> RequestStep:
+    """A request's spans and AIM parameters (from its items' `aim_<modality>` fields).
+
+    Both runners hold the same request data (V1 `CachedRequestState`, V2 `NewRequestData`).
+    """
     spans, params = [], []
-    for feature in state.mm_features:
+    for feature in mm_features:
         spans.append((feature.mm_position.offset, feature.mm_position.length))
         item, name = feature.data, field_name(feature.modality)
         params.append(ItemParams.from_tensor(item[name].data) if item is not None and name in item else None)
     known = [p for p in params if p is not None]
     tokens_in = sum(p.tokens_in if p else length for p, (_, length) in zip(params, spans, strict=True))
-    sampling = state.sampling_params
-    skip = SKIPPED_PROMPT_LOGPROBS if sampling is not None and sampling.prompt_logprobs is not None else ""
+    skip = (
+        SKIPPED_PROMPT_LOGPROBS
+        if sampling_params is not None and sampling_params.prompt_logprobs is not None
+        else ""
+    )
     schedule = known[0].schedule if known else None
-    return RequestStep(req_id, state.num_prompt_tokens, schedule, tuple(spans), tokens_in, skip)
+    return RequestStep(req_id, num_prompt, schedule, tuple(spans), tokens_in, skip)
 
 
 def exit_if_peers_would_hang(vllm_config) -> None:
@@ -53,5 +68,5 @@ def exit_if_peers_would_hang(vllm_config) -> None:
     logger.exception(
         "aim-vllm: the forward failed on this rank; exiting so the engine stops instead of hanging"
     )
-    logging.shutdown()
+    sys.stderr.flush()  # os._exit skips interpreter shutdown
     os._exit(1)

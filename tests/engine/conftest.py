@@ -3,16 +3,11 @@ configurations per module, started only by the tests that need them."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from aim_vllm.reference_pipeline import ReferenceModel
-from server.app import create_app
-from server.config import Settings
 from tests.engine import servers
 
 
@@ -27,21 +22,8 @@ def aim_engine(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def gateway(aim_engine) -> Iterator[str]:
     """The gateway over the session's engine, served by uvicorn in a thread; yields its base URL."""
-    settings = Settings(upstreams=[aim_engine.url], upstream_dns=None, default_aim="off", api_keys=[])
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=servers.free_port(), log_config=None,
-        access_log=False, lifespan="on",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{config.port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with servers.running_gateway(aim_engine.url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

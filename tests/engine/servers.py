@@ -102,3 +102,40 @@ def with_test_site(**variables: str) -> dict[str, str | None]:
     """Environment for a server whose processes load `tests/vllm_site` (see its docstring)."""
     path = os.pathsep.join(filter(None, [str(TEST_SITE), os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path, **variables}
+
+
+@contextlib.contextmanager
+def running_gateway(*upstreams: str, **settings: object) -> Iterator[str]:
+    """The gateway over `upstreams` (AIM off by default, no keys), served by uvicorn in a thread."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import Settings
+
+    config = Settings(
+        upstreams=list(upstreams), upstream_dns=None, default_aim="off", api_keys=[], **settings
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host="127.0.0.1",
+            port=free_port(),
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -7,9 +7,12 @@ within `TIMEOUT_S`: a rank that fails must never leave the others waiting.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
+import psutil
 import pytest
 
 from aim_vllm.core.schedule import AimSchedule
@@ -18,6 +21,7 @@ from tests.engine.client import Media, aim_kwargs, assert_matches_reference, cha
 
 QUESTION = "What colour is the square?"
 TIMEOUT_S = 300
+FAIL_FAST_S = 60  # a dead rank: the request's error, and the replica out of rotation, within this
 SCHEDULES = {
     "off": AimSchedule(),
     "merge": AimSchedule(0.25),
@@ -83,3 +87,41 @@ def test_mixed_batch_on_two_ranks(tp_engine, reference, image, video) -> None:
 
 def _logprobs(response: dict) -> list[float]:
     return [entry["logprob"] for entry in response["choices"][0]["logprobs"]["content"]]
+
+
+def test_a_dead_worker_fails_requests_fast_and_leaves_rotation(tp_engine, video) -> None:
+    """Last in this module (it kills the engine): rank 1 dies mid-request; the request gets an
+    OpenAI-shaped error within a bound, the gateway's /ready turns unready, new requests get 503."""
+    body = {
+        "model": tp_engine.model,
+        "messages": [{"role": "user", "content": [video.part, {"type": "text", "text": QUESTION}]}],
+        "max_tokens": 4000,
+        "ignore_eos": True,  # decodes for a minute unless stopped
+    }
+    worker = _tensor_parallel_worker(tp_engine, rank=1)
+    with servers.running_gateway(tp_engine.url, health_interval_s=1.0) as url:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, url + "/v1/chat/completions", json=body, timeout=TIMEOUT_S)
+            time.sleep(5)
+            assert not pending.done(), "the request ended before the worker was killed"
+            killed = time.monotonic()
+            worker.kill()
+            response = pending.result()
+        assert time.monotonic() - killed < FAIL_FAST_S
+        assert response.status_code in (502, 503), response.text
+        error = response.json()["error"]
+        assert error["message"] and error["type"]
+        deadline = time.monotonic() + FAIL_FAST_S
+        while httpx.get(url + "/ready", timeout=10).status_code != 503:
+            assert time.monotonic() < deadline, "the gateway still routes to the dead replica"
+            time.sleep(0.5)
+        after = httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 1}, timeout=30)
+        assert after.status_code == 503 and after.json()["error"]["message"]
+
+
+def _tensor_parallel_worker(server, rank: int) -> psutil.Process:
+    """The worker process of `rank` under a replica (vLLM titles it `VLLM::Worker_TP<rank>`)."""
+    children = psutil.Process(server.replica.process.pid).children(recursive=True)
+    matches = [p for p in children if f"Worker_TP{rank}" in " ".join(p.cmdline())]
+    assert len(matches) == 1, [p.cmdline() for p in children]
+    return matches[0]
