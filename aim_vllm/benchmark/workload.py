@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from aim_vllm.core.level import AimLevel, parse_text
+from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.media import (
     image_part,
     jpeg_video_data_url,
@@ -71,6 +73,13 @@ class Level:
     engine_kwargs: dict[str, Any] | None = None
 
 
+def check_levels(specs: list[str]) -> None:
+    """LevelError for a spec that is neither a shorthand nor a level (before any engine starts)."""
+    for spec in specs:
+        if spec not in (MERGE_ONLY, PRUNE_ONLY):
+            parse_text(spec)
+
+
 def resolve_levels(specs: list[str], merge_ratio: float, prune_layers: list[int] | None) -> list[Level]:
     """Levels of `specs` (the reference level first, added when missing).
 
@@ -81,11 +90,11 @@ def resolve_levels(specs: list[str], merge_ratio: float, prune_layers: list[int]
     levels = []
     for label in dict.fromkeys(labels):
         if label == MERGE_ONLY:
-            levels.append(Level(label, f"merge:{merge_ratio:g}"))
+            levels.append(Level(label, AimLevel(schedule=AimSchedule(merge_ratio)).text))
         elif label == PRUNE_ONLY:
             if prune_layers is None:
                 raise ValueError("the engine reported no pruning window for 'balanced'; cannot run 'prune'")
-            levels.append(Level(label, f"prune:{prune_layers[0]}-{prune_layers[1]}"))
+            levels.append(Level(label, AimLevel(schedule=AimSchedule(1.0, tuple(prune_layers))).text))
         else:
             levels.append(Level(label, label))
     return levels

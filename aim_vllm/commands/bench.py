@@ -117,8 +117,9 @@ def model_and_flags(args: argparse.Namespace) -> tuple[str, str, list[str]]:
 def options_from_args(args: argparse.Namespace):
     """BenchOptions from the flags (ValueError for invalid values)."""
     from aim_vllm.benchmark.runner import BenchOptions
-    from aim_vllm.benchmark.workload import parse_media
+    from aim_vllm.benchmark.workload import check_levels, parse_media
 
+    check_levels(args.levels)
     counts = {name: _pick(args, name) for name in ("rounds", "waves", "split_pairs", "max_tokens")}
     concurrency = _pick(args, "concurrency")
     if (

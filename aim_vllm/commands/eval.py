@@ -5,8 +5,8 @@ Sends every item of a JSONL data set (format: `aim_vllm.synthetic` docstring; ma
 (multiple-choice letter, or normalised short answer with --free-form), and writes results.jsonl
 (resumable), summary.json, summary.md and accuracy_vs_flops.png into --out.
 
-Levels: gateway levels, comma separated, `+` between the items of one explicit level, e.g.
-  --levels off,light,balanced,max,budget:0.1,merge:0.25+method:pool+prune:3-5
+Levels: one per argument, in the gateway's level grammar (`X-AIM-Level`), e.g.
+  --levels off light balanced max budget:0.1 merge:0.25,method:pool,prune:3-5
   --baselines-for balanced   adds AIM at that preset and every baseline at its token counts.
 Target: --url of a running gateway, or --model DIR to start `aim-vllm serve` for the run.
 """
@@ -23,7 +23,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="items.jsonl")
-    parser.add_argument("--levels", default="off,light,balanced,max", help="comma-separated levels")
+    parser.add_argument(
+        "--levels", nargs="+", default=["off", "light", "balanced", "max"], help="AIM levels (level grammar)"
+    )
     parser.add_argument(
         "--baselines-for", metavar="PRESET", help="add AIM at PRESET + baselines at its counts"
     )
@@ -45,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from aim_vllm.evaluation.levels import parse_specs
+    from aim_vllm.evaluation.levels import canonical_levels
     from aim_vllm.evaluation.report import markdown, plot, summarise
     from aim_vllm.evaluation.runner import done_keys, run_all
     from aim_vllm.synthetic import read_dataset
 
+    levels, names = canonical_levels(args.levels), {}
     items = read_dataset(args.data)[: args.limit]
-    levels, names = parse_specs(args.levels), {}
     args.out.mkdir(parents=True, exist_ok=True)
     server = _start_serve(args.model, args.out) if args.model else None
     url = args.url or (f"http://127.0.0.1:{server[1]}" if server else "http://127.0.0.1:8000")

@@ -7,7 +7,7 @@ import json
 
 from aim_vllm.core.architectures import ARCHITECTURES
 from aim_vllm.core.budget import estimate_flops, solve_budget
-from aim_vllm.core.schedule import PRESETS, AimSchedule, preset_schedule
+from aim_vllm.core.level import parse_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,20 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     media.add_argument("--frames", type=int, help="one video with this many frames")
     media.add_argument("--images", type=int, help="this many images")
     parser.add_argument("--text-tokens", type=int, required=True, help="text tokens in the prompt")
-    knob = parser.add_mutually_exclusive_group()
-    knob.add_argument("--preset", choices=PRESETS, help="named AIM level (default: balanced)")
-    knob.add_argument("--merge-ratio", type=float, help="kept fraction of each frame's tokens")
-    knob.add_argument("--budget", type=float, help="fraction of the baseline FLOPs to spend")
-    parser.add_argument("--prune", help="pruning layers L1,L2 (with --merge-ratio or alone)")
+    parser.add_argument(
+        "--level",
+        default="balanced",
+        help="AIM level, gateway grammar: balanced, budget:0.2, merge:0.25,prune:14-22",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
     spec = ARCHITECTURES[args.arch]
     layout = spec.layout(frames=args.frames or 0, images=args.images or 0)
-    schedule = _schedule(
-        args, spec.llm.num_layers, lambda b: solve_budget(b, spec.llm, layout, args.text_tokens)
-    )
+    solve = lambda budget: solve_budget(budget, spec.llm, layout, args.text_tokens)  # noqa: E731
+    schedule = parse_text(args.level).resolve(spec.llm.num_layers, solve)
     est = estimate_flops(schedule, spec.llm, layout, args.text_tokens)
     result = {
         "arch": args.arch,
@@ -46,15 +45,6 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(result) if args.json else _table(result))
     return 0
-
-
-def _schedule(args: argparse.Namespace, num_layers: int, solve) -> AimSchedule:
-    prune = tuple(int(v) for v in args.prune.split(",")) if args.prune else None
-    if args.budget is not None:
-        return solve(args.budget)
-    if args.merge_ratio is not None or prune is not None:
-        return AimSchedule(args.merge_ratio if args.merge_ratio is not None else 1.0, prune)
-    return preset_schedule(args.preset or "balanced", num_layers)
 
 
 def _table(r: dict) -> str:

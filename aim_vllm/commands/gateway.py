@@ -76,6 +76,8 @@ def _flag(annotation: Any) -> dict[str, Any]:
 
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
     """`Settings` from the flags that were given (the environment fills the rest), then `overrides`."""
+    from pydantic import ValidationError
+
     from server.config import Settings
 
     values = {
@@ -84,7 +86,13 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         if getattr(args, f"gw_{name}", None) is not None
     }
     values |= {name: getattr(args, name) for name in _OWN_FLAGS if getattr(args, name, None)}
-    return Settings(**(values | overrides))
+    try:
+        return Settings(**(values | overrides))
+    except ValidationError as exc:  # one line per CLI convention, not pydantic's report
+        problems = (
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        raise ValueError("; ".join(problems)) from None
 
 
 def serve_gateway(settings: Any, host: str, port: int, log_level: str, on_started: Any = None) -> None:

@@ -1,7 +1,8 @@
 """`aim-vllm make-tiny-model DIR`: build a model checkpoint offline and deterministically.
 
-`--size tiny` (default) writes random weights (fixed seed); `--size 0.5b|7b` writes the published
-architecture's config, tokenizer and processor with no weights, for `--load-format dummy`.
+`--size tiny` (default) writes random weights (fixed seed); `--size 0.5b|3b|7b` writes the published
+architecture's config, tokenizer and processor with no weights, for `--load-format dummy`;
+`--layers N` shrinks such a config to N LLM layers (widths, vocabulary and limits unchanged).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=sorted(BUILDERS), default=DEFAULT_ARCH)
     parser.add_argument("--size", choices=SIZES, default="tiny", help="tiny (random weights) or a real shape")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (tiny only)")
+    parser.add_argument("--layers", type=int, help="keep only this many LLM layers (published sizes)")
 
 
 def run(args: argparse.Namespace) -> int:
     from aim_vllm.model_builders import build_model
 
-    out = build_model(args.out_dir, args.arch, args.size, args.seed)
+    out = build_model(args.out_dir, args.arch, args.size, args.seed, layers=args.layers)
     print(out)
     return 0

@@ -1,8 +1,7 @@
-"""Level specs on the command line, and baselines at the token counts of an AIM level.
+"""Levels on the command line, and baselines at the token counts of an AIM level.
 
-A spec is a gateway level (`X-AIM-Level` grammar, server/knob.py) with `+` instead of `,`
-between the items of an explicit level, so a list of specs can itself be comma separated:
-    off,balanced,budget:0.1,merge:0.25+prune:3-5,merge:0.25+method:pool+prune:3-5
+Levels are in the text form of `aim_vllm.core.level` (the gateway's `X-AIM-Level`), one per
+argument: `--levels off balanced budget:0.1 merge:0.25,method:pool,prune:3-5`.
 `baselines_for(preset, ...)` gives, for one preset, AIM's explicit schedule and the issue's
 baselines at the same token counts: uniform pooling and random drop instead of merging (same
 pruning), FastV-style single-layer pruning keeping the fraction whose executed FLOPs match AIM's,
@@ -13,36 +12,22 @@ from __future__ import annotations
 
 from aim_vllm.core.budget import VisualLayout, estimate_flops
 from aim_vllm.core.flops import LLMShape
+from aim_vllm.core.level import AimLevel, parse_text
 from aim_vllm.core.schedule import AimSchedule, preset_schedule
 
 BASELINE_NAMES = ("pool", "random", "fastv", "merge-only", "prune-only")  # `baselines_for`'s rows
 
 
-def parse_specs(text: str) -> list[str]:
-    """Comma-separated specs -> gateway level strings (each `+` becomes `,`)."""
-    specs = [spec.strip() for spec in text.split(",") if spec.strip()]
+def canonical_levels(specs: list[str]) -> list[str]:
+    """Each level in its canonical text form, duplicates dropped (LevelError on a bad one)."""
     if not specs:
         raise ValueError("give at least one level")
-    return [spec.replace("+", ",") for spec in specs]
+    return list(dict.fromkeys(parse_text(spec).text for spec in specs))
 
 
 def level_of(schedule: AimSchedule) -> str:
-    """The gateway level string of an explicit schedule."""
-    items = [f"merge:{_decimal(schedule.merge_ratio)}"]
-    if schedule.prune_layers is not None:
-        items.append("prune:{}-{}".format(*schedule.prune_layers))
-    if schedule.merge_method != "aim":
-        items.append(f"method:{schedule.merge_method}")
-    if schedule.prune_method != "pagerank":
-        items.append(f"importance:{schedule.prune_method}")
-    if schedule.prune_keep is not None:
-        items.append(f"keep:{_decimal(schedule.prune_keep)}")
-    return ",".join(items)
-
-
-def _decimal(value: float) -> str:
-    """Plain decimal text (the level grammar has no exponents): 0.25 -> '0.25', 1.0 -> '1'."""
-    return f"{value:.6f}".rstrip("0").rstrip(".")
+    """The canonical text form of an explicit schedule."""
+    return AimLevel(schedule=schedule).text
 
 
 def baselines_for(preset: str, shape: LLMShape, layout: VisualLayout, text_tokens: int) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -21,31 +22,64 @@ BUILDERS = {
     "qwen2.5-vl": "aim_vllm.model_builders.qwen2_5_vl",
     "llava-1.5": "aim_vllm.model_builders.llava",
 }
-SIZES = ("tiny", "0.5b", "7b")  # each builder accepts a subset (0.5b: llava-onevision only)
+SIZES = ("tiny", "0.5b", "3b", "7b")  # each builder accepts a subset (0.5b: llava-onevision; 3b: qwen2.5-vl)
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("AIM_VLLM_CACHE", Path.home() / ".cache" / "aim-vllm"))
 
 
-def build_model(out_dir: Path, arch: str = DEFAULT_ARCH, size: str = "tiny", seed: int = 0) -> Path:
-    """Write the checkpoint of `arch` at `size` into `out_dir` (weights only for `tiny`)."""
+def build_model(
+    out_dir: Path, arch: str = DEFAULT_ARCH, size: str = "tiny", seed: int = 0, layers: int | None = None
+) -> Path:
+    """Write the checkpoint of `arch` at `size` into `out_dir` (weights only for `tiny`).
+
+    `layers`: a published size shrunk to this many LLM layers (`shrink_checkpoint`).
+    """
     import importlib
 
     if arch not in BUILDERS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(BUILDERS)}")
-    return importlib.import_module(BUILDERS[arch]).build(Path(out_dir), size=size, seed=seed)
+    if layers is not None and size == "tiny":
+        raise ValueError("--layers shrinks a published size (config only); the tiny model has weights")
+    out = importlib.import_module(BUILDERS[arch]).build(Path(out_dir), size=size, seed=seed)
+    if layers is not None:
+        shrink_checkpoint(out, layers)
+    return out
 
 
-def default_model_dir(arch: str = DEFAULT_ARCH, size: str = "tiny") -> Path:
-    """The cached build of `arch`/`size`, built (once, under a file lock) if missing."""
-    target = cache_root() / "models" / f"{arch}-{size}-{_build_key(arch)}"
+def default_model_dir(arch: str = DEFAULT_ARCH, size: str = "tiny", layers: int | None = None) -> Path:
+    """The cached build of `arch`/`size` (shrunk to `layers`), built once under a file lock if missing."""
+    shrunk = f"-{layers}layers" if layers is not None else ""
+    target = cache_root() / "models" / f"{arch}-{size}{shrunk}-{_build_key(arch)}"
 
     def build(out: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)  # a build interrupted half-way starts over
-        build_model(out, arch, size)
+        build_model(out, arch, size, layers=layers)
 
     return _cached(target, build)
+
+
+def shrink_checkpoint(checkpoint: Path, layers: int) -> None:
+    """Keep a published config's shapes but only `layers` LLM layers and max(2, layers) vision
+    layers (LLaVA-1.5 reads CLIP's second-to-last layer): a real model's widths, vocabulary,
+    processors and length limits, cheap enough to serve on a CPU with `--load-format dummy`."""
+    if layers < 1:
+        raise ValueError(f"layers must be at least 1, got {layers}")
+    path = Path(checkpoint) / "config.json"
+    config = json.loads(path.read_text())
+    text = config.get("text_config", config)
+    text["num_hidden_layers"] = layers
+    if isinstance(text.get("layer_types"), list):
+        text["layer_types"] = text["layer_types"][:layers]
+    vision = config.get("vision_config") or {}
+    depth = max(2, layers)
+    vision["depth" if "depth" in vision else "num_hidden_layers"] = depth
+    if "fullatt_block_indexes" in vision:  # Qwen2.5-VL: window attention except in these blocks
+        vision["fullatt_block_indexes"] = [i for i in vision["fullatt_block_indexes"] if i < depth] or [
+            depth - 1
+        ]
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _cached(target: Path, build: Callable[[Path], object]) -> Path:

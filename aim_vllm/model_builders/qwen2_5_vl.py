@@ -1,4 +1,4 @@
-"""Qwen2.5-VL checkpoints built offline: a tiny random-weight model, or the published 7B shapes.
+"""Qwen2.5-VL checkpoints built offline: a tiny random-weight model, or the published 3B / 7B shapes.
 
 The tiny model keeps the geometry that decides token counts and positions: patch 14, PatchMerger
 2x2 (28x28 pixels per LLM token), temporal patch 2 (one temporal slice per 2 frames), window
@@ -8,7 +8,8 @@ The LLM is a 6-layer Qwen2 with head size 32 (the smallest vLLM's CPU attention 
 
 Weights keep transformers 5's names (`model.language_model.*`, `model.visual.*`, `lm_head.*`):
 vLLM 0.32's `Qwen2_5_VLForConditionalGeneration.hf_to_vllm_mapper` maps them, and transformers
-loads them as saved. `7b` writes config + tokenizer + processor only, for `--load-format dummy`.
+loads them as saved. `3b` and `7b` write config + tokenizer + processor only, for
+`--load-format dummy` (published Qwen2.5-VL-3B/7B-Instruct values: widths, vocabulary, 128k positions).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = (
 )
 SPECIAL_TOKENS = (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
 
-# Qwen2 LLMs: tiny, and Qwen2.5-VL-7B-Instruct's. mrope_section sums to head_dim / 2.
+# Qwen2 LLMs: tiny, and Qwen2.5-VL-3B/7B-Instruct's. mrope_section sums to head_dim / 2.
 TEXT_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=128,
@@ -36,6 +37,14 @@ TEXT_CONFIGS: dict[str, dict[str, Any]] = {
         num_attention_heads=4,
         num_key_value_heads=2,
         mrope_section=[4, 6, 6],
+    ),
+    "3b": dict(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        mrope_section=[16, 24, 24],
     ),
     "7b": dict(
         hidden_size=3584,
@@ -46,27 +55,29 @@ TEXT_CONFIGS: dict[str, dict[str, Any]] = {
         mrope_section=[16, 24, 24],
     ),
 }
-# Vision towers (window attention; full attention in the listed blocks).
+# Vision towers (window attention; full attention in the listed blocks); 3B and 7B share one.
+_QWEN2_5_VIT = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, fullatt_block_indexes=[7, 15, 23, 31]
+)
 VISION_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=[1]),
-    "7b": dict(
-        depth=32,
-        hidden_size=1280,
-        intermediate_size=3420,
-        num_heads=16,
-        fullatt_block_indexes=[7, 15, 23, 31],
-    ),
+    "3b": _QWEN2_5_VIT,
+    "7b": _QWEN2_5_VIT,
 }
-_VOCAB = {"7b": 152064}
+_VOCAB = {"3b": 151936, "7b": 152064}
+_MAX_POSITIONS = {"tiny": 32768, "3b": 128000, "7b": 128000}
+_TIED = {"tiny": False, "3b": True, "7b": False}  # Qwen2.5-VL-3B ties its LM head to the embeddings
 _TINY_VOCAB = 1024
 _PIXELS_PER_TOKEN = 28 * 28  # patch 14 x merge 2, squared
 # Pixel limits (`size` of the processors): tiny keeps tests fast, 7b uses the published ones.
 _IMAGE_SIZE = {
     "tiny": {"shortest_edge": 56 * 56, "longest_edge": 256 * _PIXELS_PER_TOKEN},
+    "3b": {"shortest_edge": 56 * 56, "longest_edge": 1280 * _PIXELS_PER_TOKEN},
     "7b": {"shortest_edge": 56 * 56, "longest_edge": 1280 * _PIXELS_PER_TOKEN},
 }
 _VIDEO_SIZE = {
     "tiny": {"shortest_edge": 56 * 56, "longest_edge": 64 * _PIXELS_PER_TOKEN},
+    "3b": {"shortest_edge": 128 * _PIXELS_PER_TOKEN, "longest_edge": 768 * _PIXELS_PER_TOKEN},
     "7b": {"shortest_edge": 128 * _PIXELS_PER_TOKEN, "longest_edge": 768 * _PIXELS_PER_TOKEN},
 }
 
@@ -79,10 +90,10 @@ def build_config(size: str, vocab_size: int, token_ids: dict[str, int]):
     section = text.pop("mrope_section")
     text_config = dict(
         vocab_size=vocab_size,
-        max_position_embeddings=32768,
+        max_position_embeddings=_MAX_POSITIONS[size],
         rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section},
-        tie_word_embeddings=False,
+        tie_word_embeddings=_TIED[size],
         bos_token_id=token_ids[END_OF_TEXT],
         eos_token_id=token_ids[IM_END],
         **text,
@@ -104,7 +115,7 @@ def build_config(size: str, vocab_size: int, token_ids: dict[str, int]):
         video_token_id=token_ids[VIDEO_PAD],
         vision_start_token_id=token_ids[VISION_START],
         vision_end_token_id=token_ids[VISION_END],
-        tie_word_embeddings=False,
+        tie_word_embeddings=_TIED[size],
     )
     config.dtype = "float32" if size == "tiny" else "bfloat16"
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]

@@ -6,71 +6,31 @@ Flow (vllm==0.32.0, `BaseMultiModalProcessor.apply`):
    replaces them by the canonical explicit keys, so processor/encoder/prefix caches key on the
    schedule applied. AIM off leaves the kwargs exactly as stock vLLM sees them.
 2. The model file's processor strips AIM keys before the HF processor runs, adds one per-item
-   tensor field `aim_<modality>` (`ItemParams`), and sizes the placeholders with the merged count.
+   tensor field `aim_<modality>` (`core.item_params.ItemParams`), and sizes the placeholders
+   with the merged count.
 3. The model's `embed_multimodal` merges each item with its `ItemParams`; the runner reads the
    pruning layers from the same field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import torch
-
-from aim_vllm.config import AIM_KEYS, canonical_kwargs, default_request, parse_request
+from aim_vllm.config import default_level
 from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape
-from aim_vllm.core.schedule import MERGE_METHODS, OFF, PRUNE_METHODS, AimSchedule
+from aim_vllm.core.level import parse_engine_kwargs, schedule_kwargs, without_engine_keys
+from aim_vllm.core.schedule import OFF, AimSchedule
 from aim_vllm.pruning.decoder import PruningDecoder
 from aim_vllm.pruning.parallel import TensorParallel
 from aim_vllm.pruning.support import prepare_engine
 from aim_vllm.usage import StatsStore, UsageReporter
 
 
-@dataclass(frozen=True)
-class ItemParams:
-    """Per-item AIM parameters, carried as a float tensor [9] in the item's `aim_<modality>` field.
-
-    Attributes:
-        schedule: the request's schedule (the same on every item of a request).
-        tokens_in: the item's visual tokens before merging (for usage reports).
-        base_tokens, grid_rows: layout of a packed anyres image (0 for videos).
-    """
-
-    schedule: AimSchedule
-    tokens_in: int
-    base_tokens: int = 0
-    grid_rows: int = 0
-
-    def to_tensor(self) -> torch.Tensor:
-        s = self.schedule
-        l1, l2 = s.prune_layers or (-1, -1)
-        values = [s.merge_ratio, l1, l2, self.tokens_in, self.base_tokens, self.grid_rows]
-        values += [MERGE_METHODS.index(s.merge_method), PRUNE_METHODS.index(s.prune_method)]
-        values.append(-1.0 if s.prune_keep is None else s.prune_keep)
-        return torch.tensor(values, dtype=torch.float64)
-
-    @classmethod
-    def from_tensor(cls, values: torch.Tensor) -> ItemParams:
-        ratio, l1, l2, tokens_in, base, rows, merge, prune_method, keep = values.tolist()
-        schedule = AimSchedule(
-            merge_ratio=ratio,
-            prune_layers=(int(l1), int(l2)) if l1 >= 0 else None,
-            merge_method=MERGE_METHODS[int(merge)],
-            prune_method=PRUNE_METHODS[int(prune_method)],
-            prune_keep=None if keep < 0 else keep,
-        )
-        return cls(schedule, int(tokens_in), int(base), int(rows))
-
-
-def field_name(modality: str) -> str:
-    return f"aim_{modality}"
-
-
 def schedule_from_kwargs(kwargs: dict) -> AimSchedule:
     """The schedule of canonical kwargs (as written by `AimProcessorMixin.apply`)."""
-    request = parse_request(kwargs)
-    return OFF if request is None or request.schedule is None else request.schedule
+    level = parse_engine_kwargs(kwargs)
+    return OFF if level is None or level.schedule is None else level.schedule
 
 
 class AimProcessorMixin:
@@ -83,16 +43,16 @@ class AimProcessorMixin:
         raise NotImplementedError
 
     def apply(self, inputs, timing_ctx):  # overrides BaseMultiModalProcessor.apply
-        request = parse_request(inputs.hf_processor_mm_kwargs) or default_request()
-        kwargs = {k: v for k, v in inputs.hf_processor_mm_kwargs.items() if k not in AIM_KEYS}
-        if request is not None:
-            schedule = request.resolve(self._aim_llm_shape().num_layers, lambda b: self._solve(b, inputs))
+        level = parse_engine_kwargs(inputs.hf_processor_mm_kwargs) or default_level()
+        kwargs = without_engine_keys(inputs.hf_processor_mm_kwargs)
+        if level is not None:
+            schedule = level.resolve(self._aim_llm_shape().num_layers, lambda b: self._solve(b, inputs))
             if schedule.merges and schedule.merge_method not in self.aim_merge_methods:
                 raise ValueError(
                     f"merge_method {schedule.merge_method!r} is not available for this model "
                     f"(available: {', '.join(self.aim_merge_methods)})"
                 )
-            kwargs.update(canonical_kwargs(schedule))
+            kwargs.update(schedule_kwargs(schedule))
         return super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
 
     def _aim_llm_shape(self) -> LLMShape:
@@ -146,8 +106,10 @@ class AimModelMixin:
         plan = self.aim_pruner.plan_step(decoder, aim_step)
         if plan is None:
             return None
-        self.aim_reporter.report(plan.started)
         if not plan.changes_layout():
+            self.aim_reporter.report(plan.started)
             return None
         hidden = inputs_embeds if inputs_embeds is not None else decoder.embed_input_ids(input_ids)
-        return self.aim_pruner.forward(decoder, positions, hidden, plan)
+        hidden, counts = self.aim_pruner.forward(decoder, positions, hidden, plan)
+        self.aim_reporter.report(plan.started, counts)
+        return hidden

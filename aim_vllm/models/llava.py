@@ -42,15 +42,14 @@ from aim_vllm.compat import (
     build_llava_or_pixtral_processor,
     tensor_model_parallel_all_reduce,
 )
-from aim_vllm.config import without_aim_keys
 from aim_vllm.core.budget import VisualLayout
+from aim_vllm.core.item_params import ItemParams, field_name
+from aim_vllm.core.level import without_engine_keys
 from aim_vllm.core.merge import merge_frames
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
-    ItemParams,
-    field_name,
     schedule_from_kwargs,
 )
 
@@ -72,7 +71,7 @@ class AimLlavaMultiModalProcessor(AimProcessorMixin, LlavaMultiModalProcessor):
         return fields
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
-        processed = super()._apply_hf_processor_main(mm_items, without_aim_keys(hf_kwargs))
+        processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))
         schedule = schedule_from_kwargs(dict(hf_kwargs))
         if schedule.is_off or "pixel_values" not in processed:  # embedding inputs are never merged
             return processed

@@ -29,15 +29,14 @@ from aim_vllm.compat import (
     PromptUpdate,
     VideoProcessorItems,
 )
-from aim_vllm.config import without_aim_keys
 from aim_vllm.core.budget import VisualLayout
+from aim_vllm.core.item_params import ItemParams, field_name
+from aim_vllm.core.level import without_engine_keys
 from aim_vllm.core.packing import merge_anyres_image_embedding, merge_video_embedding
 from aim_vllm.core.token_counts import merged_anyres_image_tokens, merged_video_tokens
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
-    ItemParams,
-    field_name,
     schedule_from_kwargs,
 )
 
@@ -93,7 +92,7 @@ class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMult
         return fields
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
-        processed = super()._apply_hf_processor_main(mm_items, without_aim_keys(hf_kwargs))
+        processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))
         schedule = schedule_from_kwargs(dict(hf_kwargs))
         if schedule.is_off:
             return processed

@@ -42,15 +42,14 @@ from aim_vllm.compat import (
     Qwen2_5_VLProcessingInfo,
     VideoProcessorItems,
 )
-from aim_vllm.config import without_aim_keys
 from aim_vllm.core.budget import VisualLayout
+from aim_vllm.core.item_params import ItemParams, field_name
+from aim_vllm.core.level import without_engine_keys
 from aim_vllm.core.merge import merge_frames, spread_indices
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
-    ItemParams,
-    field_name,
     schedule_from_kwargs,
 )
 
@@ -103,7 +102,7 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
         return fields
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
-        processed = super()._apply_hf_processor_main(mm_items, without_aim_keys(hf_kwargs))
+        processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))
         schedule = schedule_from_kwargs(dict(hf_kwargs))
         if schedule.is_off:
             return processed
@@ -121,7 +120,7 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
         return processed
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptUpdate]:
-        kwargs = without_aim_keys(hf_processor_mm_kwargs)
+        kwargs = without_engine_keys(hf_processor_mm_kwargs)
         updates = super()._get_prompt_updates(mm_items, kwargs, out_mm_kwargs)
         if not schedule_from_kwargs(dict(hf_processor_mm_kwargs)).merges:
             return updates

@@ -26,6 +26,7 @@ from aim_vllm.attention.compaction import compact_common_metadata
 from aim_vllm.compat import get_forward_context
 from aim_vllm.core.importance import importance, select_kept_tokens
 from aim_vllm.pruning.parallel import TensorParallel
+from aim_vllm.pruning.rows import RowCounts, StepRows
 from aim_vllm.pruning.state import PruneRecord, RequestStep, StepContext, decide
 
 
@@ -37,7 +38,7 @@ class BatchPlan:
     rows: list[torch.Tensor]  # [num_layers] x [R] rows entering each layer
     missing: list[torch.Tensor]  # [num_layers] x [R] prompt tokens absent from each layer's KV
     pruning: dict[int, PruneRecord]  # batch index -> record of requests pruning in this step
-    token_index: torch.Tensor  # [N] index of each row in its request's sequence
+    step_rows: StepRows | None  # what each row of the step is (None: no layer loop)
     started: list[tuple[RequestStep, PruneRecord]]  # prefills that start in this step
     seq_lens: torch.Tensor  # [R] the step's sequence lengths (CPU)
 
@@ -74,7 +75,7 @@ class PruningDecoder:
                 self.records[req.req_id] = record
                 started.append((req, record))
         if not any(self.records[req.req_id].pruned for req in step.requests):
-            return BatchPlan(step.requests, [], [], {}, torch.empty(0, dtype=torch.int64), started, seq_lens)
+            return BatchPlan(step.requests, [], [], {}, None, started, seq_lens)
         rows = torch.tensor([scheduled] * self.num_layers, dtype=torch.int64)
         missing = torch.zeros_like(rows)
         pruning: dict[int, PruneRecord] = {}
@@ -87,8 +88,8 @@ class PruningDecoder:
                 # a recompute after preemption also carries the tokens generated so far
                 rows[:, r] = torch.tensor(record.rows_per_layer) + (scheduled[r] - req.num_prompt)
                 pruning[r] = record
-        token_index = torch.cat([torch.arange(c, c + q) for c, q in zip(computed, scheduled, strict=True)])
-        return BatchPlan(step.requests, list(rows), list(missing), pruning, token_index, started, seq_lens)
+        step_rows = StepRows.of(step.requests, computed, scheduled)
+        return BatchPlan(step.requests, list(rows), list(missing), pruning, step_rows, started, seq_lens)
 
     # -- forward ---------------------------------------------------------------------------
     def plan_step(self, model, step: StepContext) -> BatchPlan | None:
@@ -109,16 +110,21 @@ class PruningDecoder:
             return None
         return self.plan(step, query_start_loc[: num_reqs + 1].cpu(), seq_lens[:num_reqs])
 
-    def forward(self, model, positions: torch.Tensor, hidden: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
-        """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel) under `plan`."""
+    def forward(
+        self, model, positions: torch.Tensor, hidden: torch.Tensor, plan: BatchPlan
+    ) -> tuple[torch.Tensor, RowCounts]:
+        """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel) under
+        `plan`, and the rows each layer computed."""
         fc = get_forward_context()
         stock = fc.attn_metadata[model.layers[0].self_attn.attn.layer_name]
         layouts = {_layout_key(plan, 0): stock}  # layer 0 computes every scheduled row: the step's own
+        counts = RowCounts(plan.step_rows, plan.steps)
         idx = torch.arange(hidden.shape[0])  # rows present, as indices into the step's rows (CPU)
         present, residual = idx.to(hidden.device), None
         for layer_idx, layer in enumerate(model.layers):
             attn = layer.self_attn
             _install(fc, attn.attn.layer_name, compacted_metadata(stock, plan, layer_idx, layouts))
+            counts.enter(idx)
             # Adapted from Qwen2DecoderLayer.forward / Qwen2Attention.forward @ vllm==0.32.0
             if residual is None:
                 residual, h = hidden, layer.input_layernorm(hidden)
@@ -128,21 +134,22 @@ class PruningDecoder:
             q, k = attn.rotary_emb(positions[..., present], q, k)
             out = attn.attn(q, k, v)
             # AIM: begin -- drop pruned rows right after attention
-            keep = self.select(plan, layer_idx, q, k, attn.attn, plan.token_index[idx])
+            keep = self.select(plan, layer_idx, q, k, attn.attn, idx)
             if keep is not None:
                 idx, keep = idx[keep], keep.to(hidden.device)
                 out, residual, present = out[keep], residual[keep], present[keep]
             # AIM: end
+            counts.leave(idx)
             h, residual = layer.post_attention_layernorm(attn.o_proj(out)[0], residual)
             hidden = layer.mlp(h)
         hidden, _ = model.norm(hidden, residual)
         full = hidden.new_zeros(positions.shape[-1], hidden.shape[-1])
         full[present] = hidden  # pruned rows are visual, never sampled from
-        return full
+        return full, counts
 
     # -- selection ---------------------------------------------------------------------------
-    def select(self, plan: BatchPlan, layer: int, q, k, attn_layer, token_index: torch.Tensor):
-        """Indices (into the current rows) that leave `layer`, or None when nobody prunes here."""
+    def select(self, plan: BatchPlan, layer: int, q, k, attn_layer, idx: torch.Tensor):
+        """Indices (into the current rows `idx`) that leave `layer`, or None when nobody prunes here."""
         pruners = {
             r: rec.kept_after_layer[layer]
             for r, rec in plan.pruning.items()
@@ -150,31 +157,32 @@ class PruningDecoder:
         }
         if not pruners:
             return None
-        rows = plan.rows[layer].tolist()
         keep, start = [], 0
-        for r, count in enumerate(rows):
+        for r, count in enumerate(plan.rows[layer].tolist()):
             local = torch.arange(count)
             if r in pruners:
-                local = self._rank(plan.steps[r], q, k, attn_layer, token_index, start, count, pruners[r])
+                span = slice(start, start + count)
+                local = self._kept_rows(plan, r, q[span], k[span], attn_layer, idx[span], pruners[r])
             keep.append(local + start)
             start += count
         return torch.cat(keep)
 
-    def _rank(self, req: RequestStep, q, k, attn_layer, token_index, start: int, count: int, num_kept: int):
-        """Local indices (CPU) kept among a request's `count` rows: all text + the top visual prompt rows.
+    def _kept_rows(self, plan: BatchPlan, r: int, q, k, attn_layer, rows: torch.Tensor, num_kept: int):
+        """Local indices (CPU) kept among request r's `rows`: all text + the top visual prompt rows.
 
-        Importance (PageRank, or the FastV baseline) runs over the prompt rows only, as in the
-        request's original prefill; rows of tokens generated before a preemption (recomputed here,
-        after the prompt) are kept. `q`/`k` hold this rank's heads; the scores use all ranks' heads.
+        Importance (PageRank, or the FastV baseline) runs over the prompt rows only (they come
+        first), as in the request's original prefill; rows of tokens generated before a preemption
+        (recomputed here, after the prompt) are kept. `q`/`k` hold this rank's heads; the scores
+        use all ranks' heads.
         """
-        prompt = sum(1 for p in token_index[start : start + count].tolist() if p < req.num_prompt)
-        span = slice(start, start + prompt)
-        is_visual = torch.tensor([req.is_visual(p) for p in token_index[span].tolist()], device=q.device)
-        q_r = q[span].view(prompt, attn_layer.num_heads, attn_layer.head_size)
-        k_r = k[span].view(prompt, attn_layer.num_kv_heads, attn_layer.head_size)
-        scores = importance(req.schedule.prune_method, q_r, k_r, is_visual, head_sum=self.parallel.head_sum)
+        prompt = int(plan.step_rows.prompt[rows].sum())
+        is_visual = plan.step_rows.visual[rows[:prompt]].to(q.device)
+        q_r = q[:prompt].view(prompt, attn_layer.num_heads, attn_layer.head_size)
+        k_r = k[:prompt].view(prompt, attn_layer.num_kv_heads, attn_layer.head_size)
+        method = plan.steps[r].schedule.prune_method
+        scores = importance(method, q_r, k_r, is_visual, head_sum=self.parallel.head_sum)
         kept = self.parallel.agree(select_kept_tokens(scores, is_visual, num_kept)).cpu()
-        return torch.cat([kept, torch.arange(prompt, count)])
+        return torch.cat([kept, torch.arange(prompt, len(rows))])
 
 
 def _install(fc, layer_name: str, metadata) -> None:

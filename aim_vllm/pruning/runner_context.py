@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from aim_vllm.models.common import ItemParams, field_name
+from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.pruning.state import SKIPPED_PROMPT_LOGPROBS, RequestStep, StepContext
 
 logger = logging.getLogger(__name__)

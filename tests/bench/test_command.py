@@ -70,10 +70,11 @@ def test_bench_is_a_cli_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--plugin-overhead" in capsys.readouterr().out
 
 
-def test_plain_engine_gets_the_aim_engine_flags_without_the_middleware() -> None:
+def test_plain_engine_gets_the_aim_engine_flags_without_the_middleware(tmp_path: Path) -> None:
     """Plain vLLM = same flags as `aim-vllm engine` would pass, minus AIM's usage middleware."""
-    argv = processes.plain_engine_argv("/m", ["--dtype", "float32"], 1234)
-    assert argv[:2] == ["--model", "/m"] and "--middleware" not in argv
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 32768}')
+    argv = processes.plain_engine_argv(str(tmp_path), ["--dtype", "float32"], 1234)
+    assert argv[:2] == ["--model", str(tmp_path)] and "--middleware" not in argv
     assert not any("usage_middleware" in arg for arg in argv)
     for flag in ("--enforce-eager", "--no-enable-prefix-caching", "--no-enable-chunked-prefill", "--port"):
         assert flag in argv

@@ -43,7 +43,7 @@ def test_levels_through_the_gateway(tmp_path: Path, fake_engines: Path) -> None:
     """Every level reaches the engine through the gateway; `merge`/`prune` resolve from balanced."""
     result = runner.run(_options(tmp_path))
     assert result["mode"] == "levels" and result["reference"] == "off"
-    assert result["levels"]["merge"] == "merge:0.25" and result["levels"]["prune"] == "prune:3-5"
+    assert result["levels"]["merge"] == "merge:0.25" and result["levels"]["prune"] == "merge:1,prune:3-5"
     cells = {(c["media"], c["concurrency"], c["level"]): c for c in result["cells"]}
     assert len(cells) == 2 * 2 * 5
     assert all(c["errors"] == 0 for c in cells.values())

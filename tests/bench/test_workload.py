@@ -44,7 +44,7 @@ def test_resolve_levels_expands_shorthands_and_puts_off_first() -> None:
     levels = resolve_levels(["balanced", "merge", "prune", "budget:0.2", "balanced"], 0.25, [12, 19])
     assert [level.label for level in levels] == ["off", "balanced", "merge", "prune", "budget:0.2"]
     assert {level.label: level.aim for level in levels} == {
-        "off": "off", "balanced": "balanced", "merge": "merge:0.25", "prune": "prune:12-19",
+        "off": "off", "balanced": "balanced", "merge": "merge:0.25", "prune": "merge:1,prune:12-19",
         "budget:0.2": "budget:0.2",
     }  # fmt: skip
 

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from aim_vllm.config import canonical_kwargs
+from aim_vllm.core.level import AimLevel
 from aim_vllm.core.schedule import AimSchedule
-from aim_vllm.reference_pipeline import ReferencePipeline
+from aim_vllm.reference.pipeline import ReferencePipeline
 
 LOGPROB_TOL = 1e-4
 TIE_MARGIN = 1e-4  # below this top-1/top-2 gap, either token is a correct greedy choice
@@ -54,7 +54,7 @@ def chat(
 
 def aim_kwargs(schedule: AimSchedule) -> dict:
     """The explicit `mm_processor_kwargs` of `schedule` (merge ratio always given)."""
-    return {"aim_merge_ratio": schedule.merge_ratio, **canonical_kwargs(schedule)}
+    return AimLevel(schedule=schedule).engine_kwargs()
 
 
 def assert_matches_reference(

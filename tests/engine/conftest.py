@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aim_vllm.reference_pipeline import ReferenceModel
+from aim_vllm.reference.pipeline import ReferenceModel
 from tests.engine import servers
 
 

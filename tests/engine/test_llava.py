@@ -9,7 +9,7 @@ import pytest
 
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.core.token_counts import merged_token_count
-from aim_vllm.reference_llava import LlavaReference
+from aim_vllm.reference.llava import LlavaReference
 from tests.engine import media, servers
 from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, reference_item
 

@@ -21,6 +21,7 @@ from tests.engine.client import Media, aim_kwargs, assert_matches_reference, cha
 
 QUESTION = "What colour is the square?"
 TIMEOUT_S = 300
+DEFAULT_LEVEL = "budget:0.2"  # the engine's `--aim-default`, in the one level grammar
 FAIL_FAST_S = 60  # a dead rank: the request's error, and the replica out of rotation, within this
 SCHEDULES = {
     "off": AimSchedule(),
@@ -32,7 +33,8 @@ SCHEDULES = {
 
 @pytest.fixture(scope="module")
 def tp_engine(tiny_model_dir, tmp_path_factory):
-    server = servers.start_tensor_parallel(tiny_model_dir, tmp_path_factory.mktemp("tp-engine") / "log.txt")
+    log = tmp_path_factory.mktemp("tp-engine") / "log.txt"
+    server = servers.start_tensor_parallel(tiny_model_dir, log, "--aim-default", DEFAULT_LEVEL)
     yield server
     server.stop()
 
@@ -83,6 +85,13 @@ def test_mixed_batch_on_two_ranks(tp_engine, reference, image, video) -> None:
         responses = list(pool.map(lambda job: _chat(tp_engine, *job), jobs))
     for (item, schedule), response in zip(jobs, responses, strict=True):
         assert_matches_reference(reference, response, [item] if item else [], schedule)
+
+
+def test_requests_without_a_level_get_the_engine_default(tp_engine, video) -> None:
+    """`--aim-default budget:0.2` (text grammar) applies to requests that name no level."""
+    aim = chat(tp_engine, [video], QUESTION, None, max_tokens=2, timeout=TIMEOUT_S)["usage"]["aim"]
+    assert aim["flops_ratio"] <= 0.2
+    assert aim["merge_ratio"] < 1.0 or aim["pruning"] == "pruned"
 
 
 def _logprobs(response: dict) -> list[float]:

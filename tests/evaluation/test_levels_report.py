@@ -6,16 +6,23 @@ import pytest
 
 from aim_vllm.core.architectures import ARCHITECTURES
 from aim_vllm.core.budget import VisualLayout, estimate_flops
-from aim_vllm.core.schedule import preset_schedule
-from aim_vllm.evaluation.levels import baselines_for, parse_specs
+from aim_vllm.core.level import LevelError, parse_text
+from aim_vllm.core.schedule import AimSchedule, preset_schedule
+from aim_vllm.evaluation.levels import baselines_for, canonical_levels
 from aim_vllm.evaluation.report import markdown, plot, summarise
-from server.knob import parse_level
 
 
-def test_specs_use_plus_inside_a_level() -> None:
-    assert parse_specs("off, balanced,merge:0.25+prune:3-5") == ["off", "balanced", "merge:0.25,prune:3-5"]
+def test_levels_are_canonical_text_levels() -> None:
+    """One level per argument, in the gateway's grammar; written canonically, duplicates dropped."""
+    assert canonical_levels(["off", " BALANCED", "prune:3-5,merge:.25", "balanced"]) == [
+        "off",
+        "balanced",
+        "merge:0.25,prune:3-5",
+    ]
+    with pytest.raises(LevelError):
+        canonical_levels(["off", "merge:0.25+prune:3-5"])
     with pytest.raises(ValueError):
-        parse_specs(" , ")
+        canonical_levels([])
 
 
 def test_baselines_share_aims_counts_and_flops() -> None:
@@ -25,14 +32,10 @@ def test_baselines_share_aims_counts_and_flops() -> None:
     levels = baselines_for("balanced", spec.llm, layout, 40)
     aim = preset_schedule("balanced", spec.llm.num_layers)
     assert set(levels) == {"aim-balanced", "pool", "random", "fastv", "merge-only", "prune-only"}
-    knobs = {name: parse_level(level) for name, level in levels.items()}  # all valid gateway levels
+    knobs = {name: parse_text(level).schedule for name, level in levels.items()}  # all valid levels
     assert knobs["pool"].merge_ratio == knobs["random"].merge_ratio == aim.merge_ratio
     assert knobs["pool"].merge_method == "pool" and knobs["fastv"].prune_method == "fastv"
-    from aim_vllm.core.schedule import AimSchedule
-
-    fastv = AimSchedule(
-        aim.merge_ratio, tuple(knobs["fastv"].prune_layers), prune_keep=knobs["fastv"].prune_keep
-    )
+    fastv = AimSchedule(aim.merge_ratio, knobs["fastv"].prune_layers, prune_keep=knobs["fastv"].prune_keep)
     target = estimate_flops(aim, spec.llm, layout, 40).executed
     assert estimate_flops(fastv, spec.llm, layout, 40).executed == pytest.approx(target, rel=0.02)
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import torch
 
+from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.schedule import AimSchedule
-from aim_vllm.models.common import ItemParams, field_name
 from aim_vllm.pruning.decoder import PruningDecoder
 from aim_vllm.pruning.support import engine_reason
 from tests.plugin.test_support import engine_config

@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.core.token_counts import merged_token_count
-from aim_vllm.models.common import ItemParams, field_name
 from aim_vllm.models.qwen2_5_vl import AimQwen2_5_VLForConditionalGeneration
-from aim_vllm.reference_qwen2_5_vl import QwenItem, mrope_positions
+from aim_vllm.reference.qwen2_5_vl import QwenItem, mrope_positions
 
 IMAGE_ID, VIDEO_ID, MERGE, TOKENS_PER_SECOND = 7, 8, 2, 2
 SECONDS_PER_SLICE = 2.0

@@ -1,5 +1,13 @@
 """`aim-vllm engine`: AIM's defaults for vLLM flags, user flags always win."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from aim_vllm.commands.engine import engine_argv, pop_aim_default
 
 
@@ -7,9 +15,18 @@ def _flag(args: list[str], name: str) -> str | None:
     return args[args.index(name) + 1] if name in args else None
 
 
-def test_defaults_for_the_embedded_model() -> None:
-    args = engine_argv(["--port", "9000"], "/models/tiny")
-    assert _flag(args, "--model") == "/models/tiny"
+def _checkpoint(root: Path, max_positions: int, tokenizer_max: int | None = None) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": max_positions}}))
+    if tokenizer_max is not None:
+        (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": tokenizer_max}))
+    return str(root)
+
+
+def test_defaults_for_the_embedded_model(tmp_path) -> None:
+    model = _checkpoint(tmp_path / "tiny", 32768)
+    args = engine_argv(["--port", "9000"], model)
+    assert _flag(args, "--model") == model
     assert _flag(args, "--dtype") == "float32"
     for flag in (
         "--trust-request-mm-kwargs",
@@ -22,19 +39,52 @@ def test_defaults_for_the_embedded_model() -> None:
     assert _flag(args, "--middleware") == "aim_vllm.usage_middleware.AimUsageMiddleware"
 
 
-def test_user_flags_win() -> None:
+@pytest.mark.parametrize(
+    ("max_positions", "tokenizer_max", "expected"),
+    [(4096, None, "4096"), (128000, None, "8192"), (32768, 2048, "2048"), (4096, 10**30, "4096")],
+)
+def test_length_follows_the_checkpoint(tmp_path, max_positions, tokenizer_max, expected) -> None:
+    """min(8192, the checkpoint's limit as vLLM derives it), and the step budget to match: a
+    4096-position LLaVA-1.5 starts with no extra flags."""
+    model = _checkpoint(tmp_path / "m", max_positions, tokenizer_max)
+    args = engine_argv(["--model", model], None)
+    assert _flag(args, "--max-model-len") == _flag(args, "--max-num-batched-tokens") == expected
+
+
+def test_a_model_that_is_not_a_local_checkpoint_gets_vllms_own_length() -> None:
+    args = engine_argv(["--model", "org/some-hub-model"], None)
+    assert "--max-model-len" not in args and "--max-num-batched-tokens" not in args
+    assert "--no-enable-chunked-prefill" in args  # vLLM then sizes the step budget to the length
+
+
+def test_user_flags_win(tmp_path) -> None:
+    model = _checkpoint(tmp_path / "m", 32768)
     args = engine_argv(
-        ["--model", "/m", "--enable-prefix-caching", "--max-model-len=4096", "--dtype", "bfloat16"], None
+        ["--model", model, "--enable-prefix-caching", "--max-model-len=4096", "--dtype", "bfloat16"], None
     )
     assert "--no-enable-prefix-caching" not in args
     assert args.count("--dtype") == 1
     assert _flag(args, "--max-num-batched-tokens") == "4096"
 
 
-def test_aim_default_flag_is_removed_and_normalised() -> None:
-    assert pop_aim_default(["--aim-default", "balanced", "--port", "1"]) == (
-        ["--port", "1"],
-        '{"aim_preset": "balanced"}',
-    )
-    assert pop_aim_default(['--aim-default={"aim_budget": 0.2}']) == ([], '{"aim_budget": 0.2}')
+def test_aim_default_flag_is_removed() -> None:
+    assert pop_aim_default(["--aim-default", "balanced", "--port", "1"]) == (["--port", "1"], "balanced")
+    assert pop_aim_default(["--aim-default=budget:0.2"]) == ([], "budget:0.2")
     assert pop_aim_default(["--port", "1"]) == (["--port", "1"], None)
+
+
+def _engine(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "AIM_VLLM_DEFAULT"}
+    command = [sys.executable, "-m", "aim_vllm.cli", "engine", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("level", ["turbo", "merge:0.25+prune:3-5", "budget:2", ""])
+def test_a_bad_default_level_is_one_line_and_exit_code_2(level: str) -> None:
+    """The engine checks --aim-default with the one grammar before vLLM starts (no traceback)."""
+    result = _engine("--aim-default", level, "--model", "/nonexistent")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith(f"aim-vllm engine: error: --aim-default {level!r}")
+    )

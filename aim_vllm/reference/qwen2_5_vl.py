@@ -12,7 +12,7 @@ positions are written out here from the item grids:
   with `interval` = seconds per slice * tokens_per_second for videos, 1 for images;
 - a merged item keeps, per slice, the positions at raster indices `core.merge.spread_indices`
   (this project's rule, see `models/qwen2_5_vl.py`).
-The LLM runs in `core.reference.ReferenceDecoder` with these [3, N] positions.
+The LLM runs in `reference.decoder.ReferenceDecoder` with these [3, N] positions.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from aim_vllm.core.merge import merge_frames, spread_indices
-from aim_vllm.core.reference import ReferenceDecoder, load_llm_weights
 from aim_vllm.core.token_counts import merged_token_count
-from aim_vllm.reference_pipeline import ReferencePipeline
+from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
+from aim_vllm.reference.pipeline import ReferencePipeline
 
 # vLLM's frame rate for `video/jpeg` data URLs sent without `media_io_kwargs`
 # (vllm==0.32.0 `VideoMediaIO.load_base64`); it sets the seconds per temporal slice.

@@ -5,7 +5,7 @@ transformers' CLIP tower gives the hidden states; the features LLaVA uses are th
 similarity metric is that same layer's attention keys, averaged over heads (ToMe's metric),
 recomputed here in plain torch from the layer's weights: k = k_proj(layer_norm1(input)). The
 features merge with the keys as metric (`core.merge.merge_frames(..., metric=keys)`), then
-transformers' projector maps them; `core.reference.ReferenceDecoder` runs the LLaMA LLM.
+transformers' projector maps them; `reference.decoder.ReferenceDecoder` runs the LLaMA LLM.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from aim_vllm.core.merge import merge_frames
-from aim_vllm.core.reference import ReferenceDecoder, load_llm_weights
 from aim_vllm.core.token_counts import merged_token_count
-from aim_vllm.reference_pipeline import ReferencePipeline
+from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
+from aim_vllm.reference.pipeline import ReferencePipeline
 
 
 def layer_keys(layer, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from aim_vllm.core.merge import spread_indices
 from aim_vllm.core.token_counts import merged_token_count
-from aim_vllm.reference_qwen2_5_vl import Qwen2_5_VLReference
+from aim_vllm.reference.qwen2_5_vl import Qwen2_5_VLReference
 
 PROMPT = "<|im_start|>user\n<|vision_start|>{pad}<|vision_end|>What colour is the square?<|im_end|>\n"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aim_vllm.core.reference import ReferenceDecoder, load_llm_weights
+from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
 
 
 @pytest.fixture(scope="module")

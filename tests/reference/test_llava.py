@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from aim_vllm.core.merge import merge_frames
-from aim_vllm.reference_llava import LlavaReference
+from aim_vllm.reference.llava import LlavaReference
 
 PROMPT = "<|im_start|>user\n<image>\nWhat colour is the square?<|im_end|>\n<|im_start|>assistant\n"
 

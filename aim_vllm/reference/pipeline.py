@@ -1,10 +1,10 @@
 """End-to-end references of one request with AIM, independent of vLLM.
 
 transformers computes each item's unmerged visual features; `core` merges them;
-`core.reference.ReferenceDecoder` runs the LLM with pruning by removal. Engine tests compare
+`reference.decoder.ReferenceDecoder` runs the LLM with pruning by removal. Engine tests compare
 vLLM's tokens and logprobs with this. `ReferencePipeline` is the part every architecture
 shares (prompt embeddings, positions, prefill, teacher-forced decode); `ReferenceModel` is
-LLaVA-OneVision, `reference_qwen2_5_vl` and `reference_llava` the other architectures.
+LLaVA-OneVision, `reference.qwen2_5_vl` and `reference.llava` the other architectures.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from aim_vllm.core.packing import merge_anyres_image_embedding, merge_video_embedding
-from aim_vllm.core.reference import ReferenceDecoder, load_llm_weights
 from aim_vllm.core.schedule import AimSchedule
+from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
 
 
 @dataclass

@@ -1,0 +1,54 @@
+"""Per-item AIM parameters as they travel with a multimodal item through vLLM (plain torch).
+
+The processor attaches them to every item as one float tensor in the field `aim_<modality>`, so
+they reach the model's `embed_multimodal` (merging) and the runner's request state (pruning)
+with vLLM's own multimodal caching and batching; both sides decode them here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aim_vllm.core.schedule import MERGE_METHODS, PRUNE_METHODS, AimSchedule
+
+
+@dataclass(frozen=True)
+class ItemParams:
+    """Per-item AIM parameters, carried as a float tensor [9] in the item's `aim_<modality>` field.
+
+    Attributes:
+        schedule: the request's schedule (the same on every item of a request).
+        tokens_in: the item's visual tokens before merging (for usage reports).
+        base_tokens, grid_rows: layout of a packed anyres image (0 for videos).
+    """
+
+    schedule: AimSchedule
+    tokens_in: int
+    base_tokens: int = 0
+    grid_rows: int = 0
+
+    def to_tensor(self) -> torch.Tensor:
+        s = self.schedule
+        l1, l2 = s.prune_layers or (-1, -1)
+        values = [s.merge_ratio, l1, l2, self.tokens_in, self.base_tokens, self.grid_rows]
+        values += [MERGE_METHODS.index(s.merge_method), PRUNE_METHODS.index(s.prune_method)]
+        values.append(-1.0 if s.prune_keep is None else s.prune_keep)
+        return torch.tensor(values, dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> ItemParams:
+        ratio, l1, l2, tokens_in, base, rows, merge, prune_method, keep = values.tolist()
+        schedule = AimSchedule(
+            merge_ratio=ratio,
+            prune_layers=(int(l1), int(l2)) if l1 >= 0 else None,
+            merge_method=MERGE_METHODS[int(merge)],
+            prune_method=PRUNE_METHODS[int(prune_method)],
+            prune_keep=None if keep < 0 else keep,
+        )
+        return cls(schedule, int(tokens_in), int(base), int(rows))
+
+
+def field_name(modality: str) -> str:
+    return f"aim_{modality}"
