@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,10 +26,11 @@ from starlette.responses import Response
 from server.body import read_json_object
 from server.config import Settings
 from server.errors import GatewayError, InvalidRequestError, UpstreamError
+from server.frames import frames_to_videos
 from server.knob import HEADER, AimLevel, resolve_knob
 from server.media import MediaFetcher
 from server.metrics import GatewayMetrics
-from server.schemas import ENGINE_OVERRIDES, MEDIA_PART_TYPES, validate_chat_request
+from server.schemas import ENGINE_OVERRIDES, GATEWAY_FIELDS, MEDIA_PART_TYPES, validate_chat_request
 from server.upstream import Opened, ProxyStreamResponse, Upstream, UpstreamCall, status_error
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ class PreparedChat:
 
 def build_upstream_body(raw: dict[str, Any], knob: AimLevel) -> dict[str, Any]:
     """The body a replica receives (see module docstring)."""
-    body = {key: value for key, value in raw.items() if key not in ENGINE_OVERRIDES and key != "aim"}
+    body = {key: value for key, value in raw.items() if key not in ENGINE_OVERRIDES | GATEWAY_FIELDS}
     body["mm_processor_kwargs"] = knob.engine_kwargs()
     if raw.get("stream"):
         body["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
@@ -103,12 +105,17 @@ class ChatService:
         settings = self.settings
         checked = validate_chat_request(raw)
         knob = resolve_knob(raw.get("aim"), request.headers.get(HEADER), self.default_knob)
-        if checked.media_count > settings.max_media_items:
-            raise InvalidRequestError(
-                f"{checked.media_count} images/videos in one request; at most {settings.max_media_items}",
-                param="messages",
-            )
+        as_video = (
+            settings.frames_as_video if checked.aim_frames_as_video is None else checked.aim_frames_as_video
+        )
+        # frames that become videos are capped per video (max_video_frames), not as items
+        _check_media_count(
+            checked.media_count, settings.max_media_items * (settings.max_video_frames if as_video else 1)
+        )
         await self._resolve_media(raw["messages"])
+        if as_video:
+            await anyio.to_thread.run_sync(frames_to_videos, raw["messages"], self.media.limits)
+            _check_media_count(_media_parts(raw["messages"]), settings.max_media_items)
         dropped = sorted(ENGINE_OVERRIDES.intersection(raw))
         if dropped:
             logger.debug("dropped engine overrides from the request: %s", dropped)
@@ -148,6 +155,19 @@ class ChatService:
     def observe(self, knob: AimLevel, engine_aim: dict[str, Any] | None) -> None:
         if engine_aim:
             self.metrics.observe_aim(knob.label, engine_aim)
+
+
+def _media_parts(messages: list[dict[str, Any]]) -> int:
+    return sum(
+        isinstance(part, dict) and part.get("type") in MEDIA_PART_TYPES
+        for message in messages
+        for part in (message.get("content") if isinstance(message.get("content"), list) else ())
+    )
+
+
+def _check_media_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise InvalidRequestError(f"{count} images/videos in one request; at most {limit}", param="messages")
 
 
 class StreamUsage:

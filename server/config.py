@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="width*height cap, read from the header")
     max_video_frames: int = Field(512, ge=1, description="frames of a video/jpeg frame-list data URL")
     allow_remote_media: bool = Field(False, description="fetch http(s) media URLs (allowlisted hosts only)")
+    frames_as_video: bool = Field(
+        False, description="send consecutive image parts as one video (lmms-eval-style clients; frames.py)"
+    )
     media_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="hosts remote media may come from (exact, or *.suffix)"
     )

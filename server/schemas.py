@@ -11,7 +11,8 @@ system/user/assistant/tool/developer and media appear only in user messages. Typ
 to vLLM; the cache drift such a rejection causes is repaired by one resend (`upstream.py`).
 
 Fields the gateway never forwards: `ENGINE_OVERRIDES` (engine-internal knobs a client must not
-set; the gateway writes `mm_processor_kwargs` itself from the validated AIM knob) and `aim`.
+set; the gateway writes `mm_processor_kwargs` itself from the validated AIM knob) and its own
+`GATEWAY_FIELDS` (`aim`, the knob; `aim_frames_as_video`, `frames.py`'s per-request switch).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from server.errors import InvalidRequestError, invalid_from_validation
 ENGINE_OVERRIDES = frozenset(
     {"mm_processor_kwargs", "media_io_kwargs", "vllm_xargs", "chat_template", "kv_transfer_params"}
 )
+GATEWAY_FIELDS = frozenset({"aim", "aim_frames_as_video"})
 MEDIA_PART_TYPES = ("image_url", "video_url")
 # The `max_logprobs` default of vLLM's server; more is refused upstream.
 MAX_LOGPROBS = 20
@@ -179,6 +181,7 @@ class ChatCompletionRequest(_Open):
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = None
     chat_template_kwargs: dict[str, str | int | float | bool | None] | None = None
+    aim_frames_as_video: bool | None = None  # gateway-only (frames.py), never forwarded
 
     @field_validator("logit_bias")
     @classmethod

@@ -249,3 +249,36 @@ def test_a_level_the_engine_refuses_is_a_clear_400(sdk, aim_engine, parts) -> No
             extra_headers={"X-AIM-Level": "prune:2-99"},
         )
     assert "prune" in info.value.message
+
+
+def test_frames_sent_as_images_reach_the_engine_as_one_video(gateway, aim_engine, reference) -> None:
+    """lmms-eval sends a video's frames as PNG image parts; with `aim_frames_as_video` the engine
+    sees one video (196 tokens per frame, AIM's per-frame merging) and answers as the reference
+    does for that video, instead of tiling each frame as an image."""
+    from PIL import Image
+
+    from aim_vllm.core.level import AimLevel
+    from tests.engine.client import Media, assert_matches_reference
+
+    frames = media.video_frames(seed=41, frames=4)
+    parts = [
+        {"type": "image_url", "image_url": {"url": media.png_data_url(Image.fromarray(f))}} for f in frames
+    ]
+    schedule = AimSchedule(0.25, (1, 4))
+    body = {
+        "model": aim_engine.model,
+        "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": QUESTION}]}],
+        "max_tokens": 4,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 1,
+        "return_token_ids": True,
+        "aim": AimLevel(schedule=schedule).text,
+        "aim_frames_as_video": True,
+    }
+    response = httpx.post(f"{gateway}/v1/chat/completions", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["usage"]["aim"]["visual_tokens_in"] == 4 * 196 + VIDEO_EXTRA_TOKENS
+    assert answer["usage"]["aim"]["visual_tokens_merged"] == 4 * 49 + VIDEO_EXTRA_TOKENS
+    assert_matches_reference(reference, answer, [Media("video", parts[0], frames)], schedule)
