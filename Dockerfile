@@ -60,6 +60,7 @@ COPY requirements/ requirements/
 COPY scripts/ scripts/
 COPY aim_vllm/ aim_vllm/
 COPY server/ server/
+COPY bench/ bench/
 # The pip cache lives in a BuildKit cache mount, so rebuilding after a source change re-links the
 # engine from the cache instead of downloading it again, and the cache never lands in the image.
 RUN --mount=type=cache,target=/root/.cache/pip \

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("aim_vllm.commands.flops", "LLM prefill FLOPs with and without AIM"),
     "make-synthetic-data": ("aim_vllm.commands.make_synthetic_data", "write a synthetic shape QA data set"),
     "train-synthetic": ("aim_vllm.commands.train_synthetic", "train a small model on synthetic QA (CPU)"),
-    "bench": ("aim_vllm.commands.bench", "latency and throughput of AIM levels vs AIM off, one run"),
+    "bench": ("bench.command", "latency and throughput of AIM levels vs AIM off, one run"),
     "eval": ("aim_vllm.commands.eval", "accuracy vs FLOPs of AIM levels and baselines on a data set"),
 }
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import httpx
 
-from aim_vllm.benchmark.processes import start_gateway, stop_gateway
 from aim_vllm.commands.serve import Replica, start_replica, stop_replicas, wait_ready
+from bench.processes import start_gateway, stop_gateway
 
 TARGETS = ("direct", "gateway")
 QUESTION = "Say hello in one short sentence."

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from aim_vllm.benchmark.client import RequestResult, StreamTally, run_phase, run_split, stream_chat
+from bench.client import RequestResult, StreamTally, run_phase, run_split, stream_chat
 
 
 def _sse(*payloads: dict) -> list[str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from aim_vllm import cli
-from aim_vllm.benchmark import processes
-from aim_vllm.commands import bench
+from bench import command as bench
+from bench import processes
 
 
 def _options(argv: list[str], monkeypatch: pytest.MonkeyPatch):

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import ast
 import base64
+import importlib
 import io
 import json
 import random
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.bench_scripts import BENCH_DIR, load_bench_script
-
-LOCUSTFILE = BENCH_DIR / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "bench" / "locustfile.py"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def locustfile() -> types.ModuleType:
     saved = sys.modules.get("locust")
     sys.modules["locust"] = stand_in
     try:
-        module = load_bench_script("locustfile.py")
+        module = importlib.import_module("bench.locustfile")
     finally:
         if saved is None:
             sys.modules.pop("locust")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aim_vllm.benchmark.report import markdown, plugin_verdict, summary_line, write_outputs
+from bench.report import markdown, plugin_verdict, summary_line, write_outputs
 
 META = {
     "model": "/m", "model_label": "tiny", "device": "cpu", "cpu_count": 2, "vllm": "0.32.0",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from aim_vllm.benchmark import processes, report, runner
-from aim_vllm.benchmark.workload import MediaSpec
 from aim_vllm.commands.serve import ENGINE_CMD_ENV
+from bench import processes, report, runner
+from bench.workload import MediaSpec
 
 FAKE = Path(__file__).with_name("fake_stream_engine.py")
 REPO = Path(__file__).resolve().parents[2]

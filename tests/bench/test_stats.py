@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aim_vllm.benchmark.client import PhaseResult, RequestResult
-from aim_vllm.benchmark.stats import (
+from bench.client import PhaseResult, RequestResult
+from bench.stats import (
     add_ratios,
     amdahl_bound,
     percentile,

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from aim_vllm.benchmark.workload import (
+from bench.workload import (
     Level,
     MediaSpec,
     chat_body,

@@ -6,6 +6,7 @@ The 7B widths take minutes on a small CPU, so the smoke runs the same code with 
 
 from __future__ import annotations
 
+import importlib
 import json
 import types
 from dataclasses import replace
@@ -14,12 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.bench_scripts import load_bench_script
-
 
 @pytest.fixture(scope="module")
 def gpu_prefill() -> types.ModuleType:
-    return load_bench_script("gpu_prefill.py")
+    return importlib.import_module("bench.gpu_prefill")
 
 
 @pytest.mark.timeout(60)

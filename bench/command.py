@@ -48,7 +48,7 @@ _DEFAULT_MAX_MODEL_LEN = "16384"  # a 16-frame video plus an anyres image fit wi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from aim_vllm.benchmark.workload import DEFAULT_LEVELS
+    from bench.workload import DEFAULT_LEVELS
 
     parser.add_argument(
         "--model", help="checkpoint dir or name (default: LLaVA-OV-0.5B shapes, dummy weights)"
@@ -116,8 +116,8 @@ def model_and_flags(args: argparse.Namespace) -> tuple[str, str, list[str]]:
 
 def options_from_args(args: argparse.Namespace):
     """BenchOptions from the flags (ValueError for invalid values)."""
-    from aim_vllm.benchmark.runner import BenchOptions
-    from aim_vllm.benchmark.workload import check_levels, parse_media
+    from bench.runner import BenchOptions
+    from bench.workload import check_levels, parse_media
 
     check_levels(args.levels)
     counts = {name: _pick(args, name) for name in ("rounds", "waves", "split_pairs", "max_tokens")}
@@ -141,7 +141,7 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from aim_vllm.benchmark import report, runner
+    from bench import report, runner
 
     options = options_from_args(args)
     result = runner.run(options)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
 
-from tests.bench_scripts import load_bench_script
-
 
 @pytest.mark.timeout(60)
 def test_blocked_and_dense_agree_and_are_timed(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = load_bench_script("pagerank_cost.py").main(["--tokens", "1100", "300", "--repeats", "1"])
+    rows = importlib.import_module("bench.pagerank_cost").main(["--tokens", "1100", "300", "--repeats", "1"])
     assert [row["tokens"] for row in rows] == [1100, 300]
     assert all(row["blocked_s"] > 0 and row["dense_s"] > 0 for row in rows)
     assert rows[0]["max_abs_diff"] < 1e-6  # 1100 > the default 1024-row block: two blocks

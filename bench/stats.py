@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from aim_vllm.benchmark.client import PhaseResult, RequestResult
+from bench.client import PhaseResult, RequestResult
 
 RATIO_METRICS = ("ttft_p50_s", "tpot_p50_s", "e2e_p50_s", "requests_per_s", "output_tokens_per_s")
 LOWER_IS_BETTER = frozenset({"ttft_p50_s", "tpot_p50_s", "e2e_p50_s"})

@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 
-from aim_vllm.benchmark import client as bench_client
-from aim_vllm.benchmark import processes, stats
-from aim_vllm.benchmark.workload import (
+from bench import client as bench_client
+from bench import processes, stats
+from bench.workload import (
     REFERENCE_LEVEL,
     Level,
     MediaSpec,
@@ -52,7 +52,7 @@ PLAIN, AIM_OFF = "plain", "aim-off"
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """Everything one run needs (built by `aim_vllm.commands.bench` from its flags)."""
+    """Everything one run needs (built by `bench.command` from its flags)."""
 
     model: str
     model_label: str
