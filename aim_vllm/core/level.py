@@ -266,11 +266,14 @@ def parse_engine_kwargs(kwargs: Mapping[str, Any]) -> AimLevel | None:
     if len({kinds.get(key, "explicit") for key in present}) > 1:
         raise LevelError(f"give one of {PRESET}, {BUDGET} or explicit merge/prune keys, not {present}")
     if PRESET in kwargs:
-        if not isinstance(kwargs[PRESET], str):
-            raise LevelError(f"{PRESET} must be a string, got {kwargs[PRESET]!r}", PRESET)
+        if kwargs[PRESET] not in PRESETS:
+            raise LevelError(f"{PRESET} must be one of {', '.join(PRESETS)}, got {kwargs[PRESET]!r}", PRESET)
         return AimLevel(preset=kwargs[PRESET])
     if BUDGET in kwargs:
-        return AimLevel(budget=_check_number(kwargs[BUDGET], BUDGET))
+        budget = _check_number(kwargs[BUDGET], BUDGET)
+        if not 0.0 < budget <= 1.0:
+            raise LevelError(f"{BUDGET} must be in (0, 1], got {budget}", BUDGET)
+        return AimLevel(budget=budget)
     fields: dict[str, Any] = {}
     for key, name in ((MERGE_RATIO, "merge_ratio"), (PRUNE_KEEP, "prune_keep")):
         if key in kwargs:

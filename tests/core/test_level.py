@@ -133,10 +133,11 @@ def test_engine_form(kwargs: dict, expected: AimLevel | None) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"aim_preset": "fast"}, "unknown preset"),
+        ({"aim_preset": "fast"}, "aim_preset must be one of"),
+        ({"aim_preset": 3}, "aim_preset must be one of"),
         ({"aim_preset": "max", "aim_budget": 0.3}, "give one of"),
         ({"aim_merge_ratio": 0.5, "aim_budget": 0.3}, "give one of"),
-        ({"aim_budget": 0}, "budget must be in"),
+        ({"aim_budget": 0}, "aim_budget must be in"),
         ({"aim_budget": "0.3"}, "must be a number"),
         ({"aim_merge_ratio": True}, "must be a number"),
         ({"aim_merge_ratio": 1.2}, "merge_ratio must be in"),
