@@ -7,7 +7,11 @@ Smoke run (seconds of load; the engine start dominates):
   .venv/bin/python bench/gateway_overhead.py --requests 16 --concurrency 4 --rounds 2 --image
 
 1. Starts one AIM engine (`aim-vllm engine`, the embedded tiny model unless `--model`; vLLM flags
-   after `--`) and one gateway process in front of it (`aim-vllm gateway --upstream <engine>`).
+   after `--`), or with `--upstream trivial` a stdlib server that answers at once
+   (`bench/trivial_upstream.py`: the gateway's own cost), and one gateway process in front of it
+   (`aim-vllm gateway --upstream <engine>`). `--pin` puts the gateway on its own CPU and this
+   client with the upstream on another (CPU 1 and 0), so on a small machine the three do not take
+   each other's cycles and the ratios measure the gateway, not the scheduler.
 2. Warms both paths up, then per workload (text-only chat; with `--image` also a small PNG) sends
    `--requests` identical requests per target at `--concurrency`, split into `--rounds` rounds in
    ABBA order (direct-gateway, gateway-direct, ...) so that drift hits both targets alike.
@@ -24,10 +28,12 @@ import argparse
 import asyncio
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from aim_vllm.commands.serve import Replica, start_replica, stop_replicas, wait_ready
+from aim_vllm.commands.serve import ENGINE_CMD_ENV, Replica, start_replica, stop_replicas, wait_ready
 from bench.processes import start_gateway, stop_gateway
 
 TARGETS = ("direct", "gateway")
@@ -174,10 +180,16 @@ def measure(args: argparse.Namespace) -> dict:
     log_dir = Path(tempfile.mkdtemp(prefix="aim-bench-gateway-"))
     replicas: list[Replica] = []
     gateway = None
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # this client, and the upstream it starts (inherited)
+    if args.upstream == "trivial":
+        os.environ[ENGINE_CMD_ENV] = f"{sys.executable} {Path(__file__).with_name('trivial_upstream.py')}"
     try:
         replicas.append(start_replica(0, args.model, args.vllm_args, log_dir))
         wait_ready(replicas, timeout_s=1800)
         gateway, gateway_url = start_gateway(replicas[0].url, log_dir)
+        if args.pin:
+            pin_process(gateway.pid, {1})
         urls = {"direct": replicas[0].url, "gateway": gateway_url}
         model = served_model(urls["direct"])
         results = {
@@ -187,9 +199,16 @@ def measure(args: argparse.Namespace) -> dict:
     finally:
         stop_gateway(gateway)
         stop_replicas(replicas, grace_s=30)
-    config = {key: getattr(args, key) for key in ("requests", "concurrency", "rounds", "max_tokens", "image")}
+    keys = ("requests", "concurrency", "rounds", "max_tokens", "image", "upstream", "pin")
+    config = {key: getattr(args, key) for key in keys}
     return {"bench": "gateway_overhead", "model": model, "device": device_name(),
             "vllm": vllm_version(), "config": config, "workloads": results}  # fmt: skip
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (sched_setaffinity of a pid moves one thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def markdown(result: dict) -> str:
@@ -214,6 +233,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--image", action="store_true", help="also measure requests with a PNG image")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square test image")
+    parser.add_argument(
+        "--upstream", choices=("engine", "trivial"), default="engine", help="what the gateway fronts"
+    )
+    parser.add_argument("--pin", action="store_true", help="gateway on CPU 1, client and upstream on CPU 0")
     parser.add_argument("--out", type=Path, help="directory for result.json and result.md")
     parser.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then flags for the engine")
     args = parser.parse_args()

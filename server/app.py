@@ -5,10 +5,11 @@ Endpoints: `POST /v1/chat/completions`, `GET /v1/models` (from a healthy replica
 With API keys configured, the `/v1/*` endpoints need `Authorization: Bearer <key>`; the
 operational endpoints stay open. Every error is OpenAI error JSON (`errors.py`).
 
-The lifespan owns one `httpx.AsyncClient` (upstream calls, health checks and media fetches; it
-ignores proxy environment variables so media fetches go to the checked address), runs a first
+The lifespan owns two `httpx.AsyncClient`s, both ignoring proxy environment variables: one for
+the replicas (upstream calls and health checks, over `transport.AiohttpTransport`) and one for
+media fetches (httpx's own transport, which connects to the checked address). It runs a first
 health round before serving (with `upstream_dns`: resolve, then check), then one per
-`health_interval_s` in the background.
+`health_interval_s` in the background. Tests replace both transports with one fake.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from server.media import MediaFetcher, Resolver, system_resolver
 from server.metrics import GatewayMetrics
 from server.middleware import RequestContextMiddleware
 from server.routing import HealthChecker, ReplicaPool, make_policy
+from server.transport import AiohttpTransport
 from server.upstream import Upstream, until_disconnect
 
 
@@ -41,7 +43,6 @@ class Gateway:
     settings: Settings
     pool: ReplicaPool
     metrics: GatewayMetrics
-    client: httpx.AsyncClient
     upstream: Upstream
     chat: ChatService
     health: HealthChecker
@@ -65,8 +66,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with _client(settings, transport) as client:
-            gateway = _build_gateway(settings, pool, metrics, client, resolver)
+        replicas = _client(settings, transport or AiohttpTransport())
+        async with replicas as client, _client(settings, transport) as media_client:
+            gateway = _build_gateway(settings, pool, metrics, client, media_client, resolver)
             app.state.gateway = gateway
             await gateway.health.round()
             async with anyio.create_task_group() as group:
@@ -102,10 +104,11 @@ def _build_gateway(
     pool: ReplicaPool,
     metrics: GatewayMetrics,
     client: httpx.AsyncClient,
+    media_client: httpx.AsyncClient,
     resolver: Resolver,
 ) -> Gateway:
     upstream = Upstream(client, pool, settings, metrics)
-    media = MediaFetcher(settings, client, resolver)
+    media = MediaFetcher(settings, media_client, resolver)
     discovery = None
     if (target := settings.upstream_dns) is not None:
         static = settings.upstreams
@@ -115,7 +118,6 @@ def _build_gateway(
         settings=settings,
         pool=pool,
         metrics=metrics,
-        client=client,
         upstream=upstream,
         chat=ChatService(settings, upstream, media, metrics),
         health=health,
@@ -127,7 +129,7 @@ def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:  # async: no thread hop per request
     """Bearer check against every configured key, in constant time per key."""
     keys = gateway_of(request).api_keys
     if not keys:
