@@ -13,7 +13,7 @@ def test_eval_runs_levels_and_baselines(gateway, aim_engine, tiny_model_dir, tmp
     items_file = write_dataset(tmp_path / "data", n=3, seed=0)
     out = tmp_path / "eval"
     args = ["eval", "--data", str(items_file), "--url", gateway, "--out", str(out),
-            "--levels", "off,balanced", "--baselines-for", "balanced",
+            "--levels", "off", "balanced", "--baselines-for", "balanced",
             "--model-config", str(tiny_model_dir / "config.json"), "--concurrency", "2"]  # fmt: skip
     assert main(args) == 0
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
