@@ -66,9 +66,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        replicas = _client(settings, transport or AiohttpTransport())
-        async with replicas as client, _client(settings, transport) as media_client:
-            gateway = _build_gateway(settings, pool, metrics, client, media_client, resolver)
+        to_replicas = transport or AiohttpTransport()
+        async with _client(settings, to_replicas) as client, _client(settings, transport) as media_client:
+            gateway = _build_gateway(settings, pool, metrics, to_replicas, client, media_client, resolver)
             app.state.gateway = gateway
             await gateway.health.round()
             async with anyio.create_task_group() as group:
@@ -90,24 +90,29 @@ def create_app(
     return app
 
 
-def _client(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(
+def _timeout(settings: Settings) -> httpx.Timeout:
+    return httpx.Timeout(
         connect=settings.connect_timeout_s, read=settings.read_timeout_s, write=settings.read_timeout_s,
         pool=settings.connect_timeout_s,
     )  # fmt: skip
+
+
+def _client(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits, trust_env=False)
+    return httpx.AsyncClient(transport=transport, timeout=_timeout(settings), limits=limits, trust_env=False)
 
 
 def _build_gateway(
     settings: Settings,
     pool: ReplicaPool,
     metrics: GatewayMetrics,
+    to_replicas: httpx.AsyncBaseTransport,
     client: httpx.AsyncClient,
     media_client: httpx.AsyncClient,
     resolver: Resolver,
 ) -> Gateway:
-    upstream = Upstream(client, pool, settings, metrics)
+    """`client` (health checks) runs over `to_replicas`, which `Upstream` uses directly."""
+    upstream = Upstream(to_replicas, _timeout(settings), pool, settings, metrics)
     media = MediaFetcher(settings, media_client, resolver)
     discovery = None
     if (target := settings.upstream_dns) is not None:

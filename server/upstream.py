@@ -90,10 +90,19 @@ class Opened:
 
 
 class Upstream:
+    """Requests to the replicas, straight on the transport: the gateway needs none of
+    `httpx.AsyncClient`'s layers (cookies, redirects, auth flows, URL merging) on its hot path."""
+
     def __init__(
-        self, client: httpx.AsyncClient, pool: ReplicaPool, settings: Settings, metrics: GatewayMetrics
+        self,
+        transport: httpx.AsyncBaseTransport,
+        timeout: httpx.Timeout,
+        pool: ReplicaPool,
+        settings: Settings,
+        metrics: GatewayMetrics,
     ) -> None:
-        self.client = client
+        self.transport = transport
+        self._timeout = timeout.as_dict()  # connect / read / write / pool, as httpx passes them
         self.pool = pool
         self.metrics = metrics
         self.max_attempts = settings.max_attempts
@@ -156,12 +165,13 @@ class Upstream:
         headers = {"accept-encoding": "identity", "x-request-id": call.request_id, **self._auth}
         if call.body is not None:
             headers["content-type"] = "application/json"
-        request = self.client.build_request(
-            call.method, replica.url + call.path, content=call.body, headers=headers
-        )
+        request = httpx.Request(
+            call.method, replica.url + call.path, content=call.body, headers=headers,
+            extensions={"timeout": self._timeout},
+        )  # fmt: skip
         try:
             with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-                response = await self.client.send(request, stream=True)
+                response = await self.transport.handle_async_request(request)
                 return await self._read_head(replica, call, response)
         except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
             raise UpstreamTimeoutError("the replica did not answer in time") from None
