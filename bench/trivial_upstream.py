@@ -3,7 +3,8 @@
 Answers `/health`, `/v1/models` and non-streaming `/v1/chat/completions` at once, with a fixed
 completion and a `usage.aim` object, over HTTP/1.1 keep-alive (as vLLM's uvicorn server does;
 TCP_NODELAY, so headers and body never wait on delayed ACKs). Started by
-`bench/gateway_overhead.py --upstream trivial`; run alone with `--port P`.
+`bench/gateway_overhead.py --upstream trivial`; run alone with `--port P`. Its `Handler` is also
+the base of the tests' fake engines (they answer chat completions their own way).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _AIM = {"merge_ratio": 1.0, "pruning": "not requested", "flops_ratio": 1.0}
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    model = MODEL  # the id /v1/models lists
 
     def _send(self, status: int, payload: dict) -> None:
         body = json.dumps(payload).encode()
@@ -32,7 +34,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             self._send(200, {})
         elif self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+            self._send(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
         else:
             self._send(404, {"error": {"message": "not found"}})
 

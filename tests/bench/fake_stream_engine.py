@@ -13,7 +13,9 @@ import argparse
 import json
 import os
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from bench import trivial_upstream
 
 TOKEN_DELAY_S = 0.001
 
@@ -35,24 +37,8 @@ def aim_usage(kwargs: dict | None) -> dict | None:
     }
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path == "/health":
-            self._json(200, {})
-        elif self.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
-        else:
-            self._json(404, {"error": {"message": "not found"}})
+class Handler(trivial_upstream.Handler):
+    model = "fake"
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -83,9 +69,6 @@ class Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from aim_vllm.core.level import AimLevel
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.reference.pipeline import ReferencePipeline
+from tests.engine import media
 
 LOGPROB_TOL = 1e-4
 TIE_MARGIN = 1e-4  # below this top-1/top-2 gap, either token is a correct greedy choice
@@ -23,6 +24,18 @@ class Media:
     kind: str  # "image" | "video"
     part: dict[str, Any]
     data: Any  # PIL image or decoded frames
+
+
+def image_item(seed: int, width: int = 400, height: int = 300) -> Media:
+    """A deterministic PNG image as a request part (lossless: the reference sees the same pixels)."""
+    img = media.image(seed=seed, width=width, height=height)
+    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+
+
+def video_item(seed: int, frames: int) -> Media:
+    """A deterministic video as a JPEG frame list, with the frames as vLLM decodes them."""
+    url, decoded = media.jpeg_video_data_url(media.video_frames(seed=seed, frames=frames))
+    return Media("video", {"type": "video_url", "video_url": {"url": url}}, decoded)
 
 
 def chat(

@@ -6,22 +6,19 @@ import httpx
 import pytest
 
 from aim_vllm.core.schedule import AimSchedule
-from tests.engine import media
-from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, video_item
 
 QUESTION = "Which direction does the red square move?"
 
 
 @pytest.fixture(scope="module")
 def video() -> Media:
-    url, frames = media.jpeg_video_data_url(media.video_frames(seed=5, frames=8))
-    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+    return video_item(5, 8)
 
 
 @pytest.fixture(scope="module")
 def image() -> Media:
-    img = media.image(seed=6, width=420, height=380)
-    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+    return image_item(6, 420, 380)
 
 
 BASELINES = [

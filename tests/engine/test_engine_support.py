@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 
 from aim_vllm.core.schedule import AimSchedule
-from tests.engine import media, servers
-from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat
+from tests.engine import servers
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, video_item
 
 QUESTION = "What colour is the circle?"
 
 
 @pytest.fixture(scope="module")
 def video() -> Media:
-    url, frames = media.jpeg_video_data_url(media.video_frames(seed=21, frames=4))
-    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+    return video_item(21, 4)
 
 
 def _log(server: servers.Server) -> str:

@@ -15,8 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from aim_vllm.core.schedule import AimSchedule
-from tests.engine import media, servers
-from tests.engine.client import LOGPROB_TOL, Media, aim_kwargs, assert_matches_reference, chat
+from tests.engine import servers
+from tests.engine.client import (
+    LOGPROB_TOL,
+    Media,
+    aim_kwargs,
+    assert_matches_reference,
+    chat,
+    image_item,
+    video_item,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -41,14 +49,12 @@ def gpu_engine(backend, tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image() -> Media:
-    img = media.image(seed=3, width=500, height=260)
-    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+    return image_item(3, 500, 260)
 
 
 @pytest.fixture(scope="module")
 def video() -> Media:
-    url, frames = media.jpeg_video_data_url(media.video_frames(seed=4, frames=8))
-    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+    return video_item(4, 8)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=str)

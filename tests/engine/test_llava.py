@@ -10,8 +10,8 @@ import pytest
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.reference.llava import LlavaReference
-from tests.engine import media, servers
-from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, reference_item
+from tests.engine import servers
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, reference_item
 
 QUESTION = "What colour is the square?"
 IMAGE_TOKENS = 576  # CLIP-336 / 14, CLS dropped
@@ -37,8 +37,7 @@ def llava_reference(llava_model_dir) -> LlavaReference:
 
 
 def _image(seed: int, width: int = 400, height: int = 300) -> Media:
-    img = media.image(seed=seed, width=width, height=height)
-    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+    return image_item(seed, width, height)
 
 
 @pytest.fixture(scope="module")

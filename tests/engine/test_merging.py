@@ -8,22 +8,20 @@ import httpx
 import pytest
 
 from aim_vllm.core.schedule import AimSchedule
-from tests.engine import media, servers
-from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat
+from tests.engine import servers
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, video_item
 
 QUESTION = "What colour is the square?"
 
 
 @pytest.fixture(scope="module")
 def image() -> Media:
-    img = media.image(seed=0)
-    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+    return image_item(0)
 
 
 @pytest.fixture(scope="module")
 def video() -> Media:
-    url, frames = media.jpeg_video_data_url(media.video_frames(seed=1, frames=8))
-    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+    return video_item(1, 8)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,16 @@ import pytest
 
 from aim_vllm.core.schedule import AimSchedule, preset_schedule
 from aim_vllm.core.token_counts import visual_kept_after_layer
-from tests.engine import media, servers
-from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, reference_item
+from tests.engine import servers
+from tests.engine.client import (
+    Media,
+    aim_kwargs,
+    assert_matches_reference,
+    chat,
+    image_item,
+    reference_item,
+    video_item,
+)
 
 QUESTION = "How many red squares are there?"
 NUM_LAYERS = 6  # the tiny model
@@ -18,14 +26,12 @@ NUM_LAYERS = 6  # the tiny model
 
 @pytest.fixture(scope="module")
 def image() -> Media:
-    img = media.image(seed=3, width=500, height=260)
-    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+    return image_item(3, 500, 260)
 
 
 @pytest.fixture(scope="module")
 def video() -> Media:
-    url, frames = media.jpeg_video_data_url(media.video_frames(seed=4, frames=8))
-    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+    return video_item(4, 8)
 
 
 SCHEDULES = [

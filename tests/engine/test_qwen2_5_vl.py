@@ -10,8 +10,16 @@ import pytest
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.reference.qwen2_5_vl import Qwen2_5_VLReference
-from tests.engine import media, servers
-from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, reference_item
+from tests.engine import servers
+from tests.engine.client import (
+    Media,
+    aim_kwargs,
+    assert_matches_reference,
+    chat,
+    image_item,
+    reference_item,
+    video_item,
+)
 
 QUESTION = "What colour is the square?"
 # The tiny model's processors: a 400x300 image -> 14 x 11 merged grid; 8 frames of 384x384 ->
@@ -40,14 +48,12 @@ def qwen_reference(qwen_model_dir) -> Qwen2_5_VLReference:
 
 @pytest.fixture(scope="module")
 def image() -> Media:
-    img = media.image(seed=0)
-    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+    return image_item(0)
 
 
 @pytest.fixture(scope="module")
 def video() -> Media:
-    url, frames = media.jpeg_video_data_url(media.video_frames(seed=1, frames=8))
-    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+    return video_item(1, 8)
 
 
 def test_off_is_identical_to_plain_vllm(qwen_engine, qwen_model_dir, image, video, tmp_path) -> None:

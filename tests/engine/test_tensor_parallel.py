@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from aim_vllm.core.schedule import AimSchedule
-from tests.engine import media, servers
-from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat
+from tests.engine import servers
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, video_item
 
 QUESTION = "What colour is the square?"
 TIMEOUT_S = 300
@@ -41,14 +41,12 @@ def tp_engine(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image() -> Media:
-    img = media.image(seed=11, width=420, height=300)
-    return Media("image", {"type": "image_url", "image_url": {"url": media.png_data_url(img)}}, img)
+    return image_item(11, 420, 300)
 
 
 @pytest.fixture(scope="module")
 def video() -> Media:
-    url, frames = media.jpeg_video_data_url(media.video_frames(seed=12, frames=6))
-    return Media("video", {"type": "video_url", "video_url": {"url": url}}, frames)
+    return video_item(12, 6)
 
 
 def _chat(server, item: Media | None, schedule: AimSchedule, max_tokens: int = 6) -> dict:

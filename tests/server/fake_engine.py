@@ -14,28 +14,17 @@ import os
 import subprocess
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from bench import trivial_upstream
 
-class Handler(BaseHTTPRequestHandler):
-    def _send(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path == "/health":
-            self._send(200, {})
-        elif self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
-        else:
-            self._send(404, {"error": {"message": "not found"}})
+class Handler(trivial_upstream.Handler):
+    protocol_version = "HTTP/1.0"  # one connection per request, as these tests always had
+    model = "fake"
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2,
                  "aim": {"received": body.get("mm_processor_kwargs")}}  # fmt: skip
@@ -43,9 +32,6 @@ class Handler(BaseHTTPRequestHandler):
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
         self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"),
                          "choices": [choice], "usage": usage})  # fmt: skip
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def main() -> None:
