@@ -38,7 +38,7 @@ class BatchPlan:
     rows: list[torch.Tensor]  # [num_layers] x [R] rows entering each layer
     missing: list[torch.Tensor]  # [num_layers] x [R] prompt tokens absent from each layer's KV
     pruning: dict[int, PruneRecord]  # batch index -> record of requests pruning in this step
-    step_rows: StepRows | None  # what each row of the step is (None: no layer loop)
+    step_rows: StepRows | None  # what each row of the step is (None: no prefill prunes in this step)
     started: list[tuple[RequestStep, PruneRecord]]  # prefills that start in this step
     seq_lens: torch.Tensor  # [R] the step's sequence lengths (CPU)
 
@@ -88,7 +88,7 @@ class PruningDecoder:
                 # a recompute after preemption also carries the tokens generated so far
                 rows[:, r] = torch.tensor(record.rows_per_layer) + (scheduled[r] - req.num_prompt)
                 pruning[r] = record
-        step_rows = StepRows.of(step.requests, computed, scheduled)
+        step_rows = StepRows.of(step.requests, computed, scheduled) if pruning else None  # decodes need none
         return BatchPlan(step.requests, list(rows), list(missing), pruning, step_rows, started, seq_lens)
 
     # -- forward ---------------------------------------------------------------------------
@@ -112,19 +112,20 @@ class PruningDecoder:
 
     def forward(
         self, model, positions: torch.Tensor, hidden: torch.Tensor, plan: BatchPlan
-    ) -> tuple[torch.Tensor, RowCounts]:
+    ) -> tuple[torch.Tensor, RowCounts | None]:
         """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel) under
-        `plan`, and the rows each layer computed."""
+        `plan`, and the rows each layer computed (None when no prefill prunes in this step)."""
         fc = get_forward_context()
         stock = fc.attn_metadata[model.layers[0].self_attn.attn.layer_name]
         layouts = {_layout_key(plan, 0): stock}  # layer 0 computes every scheduled row: the step's own
-        counts = RowCounts(plan.step_rows, plan.steps)
+        counts = RowCounts(plan.step_rows, plan.steps) if plan.step_rows is not None else None
         idx = torch.arange(hidden.shape[0])  # rows present, as indices into the step's rows (CPU)
         present, residual = idx.to(hidden.device), None
         for layer_idx, layer in enumerate(model.layers):
             attn = layer.self_attn
             _install(fc, attn.attn.layer_name, compacted_metadata(stock, plan, layer_idx, layouts))
-            counts.enter(idx)
+            if counts is not None:
+                counts.enter(idx)
             # Adapted from Qwen2DecoderLayer.forward / Qwen2Attention.forward @ vllm==0.32.0
             if residual is None:
                 residual, h = hidden, layer.input_layernorm(hidden)
@@ -139,7 +140,8 @@ class PruningDecoder:
                 idx, keep = idx[keep], keep.to(hidden.device)
                 out, residual, present = out[keep], residual[keep], present[keep]
             # AIM: end
-            counts.leave(idx)
+            if counts is not None:
+                counts.leave(idx)
             h, residual = layer.post_attention_layernorm(attn.o_proj(out)[0], residual)
             hidden = layer.mlp(h)
         hidden, _ = model.norm(hidden, residual)
