@@ -39,6 +39,10 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems, VideoProcessorItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 from vllm.multimodal.processing.inputs import ProcessorInputs
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.worker.gpu.model_states.default import DefaultModelState
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
@@ -47,6 +51,10 @@ __all__ = [
     "ModelRegistry",
     "run_api_server",
     "DefaultModelState",
+    "FullAttentionManager",
+    "FullAttentionSpec",
+    "KVCacheSpecRegistry",
+    "Scheduler",
     "GPUModelRunner",
     "get_forward_context",
     "get_tp_group",

@@ -1,7 +1,7 @@
 """Per-request AIM statistics: computed in the worker, reported in the response's `usage.aim`.
 
 The worker (tensor-parallel rank 0 only) writes one small JSON file per request whose prefill
-starts (visual tokens before and after merging, rows and KV entries per layer, FLOPs) into
+starts (visual tokens before and after merging, rows, KV entries and blocks per layer, FLOPs) into
 `$AIM_VLLM_STATS_DIR`; the API server's
 `AimUsageMiddleware` takes it out when the response for that request id leaves (vLLM's engine
 request id is the response id plus "-" and 8 random characters). Plain Python, no vLLM import.
@@ -37,6 +37,11 @@ class RequestStats:
     llm_prefill_flops: float  # executed convention
     llm_prefill_flops_off: float
     flops_ratio: float
+    # KV blocks each layer held once the prefill was scheduled (the runner's block tables; None
+    # where the runner does not say), and blocks saved against every layer holding the prompt
+    kv_block_size: int | None = None
+    kv_blocks_per_layer: list[int] | None = None
+    kv_blocks_saved: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +58,8 @@ def request_stats(
     kept_after_layer: list[int],
     rows_per_layer: list[int],
     shape: LLMShape,
+    kv_blocks_per_layer: list[int] | None = None,
+    kv_block_size: int | None = None,
 ) -> RequestStats:
     """Stats of a prefill whose per-layer counts are known."""
     text = num_prompt - visual_tokens_merged
@@ -76,7 +83,20 @@ def request_stats(
         llm_prefill_flops=executed,
         llm_prefill_flops_off=off,
         flops_ratio=executed / off,
+        **kv_usage(num_prompt, kv_blocks_per_layer, kv_block_size),
     )
+
+
+def kv_usage(num_prompt: int, held: list[int] | None, block_size: int | None) -> dict[str, Any]:
+    """The `kv_*` fields of a prefill that left `held` blocks per layer."""
+    if held is None or not block_size:
+        return {}
+    full = -(-num_prompt // block_size)  # every layer holding the whole prompt (Design A)
+    return {
+        "kv_block_size": block_size,
+        "kv_blocks_per_layer": list(held),
+        "kv_blocks_saved": full * len(held) - sum(held),
+    }
 
 
 def external_request_id(engine_request_id: str) -> str:
@@ -132,13 +152,13 @@ class UsageReporter:
     def __init__(self, shape: LLMShape, store: StatsStore | None) -> None:
         self.shape, self.store = shape, store
 
-    def report(self, started, counts=None) -> None:
+    def report(self, started, counts=None, kv_held=None, kv_block_size: int | None = None) -> None:
         """`started`: (RequestStep, PruneRecord) pairs of prefills starting in this step.
 
         `counts` (`pruning.rows.RowCounts`, when the pruning forward ran): a pruned request's rows
         per layer and visual tokens kept are the ones counted there, i.e. what its layers computed.
         An unpruned request's layers compute its whole prompt (vLLM's own forward, possibly over
-        several steps): its record says so.
+        several steps): its record says so. `kv_held`: request id -> KV blocks per layer it holds.
         """
         if self.store is None:
             return
@@ -159,5 +179,7 @@ class UsageReporter:
                 kept_after_layer=kept,
                 rows_per_layer=rows,
                 shape=self.shape,
+                kv_blocks_per_layer=(kv_held or {}).get(req.req_id),
+                kv_block_size=kv_block_size,
             )
             self.store.put(external_request_id(req.req_id), stats)

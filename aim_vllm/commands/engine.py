@@ -9,6 +9,8 @@ Defaults added when the flag is absent:
   --enforce-eager                      AIM's per-layer pruning runs eagerly
   --no-enable-prefix-caching           pruned KV must never be reused across schedules
   --no-enable-chunked-prefill          pruning ranks a whole prompt in one step
+  --scheduler-cls aim_vllm.kv.scheduler.AimScheduler   a pruned request holds only the KV blocks
+                                       each layer keeps (`kv/`; vLLM's `Scheduler` otherwise)
   --max-model-len = min(8192, the checkpoint's own limit), --max-num-batched-tokens = that:
                                        the limit as vLLM derives it (text config, tokenizer);
                                        for a model that is not a local directory, vLLM's own
@@ -37,6 +39,7 @@ from pathlib import Path
 
 DEFAULT_MAX_MODEL_LEN = 8192
 DEFAULT_MODEL_NAME = "aim-tiny-llava-onevision"  # the embedded default model's name in the API
+AIM_SCHEDULER = "aim_vllm.kv.scheduler.AimScheduler"  # pruned requests hold less KV (kv/)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +62,7 @@ def engine_argv(user_args: list[str], default_model: str | None) -> list[str]:
         "--enforce-eager": [],
         "--enable-prefix-caching": None,
         "--enable-chunked-prefill": None,
+        "--scheduler-cls": [AIM_SCHEDULER],
     }
     for flag, value in defaults.items():
         negative = "--no-" + flag[2:]

@@ -21,6 +21,7 @@ from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.level import parse_engine_kwargs, schedule_kwargs, without_engine_keys
 from aim_vllm.core.schedule import OFF, AimSchedule
+from aim_vllm.kv.spec import install_stage_specs
 from aim_vllm.pruning.decoder import PruningDecoder
 from aim_vllm.pruning.parallel import TensorParallel
 from aim_vllm.pruning.support import prepare_engine
@@ -67,11 +68,11 @@ class AimProcessorMixin:
 class AimModelMixin:
     """Pruning + usage reporting around the LLM forward (put before vLLM's model class).
 
-    Overrides the model's `__init__` (decides whether this engine can prune, adds the pruner and
-    the reporter) and `forward`: the runner patch passes `aim_step` to models with
-    `aim_accepts_step`; batches with nothing to prune (and dummy / profiling runs) take vLLM's
-    stock forward. The LLM decoder is `self.language_model.model` in every supported vLLM model
-    class. Under tensor parallelism every rank prunes alike; rank 0 reports usage.
+    Overrides the model's `__init__` (decides whether this engine can prune and whether pruned KV
+    is freed per layer, adds the pruner and the reporter) and `forward`: the runner patch passes
+    `aim_step` to models with `aim_accepts_step`; batches with nothing to prune (and dummy /
+    profiling runs) take vLLM's stock forward. The LLM decoder is `self.language_model.model` in
+    every supported vLLM model class. Under tensor parallelism every rank prunes alike; rank 0 reports usage.
     """
 
     aim_accepts_step = True
@@ -82,6 +83,8 @@ class AimModelMixin:
         parallel = TensorParallel.current()
         layers = [layer.self_attn.attn for layer in self.language_model.model.layers]
         unsupported = prepare_engine(vllm_config, layers, announce=parallel.is_reporter)
+        if not unsupported:  # pruned requests then hold only the KV each layer keeps (Design C)
+            install_stage_specs(layers, vllm_config, announce=parallel.is_reporter)
         self.aim_pruner = PruningDecoder(shape.num_layers, parallel, unsupported)
         self.aim_reporter = UsageReporter(shape, StatsStore.from_env() if parallel.is_reporter else None)
 
@@ -107,9 +110,9 @@ class AimModelMixin:
         if plan is None:
             return None
         if not plan.changes_layout():
-            self.aim_reporter.report(plan.started)
+            self.aim_reporter.report(plan.started, None, plan.kv_held, plan.kv_block_size)
             return None
         hidden = inputs_embeds if inputs_embeds is not None else decoder.embed_input_ids(input_ids)
         hidden, counts = self.aim_pruner.forward(decoder, positions, hidden, plan)
-        self.aim_reporter.report(plan.started, counts)
+        self.aim_reporter.report(plan.started, counts, plan.kv_held, plan.kv_block_size)
         return hidden

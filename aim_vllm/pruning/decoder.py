@@ -17,7 +17,7 @@ are CPU bookkeeping; activations and the metadata's tensors stay on the engine's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,7 +27,7 @@ from aim_vllm.compat import get_forward_context
 from aim_vllm.core.importance import importance, select_kept_tokens
 from aim_vllm.pruning.parallel import TensorParallel
 from aim_vllm.pruning.rows import RowCounts, StepRows
-from aim_vllm.pruning.state import PruneRecord, RequestStep, StepContext, decide
+from aim_vllm.pruning.state import KVBlocks, PruneRecord, RequestStep, StepContext, decide
 
 
 @dataclass
@@ -41,6 +41,8 @@ class BatchPlan:
     step_rows: StepRows | None  # what each row of the step is (None: no prefill prunes in this step)
     started: list[tuple[RequestStep, PruneRecord]]  # prefills that start in this step
     seq_lens: torch.Tensor  # [R] the step's sequence lengths (CPU)
+    kv_held: dict[str, list[int]] = field(default_factory=dict)  # started request -> blocks per layer
+    kv_block_size: int | None = None  # tokens per block of `kv_held` (None: the runner does not say)
 
     def changes_layout(self) -> bool:
         return bool(self.pruning) or any(bool(m.any()) for m in self.missing)
@@ -59,10 +61,17 @@ class PruningDecoder:
         self.records: dict[str, PruneRecord] = {}
 
     # -- planning ----------------------------------------------------------------------------
-    def plan(self, step: StepContext, query_start_loc: torch.Tensor, seq_lens: torch.Tensor) -> BatchPlan:
+    def plan(
+        self,
+        step: StepContext,
+        query_start_loc: torch.Tensor,
+        seq_lens: torch.Tensor,
+        layer_names: tuple[str, ...] = (),
+    ) -> BatchPlan:
         """Counts for every layer, from the step's requests and their records (no activations read).
 
         A batch where no request is pruned gets a plan without layers (it runs vLLM's stock forward).
+        `layer_names`: the decoder's attention layers, to read the KV blocks each holds (`step.kv`).
         """
         self.records = {k: v for k, v in self.records.items() if k in step.live_req_ids}
         seq_lens = seq_lens.cpu()
@@ -74,8 +83,11 @@ class PruningDecoder:
                 record = decide(req, computed[r], scheduled[r], self.unsupported, self.num_layers)
                 self.records[req.req_id] = record
                 started.append((req, record))
+        kv = KVHeld.of(step.kv, layer_names, step.requests, seq_lens)
         if not any(self.records[req.req_id].pruned for req in step.requests):
-            return BatchPlan(step.requests, [], [], {}, None, started, seq_lens)
+            if kv is not None:
+                kv.check(torch.zeros(self.num_layers, len(step.requests), dtype=torch.int64))
+            return BatchPlan(step.requests, [], [], {}, None, started, seq_lens, *_started_kv(kv, started))
         rows = torch.tensor([scheduled] * self.num_layers, dtype=torch.int64)
         missing = torch.zeros_like(rows)
         pruning: dict[int, PruneRecord] = {}
@@ -88,8 +100,19 @@ class PruningDecoder:
                 # a recompute after preemption also carries the tokens generated so far
                 rows[:, r] = torch.tensor(record.rows_per_layer) + (scheduled[r] - req.num_prompt)
                 pruning[r] = record
+        if kv is not None:
+            kv.check(missing)
         step_rows = StepRows.of(step.requests, computed, scheduled) if pruning else None  # decodes need none
-        return BatchPlan(step.requests, list(rows), list(missing), pruning, step_rows, started, seq_lens)
+        return BatchPlan(
+            step.requests,
+            list(rows),
+            list(missing),
+            pruning,
+            step_rows,
+            started,
+            seq_lens,
+            *_started_kv(kv, started),
+        )
 
     # -- forward ---------------------------------------------------------------------------
     def plan_step(self, model, step: StepContext) -> BatchPlan | None:
@@ -102,7 +125,10 @@ class PruningDecoder:
         common = getattr(stock, "aim_common", None)
         if common is not None:
             num_reqs = common.num_reqs
-            return self.plan(step, common.query_start_loc_cpu[: num_reqs + 1], common.seq_lens[:num_reqs])
+            names = tuple(layer.self_attn.attn.layer_name for layer in model.layers)
+            return self.plan(
+                step, common.query_start_loc_cpu[: num_reqs + 1], common.seq_lens[:num_reqs], names
+            )
         # a backend pruning cannot serve: its own metadata still gives the counts usage reports need
         num_reqs = len(step.requests)
         query_start_loc, seq_lens = getattr(stock, "query_start_loc", None), getattr(stock, "seq_lens", None)
@@ -116,14 +142,15 @@ class PruningDecoder:
         """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel) under
         `plan`, and the rows each layer computed (None when no prefill prunes in this step)."""
         fc = get_forward_context()
-        stock = fc.attn_metadata[model.layers[0].self_attn.attn.layer_name]
-        layouts = {_layout_key(plan, 0): stock}  # layer 0 computes every scheduled row: the step's own
+        # each layer's step metadata: its KV-cache group's block table (one group: all the same)
+        stocks = [fc.attn_metadata[layer.self_attn.attn.layer_name] for layer in model.layers]
+        layouts = Layouts(plan)
         counts = RowCounts(plan.step_rows, plan.steps) if plan.step_rows is not None else None
         idx = torch.arange(hidden.shape[0])  # rows present, as indices into the step's rows (CPU)
         present, residual = idx.to(hidden.device), None
         for layer_idx, layer in enumerate(model.layers):
             attn = layer.self_attn
-            _install(fc, attn.attn.layer_name, compacted_metadata(stock, plan, layer_idx, layouts))
+            _install(fc, attn.attn.layer_name, layouts.metadata(stocks[layer_idx], layer_idx))
             if counts is not None:
                 counts.enter(idx)
             # Adapted from Qwen2DecoderLayer.forward / Qwen2Attention.forward @ vllm==0.32.0
@@ -197,16 +224,69 @@ def _entering(record: PruneRecord, layer: int) -> int:
     return record.num_visual if layer == 0 else record.kept_after_layer[layer - 1]
 
 
-def _layout_key(plan: BatchPlan, layer: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return tuple(plan.rows[layer].tolist()), tuple(plan.missing[layer].tolist())
+class Layouts:
+    """Per step, the metadata of each distinct layout (step metadata, rows, KV missing), built once.
+
+    A layer whose rows and KV are the step's own uses its step metadata as it is (layer 0
+    always); builders that keep state per layout get one per layout (`backends.rebuild`).
+    """
+
+    def __init__(self, plan: BatchPlan) -> None:
+        self.plan = plan
+        self.built: dict[tuple, object] = {}
+        self.per_builder: dict[int, int] = {}  # id(builder) -> layouts built with it this step
+
+    def metadata(self, stock, layer: int):
+        rows, missing = self.plan.rows[layer], self.plan.missing[layer]
+        if bool(torch.equal(rows, self.plan.rows[0])) and not bool(missing.any()):
+            return stock
+        key = (id(stock), tuple(rows.tolist()), tuple(missing.tolist()))
+        if key not in self.built:
+            common = compact_common_metadata(
+                stock.aim_common, rows, missing, block_size(stock), self.plan.seq_lens
+            )
+            slot = self.per_builder.get(id(stock.aim_builder), 0)
+            self.per_builder[id(stock.aim_builder)] = slot + 1
+            self.built[key] = rebuild(stock, common, slot=slot)
+        return self.built[key]
 
 
-def compacted_metadata(stock, plan: BatchPlan, layer: int, layouts: dict):
-    """Metadata of `layer`'s layout, built once per step per distinct layout (`layouts` caches them)."""
-    key = _layout_key(plan, layer)
-    if key not in layouts:
-        common = compact_common_metadata(
-            stock.aim_common, plan.rows[layer], plan.missing[layer], block_size(stock), plan.seq_lens
-        )
-        layouts[key] = rebuild(stock, common, slot=len(layouts) - 1)
-    return layouts[key]
+class KVHeld:
+    """The KV blocks each layer holds per request this step, checked against what it stores."""
+
+    def __init__(
+        self, block_size: list[int], held: list[list[int]], seq_lens: torch.Tensor, requests
+    ) -> None:
+        self.block_size = block_size
+        self.held = torch.tensor(held, dtype=torch.int64).reshape(len(block_size), len(requests))
+        self.seq_lens, self.requests = seq_lens.to(torch.int64), requests
+
+    @classmethod
+    def of(cls, kv: KVBlocks | None, layer_names, requests, seq_lens: torch.Tensor) -> KVHeld | None:
+        if kv is None or not layer_names:
+            return None
+        block_size, held = kv.per_layer(layer_names)
+        return cls(block_size, held, seq_lens, requests)
+
+    def check(self, missing: torch.Tensor) -> None:
+        """Raise if a layer's blocks cannot hold the `seq_len - missing` tokens it stores: the
+        scheduler and this worker disagree on pruning, and the tokens past its blocks would go to
+        vLLM's null block. `missing`: [layers, R]."""
+        capacity = self.held * torch.tensor(self.block_size).unsqueeze(1)
+        short = capacity < self.seq_lens.unsqueeze(0) - missing
+        if bool(short.any()):
+            layer, r = (int(i) for i in short.nonzero()[0])
+            raise RuntimeError(
+                f"aim-vllm: request {self.requests[r].req_id} holds KV for {int(capacity[layer, r])} "
+                f"tokens in layer {layer} but stores {int(self.seq_lens[r] - missing[layer, r])}: "
+                "the scheduler and the worker disagree on what it prunes"
+            )
+
+
+def _started_kv(kv: KVHeld | None, started) -> tuple[dict[str, list[int]], int | None]:
+    """Blocks per layer held by each request whose prefill starts (for `usage.aim`)."""
+    if kv is None:
+        return {}, None
+    index = {req.req_id: r for r, req in enumerate(kv.requests)}
+    held = {req.req_id: kv.held[:, index[req.req_id]].tolist() for req, _ in started}
+    return held, kv.block_size[0]

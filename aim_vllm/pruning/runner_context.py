@@ -5,8 +5,8 @@ Model Runner V2 through AIM's `ModelState` (`models/model_state.py`), from the s
 
 Reads, in batch order, each request's prompt length, visual placeholder spans
 (`CachedRequestState.mm_features[i].mm_position`) and AIM parameters (the per-item
-`aim_<modality>` field the processor attached). Engine settings that rule pruning out are
-checked once, when the model is built (`pruning.support`).
+`aim_<modality>` field the processor attached), and the KV blocks it holds in each group.
+Engine settings that rule pruning out are checked once, when the model is built (`pruning.support`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import sys
 
 from aim_vllm.core.item_params import ItemParams, field_name
-from aim_vllm.pruning.state import SKIPPED_PROMPT_LOGPROBS, RequestStep, StepContext
+from aim_vllm.pruning.state import SKIPPED_PROMPT_LOGPROBS, KVBlocks, RequestStep, StepContext
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,18 @@ def build_step_context(runner) -> StepContext:
     steps = tuple(
         _cached_request_step(req_id, runner.requests[req_id]) for req_id in batch.req_ids[: batch.num_reqs]
     )
-    return StepContext(steps, frozenset(runner.requests))
+    return StepContext(steps, frozenset(runner.requests), _kv_blocks(runner, batch.num_reqs))
+
+
+def _kv_blocks(runner, num_reqs: int) -> KVBlocks:
+    """Blocks held per group and request (`MultiGroupBlockTable`, `KVCacheConfig.kv_cache_groups`)."""
+    groups = runner.kv_cache_config.kv_cache_groups
+    tables = runner.input_batch.block_table.block_tables
+    return KVBlocks(
+        {name: g for g, group in enumerate(groups) for name in group.layer_names},
+        tuple(table.block_size for table in tables),
+        tuple(tuple(table.num_blocks_per_row[:num_reqs].tolist()) for table in tables),
+    )
 
 
 def _cached_request_step(req_id: str, state) -> RequestStep:

@@ -9,6 +9,7 @@ layer's KV cache lacks, which is all decoding needs (compacted KV keeps the orig
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aim_vllm.core.schedule import AimSchedule
@@ -45,11 +46,27 @@ class RequestStep:
 
 
 @dataclass(frozen=True)
+class KVBlocks:
+    """The KV blocks each request of the step holds in each KV-cache group (the runner's block
+    tables, i.e. what the scheduler allocated; vllm==0.32.0 `BlockTable.num_blocks_per_row`)."""
+
+    group_of_layer: Mapping[str, int]  # attention layer name -> its KV-cache group
+    block_size: tuple[int, ...]  # per group: tokens per block of its table
+    held: tuple[tuple[int, ...], ...]  # per group: blocks per request, in batch order
+
+    def per_layer(self, layer_names: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """(block size of each layer, blocks held [layer][request]) for the given layers."""
+        groups = [self.group_of_layer[name] for name in layer_names]
+        return [self.block_size[g] for g in groups], [list(self.held[g]) for g in groups]
+
+
+@dataclass(frozen=True)
 class StepContext:
     """What the runner knows about the batch of one forward, in batch order."""
 
     requests: tuple[RequestStep, ...]
     live_req_ids: frozenset[str]
+    kv: KVBlocks | None = None  # None: the runner does not say (Model Runner V2)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 
 from aim_vllm.core.schedule import AimSchedule, preset_schedule
 from aim_vllm.core.token_counts import visual_kept_after_layer
+from aim_vllm.kv.plan import blocks_needed, cdiv
 from tests.engine import servers
 from tests.engine.client import (
     Media,
@@ -68,6 +69,11 @@ def test_counters_show_rows_and_kept_tokens_per_layer(aim_engine, video) -> None
     assert aim["rows_per_layer"] == [text + v for v in [merged, *kept[:-1]]]
     assert aim["visual_tokens_kept"] == {"1": kept[1], "2": kept[2], "3": 0}
     assert 0 < aim["flops_ratio"] < 0.25
+    # KV: each layer's blocks (from the runner's block tables) hold its rows; AIM off holds all
+    assert aim["kv_blocks_per_layer"] == blocks_needed(aim["rows_per_layer"], aim["kv_block_size"])
+    off = chat(aim_engine, [video], QUESTION, aim_kwargs(AimSchedule()), max_tokens=1)["usage"]
+    assert off["aim"]["kv_blocks_per_layer"] == [cdiv(off["prompt_tokens"], 128)] * NUM_LAYERS
+    assert off["aim"]["kv_blocks_saved"] == 0
 
 
 def test_batch_of_different_schedules(aim_engine, reference, image, video) -> None:
@@ -149,19 +155,56 @@ def test_split_prompt_falls_back_and_stays_exact(small_engine, reference, video)
     assert_matches_reference(reference, response, [video], AimSchedule(0.4))
 
 
-def test_preempted_pruned_requests_recompute_exactly(small_engine, reference, video) -> None:
-    """Three pruned requests decoding past their second block exhaust the cache; the preempted
-    ones are recomputed from scratch (pruning decided again) and still equal the reference."""
-    schedules = [AimSchedule(28 / 196, (1, 4)), AimSchedule(28 / 196, (2, 5)), AimSchedule(28 / 196, (0, 6))]
-    with ThreadPoolExecutor(3) as pool:
+PREEMPT_SCHEDULES = [
+    AimSchedule(28 / 196, (1, 4)),
+    AimSchedule(28 / 196, (2, 5)),
+    AimSchedule(28 / 196, (0, 6)),
+]
+SMALL_POOL = 7 * 6  # blocks of one layer in `small_engine`'s cache (Design C: one KV-cache group per layer)
+
+
+def _preemptions(server) -> float:
+    metrics = httpx.get(server.url + "/metrics", timeout=30).text
+    (line,) = [line for line in metrics.splitlines() if line.startswith("vllm:num_preemptions_total")]
+    return float(line.split()[-1])
+
+
+def _concurrently(server, video, max_tokens: int) -> list[dict]:
+    with ThreadPoolExecutor(len(PREEMPT_SCHEDULES)) as pool:
         futures = [
-            pool.submit(chat, small_engine, [video], QUESTION, aim_kwargs(s), max_tokens=60)
-            for s in schedules
+            pool.submit(
+                chat, server, [video], QUESTION, aim_kwargs(s), max_tokens=max_tokens, ignore_eos=True
+            )
+            for s in PREEMPT_SCHEDULES
         ]
-        responses = [f.result() for f in futures]
-    for schedule, response in zip(schedules, responses, strict=True):
+        return [f.result() for f in futures]
+
+
+def test_pruned_requests_fit_where_their_full_kv_would_not(small_engine, reference, video) -> None:
+    """Each layer holds only the tokens it kept (usage.aim.kv_blocks_per_layer, read from the block
+    tables, equals the schedule's prediction), so three pruned requests that would need more blocks
+    than the cache has if every layer kept every token (Design A preempted here) run side by side."""
+    before = _preemptions(small_engine)
+    responses = _concurrently(small_engine, video, max_tokens=60)
+    full = 0
+    for schedule, response in zip(PREEMPT_SCHEDULES, responses, strict=True):
+        aim = response["usage"]["aim"]
+        assert aim["pruning"] == "pruned"
+        assert aim["kv_blocks_per_layer"] == blocks_needed(aim["rows_per_layer"], aim["kv_block_size"])
+        assert aim["kv_blocks_saved"] > 0
+        assert_matches_reference(reference, response, [video], schedule)
+        full += 6 * cdiv(response["usage"]["prompt_tokens"] + 60, aim["kv_block_size"])
+    assert full > SMALL_POOL, "the requests would fit unpruned: the test shows nothing"
+    assert _preemptions(small_engine) == before
+
+
+def test_preempted_pruned_requests_recompute_exactly(small_engine, reference, video) -> None:
+    """Decoding long enough exhausts even the pruned footprint: the preempted requests free every
+    group, are recomputed from scratch (pruning decided again by scheduler and worker alike) and
+    still equal the reference."""
+    before = _preemptions(small_engine)
+    responses = _concurrently(small_engine, video, max_tokens=200)
+    for schedule, response in zip(PREEMPT_SCHEDULES, responses, strict=True):
         assert response["usage"]["aim"]["pruning"] == "pruned"
         assert_matches_reference(reference, response, [video], schedule)
-    metrics = httpx.get(small_engine.url + "/metrics", timeout=30).text
-    preemptions = [line for line in metrics.splitlines() if line.startswith("vllm:num_preemptions_total")]
-    assert preemptions and float(preemptions[0].split()[-1]) > 0, "the test did not cause a preemption"
+    assert _preemptions(small_engine) > before, "the test did not cause a preemption"

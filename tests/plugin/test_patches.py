@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from aim_vllm import patches
@@ -18,8 +19,25 @@ def _runner(model, tp: int = 1, pp: int = 1):
     config = SimpleNamespace(
         parallel_config=SimpleNamespace(tensor_parallel_size=tp, pipeline_parallel_size=pp)
     )
-    batch = SimpleNamespace(req_ids=[], num_reqs=0)
-    return SimpleNamespace(get_model=lambda: model, vllm_config=config, input_batch=batch, requests={})
+    # two KV-cache groups (vLLM `MultiGroupBlockTable`): layer "a" in group 0, "b" in group 1
+    tables = [SimpleNamespace(block_size=16, num_blocks_per_row=np.array([3, 5, 0])) for _ in range(2)]
+    tables[1].num_blocks_per_row = np.array([1, 2, 0])
+    batch = SimpleNamespace(
+        req_ids=["r0", "r1"], num_reqs=2, block_table=SimpleNamespace(block_tables=tables)
+    )
+    groups = [SimpleNamespace(layer_names=["a"]), SimpleNamespace(layer_names=["b"])]
+    requests = {"r0": _state(), "r1": _state()}
+    return SimpleNamespace(
+        get_model=lambda: model,
+        vllm_config=config,
+        input_batch=batch,
+        requests=requests,
+        kv_cache_config=SimpleNamespace(kv_cache_groups=groups),
+    )
+
+
+def _state():
+    return SimpleNamespace(num_prompt_tokens=10, mm_features=[], sampling_params=None)
 
 
 @pytest.fixture
@@ -40,7 +58,9 @@ def _wrapped(behaviour):
 
 def test_only_aim_models_get_the_step_context() -> None:
     forward = _wrapped(lambda kwargs: kwargs)
-    assert "aim_step" in forward(_runner(SimpleNamespace(aim_accepts_step=True)))
+    step = forward(_runner(SimpleNamespace(aim_accepts_step=True)))["aim_step"]
+    assert [req.req_id for req in step.requests] == ["r0", "r1"]
+    assert step.kv.per_layer(["b", "a"]) == ([16, 16], [[1, 2], [3, 5]])  # blocks held per layer
     assert forward(_runner(SimpleNamespace())) == {}
 
 
