@@ -9,6 +9,9 @@ Names (all prefixed `aim_gateway_`):
   llm_prefill_flops_total{level}               from `usage.aim.llm_prefill_flops`
   llm_prefill_flops_off_total{level}           from `usage.aim.llm_prefill_flops_off`
   flops_ratio{level}                           histogram of `usage.aim.flops_ratio`
+  kv_blocks_total{level}                       sum of `usage.aim.kv_blocks_per_layer` (layer-blocks
+                                               the prompts' KV held in the engine)
+  kv_blocks_saved_total{level}                 from `usage.aim.kv_blocks_saved` (pruned KV freed)
   upstream_connection_failures_total           replica connections that failed (retried)
   upstream_repairs_total                       multimodal requests resent after a 5xx (upstream.py)
   upstream_dns_failures_total                  failed resolutions of `upstream_dns` (discovery.py)
@@ -58,6 +61,12 @@ class GatewayMetrics:
         self.flops_off = Counter(
             "aim_gateway_llm_prefill_flops_off", "LLM prefill FLOPs with AIM off", ["level"], registry=reg
         )
+        self.kv_blocks = Counter(
+            "aim_gateway_kv_blocks", "KV blocks held per layer by prompts", ["level"], registry=reg
+        )
+        self.kv_saved = Counter(
+            "aim_gateway_kv_blocks_saved", "KV blocks per layer freed by pruning", ["level"], registry=reg
+        )
         self.flops_ratio = Histogram(
             "aim_gateway_flops_ratio", "FLOPs vs AIM off", ["level"], buckets=_RATIO_BUCKETS, registry=reg
         )
@@ -88,10 +97,14 @@ class GatewayMetrics:
             (self.visual_merged, "visual_tokens_merged"),
             (self.flops, "llm_prefill_flops"),
             (self.flops_off, "llm_prefill_flops_off"),
+            (self.kv_saved, "kv_blocks_saved"),
         ):
             value = _number(aim.get(key))
             if value is not None and value >= 0:
                 counter.labels(label).inc(value)
+        held = aim.get("kv_blocks_per_layer")
+        if isinstance(held, list) and all(_number(v) is not None and v >= 0 for v in held):
+            self.kv_blocks.labels(label).inc(sum(held))
         ratio = _number(aim.get("flops_ratio"))
         if ratio is not None:
             self.flops_ratio.labels(label).observe(ratio)

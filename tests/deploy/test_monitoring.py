@@ -73,8 +73,9 @@ def test_vllm_series_exist_in_the_pinned_vllm() -> None:
         "aim_gateway_visual_tokens_in_total",
         "aim_gateway_visual_tokens_merged_total",
         "aim_gateway_flops_ratio_sum",
+        "aim_gateway_kv_blocks_saved_total",
     ],
-    ids=["ttft", "tokens-in", "tokens-merged", "flops-ratio"],
+    ids=["ttft", "tokens-in", "tokens-merged", "flops-ratio", "kv-saved"],
 )
 def test_dashboard_breaks_each_quantity_down_by_level(dashboard: dict[str, Any], series: str) -> None:
     """The issue asks for TTFT, tokens saved and FLOPs ratio *by preset*: each must be queried

@@ -33,6 +33,9 @@ ENGINE_AIM = {
     "llm_prefill_flops": 1.0e12,
     "llm_prefill_flops_off": 4.0e12,
     "flops_ratio": 0.25,
+    "kv_block_size": 128,
+    "kv_blocks_per_layer": [2, 2, 1],
+    "kv_blocks_saved": 1,
 }
 CONTENT_PIECES = ["Hel", "lo", "!"]
 

@@ -154,6 +154,8 @@ async def test_metrics_aggregate_usage_aim_and_ttft_by_level() -> None:
     assert 'aim_gateway_visual_tokens_in_total{level="balanced"} 1458.0' in text
     assert 'aim_gateway_visual_tokens_merged_total{level="balanced"} 366.0' in text
     assert 'aim_gateway_flops_ratio_bucket{le="0.25",level="balanced"} 2.0' in text
+    assert 'aim_gateway_kv_blocks_total{level="balanced"} 10.0' in text
+    assert 'aim_gateway_kv_blocks_saved_total{level="balanced"} 2.0' in text
     assert 'aim_gateway_flops_ratio_count{level="custom"} 1.0' in text
     assert 'aim_gateway_ttft_seconds_count{level="balanced"} 1.0' in text
     assert 'aim_gateway_requests_total{route="/v1/chat/completions",status="200"} 3.0' in text
