@@ -3,8 +3,9 @@
 vLLM's hybrid allocator gives each KV-cache group its own block table, all groups drawing blocks of
 one page size from one pool (`kv_cache_utils._get_kv_cache_groups_uniform_page_size`). Every decoder
 attention layer of the AIM model returns an `AimStageSpec` naming its stage (contiguous layers,
-`LAYERS_PER_GROUP` of them); specs of different stages refuse to merge, so each stage becomes a
-group, and its `AimManager` (`kv.manager`) allocates only what the stage's layers keep.
+`$AIM_VLLM_KV_LAYERS_PER_GROUP` of them, default 1); specs of different stages refuse to merge,
+so each stage becomes a group, and its `AimManager` (`kv.manager`) allocates only what the
+stage's layers keep.
 
 Used only when the engine runs AIM's scheduler (`kv.scheduler.AimScheduler`, which feeds the
 managers the requests) and the hybrid allocator is on; otherwise every layer keeps vLLM's own
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -23,7 +25,11 @@ from aim_vllm.kv.plan import stages
 
 logger = logging.getLogger(__name__)
 
-LAYERS_PER_GROUP = 1  # one group per layer: each layer holds exactly its kept tokens
+LAYERS_PER_GROUP_ENV = "AIM_VLLM_KV_LAYERS_PER_GROUP"
+# 1: one group per layer, each layer holds exactly its kept tokens. More layers per group: fewer
+# groups (vLLM builds a block table, slot mapping and attention metadata per group every step),
+# each holding what its fullest layer keeps.
+DEFAULT_LAYERS_PER_GROUP = 1
 _AIM_FIELDS = ("aim_layers", "aim_num_layers")
 
 
@@ -73,11 +79,13 @@ def register() -> None:
     KVCacheSpecRegistry.register(AimStageSpec, AimManager, uniform_type_base_spec=AimStageSpec)
 
 
-def stage_spec(spec: Any, layer: int, num_layers: int) -> Any:
+def stage_spec(
+    spec: Any, layer: int, num_layers: int, layers_per_group: int = DEFAULT_LAYERS_PER_GROUP
+) -> Any:
     """`spec` (a layer's stock spec) as its stage's spec; other spec types are left as they are."""
     if type(spec) is not FullAttentionSpec or spec.sliding_window or spec.attention_chunk_size:
         return spec
-    (lo, hi) = next(s for s in stages(num_layers, LAYERS_PER_GROUP) if s[0] <= layer < s[1])
+    (lo, hi) = next(s for s in stages(num_layers, layers_per_group) if s[0] <= layer < s[1])
     values = {f.name: getattr(spec, f.name) for f in fields(spec)}
     return AimStageSpec(**values, aim_layers=(lo, hi), aim_num_layers=num_layers)
 
@@ -99,31 +107,32 @@ def per_layer_kv_reason(vllm_config: Any) -> str:
 
 def install_stage_specs(attention_layers: list[Any], vllm_config: Any, announce: bool = True) -> str:
     """Make each decoder layer report its stage's spec; '' on success, else why not (logged)."""
+    num_layers = len(attention_layers)
     reason = per_layer_kv_reason(vllm_config)
     if not reason:
-        num_layers = len(attention_layers)
         try:
-            stages(num_layers, LAYERS_PER_GROUP)
+            per_group = int(os.environ.get(LAYERS_PER_GROUP_ENV, DEFAULT_LAYERS_PER_GROUP))
+            stages(num_layers, per_group)
         except ValueError as exc:
-            reason = str(exc)
+            reason = f"${LAYERS_PER_GROUP_ENV}: {exc}"
     if reason:
         if announce:
             logger.warning("aim-vllm: pruned requests keep every token's KV in every layer: %s", reason)
         return reason
     for layer_idx, layer in enumerate(attention_layers):
-        layer.get_kv_cache_spec = _staged(layer.get_kv_cache_spec, layer_idx, num_layers)
+        layer.get_kv_cache_spec = _staged(layer.get_kv_cache_spec, layer_idx, num_layers, per_group)
     if announce:
         logger.info(
             "aim-vllm: per-layer KV allocation: %d KV-cache groups of %d layer(s); pruned requests "
-            "hold only the tokens each layer keeps",
-            num_layers // LAYERS_PER_GROUP,
-            LAYERS_PER_GROUP,
+            "hold only the tokens each group's fullest layer keeps",
+            num_layers // per_group,
+            per_group,
         )
     return ""
 
 
-def _staged(original, layer: int, num_layers: int):
+def _staged(original, layer: int, num_layers: int, layers_per_group: int):
     def get_kv_cache_spec(vllm_config: Any) -> Any:
-        return stage_spec(original(vllm_config), layer, num_layers)
+        return stage_spec(original(vllm_config), layer, num_layers, layers_per_group)
 
     return get_kv_cache_spec

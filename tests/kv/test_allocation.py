@@ -220,3 +220,39 @@ def test_layers_report_stage_specs_only_where_they_can_be_served(config, reason:
     assert all(isinstance(s, AimStageSpec) for s in specs) == (reason == "")
     if not reason:
         assert [s.aim_layers for s in specs] == stages(LAYERS, 1)
+
+
+@pytest.mark.parametrize(("per_group", "reason"), [("2", ""), ("4", "does not divide"), ("two", "invalid")])
+def test_layers_per_group_setting(monkeypatch, per_group: str, reason: str) -> None:
+    """`AIM_VLLM_KV_LAYERS_PER_GROUP` trades exactness of the saving for fewer groups; a value that
+    does not split the decoder evenly keeps Design A, with the reason."""
+    from aim_vllm.kv.spec import LAYERS_PER_GROUP_ENV, install_stage_specs
+
+    monkeypatch.setenv(LAYERS_PER_GROUP_ENV, per_group)
+    layers = [SimpleNamespace(get_kv_cache_spec=lambda _config: _base_spec()) for _ in range(LAYERS)]
+    got = install_stage_specs(layers, _engine("aim_vllm.kv.scheduler.AimScheduler"))
+    assert (got == "") if not reason else (reason in got and LAYERS_PER_GROUP_ENV in got)
+    if not reason:
+        assert [layer.get_kv_cache_spec(None).aim_layers for layer in layers] == [
+            (0, 2), (0, 2), (2, 4), (2, 4), (4, 6), (4, 6)
+        ]  # fmt: skip
+
+
+def test_a_group_of_layers_holds_what_its_fullest_layer_keeps() -> None:
+    from vllm.v1.core.block_pool import BlockPool
+
+    from aim_vllm.kv.manager import AimManager, KVPlans
+    from aim_vllm.kv.spec import stage_spec
+
+    pool = BlockPool(num_gpu_blocks=100, enable_caching=False, hash_block_size=BLOCK)
+    plans = KVPlans({"r": _request("r", 120, (10, 100))})
+    managers = []
+    for group, (lo, _) in enumerate(stages(LAYERS, 2)):
+        manager = AimManager(stage_spec(_base_spec(), lo, LAYERS, 2), pool, False, group, BLOCK)
+        manager.plans = plans
+        managers.append(manager)
+    _allocate(managers, "r", 0, 120)
+    missing = PruneRecord.planned(RequestStep("r", 120, SCHEDULE, ((10, 100),), 400), LAYERS).missing
+    assert [len(m.req_to_blocks["r"]) for m in managers] == [
+        cdiv(120 - min(missing[lo:hi]), BLOCK) for lo, hi in stages(LAYERS, 2)
+    ]
