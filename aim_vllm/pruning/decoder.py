@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from aim_vllm.attention.backends import block_size, rebuild
@@ -86,7 +87,7 @@ class PruningDecoder:
         kv = KVHeld.of(step.kv, layer_names, step.requests, seq_lens)
         if not any(self.records[req.req_id].pruned for req in step.requests):
             if kv is not None:
-                kv.check(torch.zeros(self.num_layers, len(step.requests), dtype=torch.int64))
+                kv.check()
             return BatchPlan(step.requests, [], [], {}, None, started, seq_lens, *_started_kv(kv, started))
         rows = torch.tensor([scheduled] * self.num_layers, dtype=torch.int64)
         missing = torch.zeros_like(rows)
@@ -252,33 +253,31 @@ class Layouts:
 
 
 class KVHeld:
-    """The KV blocks each layer holds per request this step, checked against what it stores."""
+    """The KV blocks each layer holds per request this step, checked against what it stores
+    (NumPy: it runs on every step of an AIM model, pruned or not)."""
 
-    def __init__(
-        self, block_size: list[int], held: list[list[int]], seq_lens: torch.Tensor, requests
-    ) -> None:
-        self.block_size = block_size
-        self.held = torch.tensor(held, dtype=torch.int64).reshape(len(block_size), len(requests))
-        self.seq_lens, self.requests = seq_lens.to(torch.int64), requests
+    def __init__(self, block_size: np.ndarray, held: np.ndarray, seq_lens: torch.Tensor, requests) -> None:
+        self.block_size, self.held = block_size, held  # [L], [L, R]
+        self.seq_lens, self.requests = seq_lens.numpy().astype(np.int64), requests
 
     @classmethod
     def of(cls, kv: KVBlocks | None, layer_names, requests, seq_lens: torch.Tensor) -> KVHeld | None:
         if kv is None or not layer_names:
             return None
-        block_size, held = kv.per_layer(layer_names)
-        return cls(block_size, held, seq_lens, requests)
+        return cls(*kv.per_layer(layer_names), seq_lens, requests)
 
-    def check(self, missing: torch.Tensor) -> None:
+    def check(self, missing: torch.Tensor | None = None) -> None:
         """Raise if a layer's blocks cannot hold the `seq_len - missing` tokens it stores: the
         scheduler and this worker disagree on pruning, and the tokens past its blocks would go to
-        vLLM's null block. `missing`: [layers, R]."""
-        capacity = self.held * torch.tensor(self.block_size).unsqueeze(1)
-        short = capacity < self.seq_lens.unsqueeze(0) - missing
-        if bool(short.any()):
-            layer, r = (int(i) for i in short.nonzero()[0])
+        vLLM's null block. `missing`: [layers, R] (None: nothing missing)."""
+        capacity = self.held * self.block_size[:, None]
+        stored = self.seq_lens[None, :] - (np.zeros_like(capacity) if missing is None else missing.numpy())
+        short = np.argwhere(capacity < stored)
+        if len(short):
+            layer, r = (int(i) for i in short[0])
             raise RuntimeError(
                 f"aim-vllm: request {self.requests[r].req_id} holds KV for {int(capacity[layer, r])} "
-                f"tokens in layer {layer} but stores {int(self.seq_lens[r] - missing[layer, r])}: "
+                f"tokens in layer {layer} but stores {int(stored[layer, r])}: "
                 "the scheduler and the worker disagree on what it prunes"
             )
 
@@ -289,4 +288,4 @@ def _started_kv(kv: KVHeld | None, started) -> tuple[dict[str, list[int]], int |
         return {}, None
     index = {req.req_id: r for r, req in enumerate(kv.requests)}
     held = {req.req_id: kv.held[:, index[req.req_id]].tolist() for req, _ in started}
-    return held, kv.block_size[0]
+    return held, int(kv.block_size[0])

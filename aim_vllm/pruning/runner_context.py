@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 
+import numpy as np
+
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.pruning.state import SKIPPED_PROMPT_LOGPROBS, KVBlocks, RequestStep, StepContext
 
@@ -36,7 +38,7 @@ def _kv_blocks(runner, num_reqs: int) -> KVBlocks:
     return KVBlocks(
         {name: g for g, group in enumerate(groups) for name in group.layer_names},
         tuple(table.block_size for table in tables),
-        tuple(tuple(table.num_blocks_per_row[:num_reqs].tolist()) for table in tables),
+        tuple(table.num_blocks_per_row[:num_reqs].astype(np.int64) for table in tables),
     )
 
 

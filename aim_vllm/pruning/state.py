@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from aim_vllm.core.schedule import AimSchedule
 
 PRUNED, NOT_PRUNED = "pruned", "not requested"
@@ -52,12 +54,12 @@ class KVBlocks:
 
     group_of_layer: Mapping[str, int]  # attention layer name -> its KV-cache group
     block_size: tuple[int, ...]  # per group: tokens per block of its table
-    held: tuple[tuple[int, ...], ...]  # per group: blocks per request, in batch order
+    held: tuple[np.ndarray, ...]  # per group: [R] blocks per request, in batch order
 
-    def per_layer(self, layer_names: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-        """(block size of each layer, blocks held [layer][request]) for the given layers."""
+    def per_layer(self, layer_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens per block [L], blocks held [L, R]) of the given layers."""
         groups = [self.group_of_layer[name] for name in layer_names]
-        return [self.block_size[g] for g in groups], [list(self.held[g]) for g in groups]
+        return np.array([self.block_size[g] for g in groups]), np.stack([self.held[g] for g in groups])
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ def test_only_aim_models_get_the_step_context() -> None:
     forward = _wrapped(lambda kwargs: kwargs)
     step = forward(_runner(SimpleNamespace(aim_accepts_step=True)))["aim_step"]
     assert [req.req_id for req in step.requests] == ["r0", "r1"]
-    assert step.kv.per_layer(["b", "a"]) == ([16, 16], [[1, 2], [3, 5]])  # blocks held per layer
+    sizes, held = step.kv.per_layer(["b", "a"])  # blocks held per layer and request
+    assert sizes.tolist() == [16, 16] and held.tolist() == [[1, 2], [3, 5]]
     assert forward(_runner(SimpleNamespace())) == {}
 
 
