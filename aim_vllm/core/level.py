@@ -12,7 +12,7 @@ the `--levels` of `aim-vllm eval` and `bench`); case-insensitive, blanks around 
     explicit := item ("," item)*                   each key at most once; merge or prune needed
     item     := "merge:" number                    kept fraction of each frame, 0 < number <= 1
               | "prune:" int "-" int               pruning layers l1-l2, 0 <= l1 < l2
-              | "method:" ("aim" | "pool" | "random")     token reduction before the LLM
+              | "method:" ("aim" | "pool" | "random" | "evs")   token reduction before the LLM
               | "importance:" ("pagerank" | "fastv")      ranking inside the LLM
               | "keep:" number                     single-layer pruning at l1 to this fraction
     number   := plain decimal digits ("0.25", ".5", "1"; no signs or exponents)

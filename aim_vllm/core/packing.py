@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from aim_vllm.core.baselines import reduce_frames_with_origin
+from aim_vllm.core.baselines import reduce_frames_with_origin, reduce_video
 from aim_vllm.core.token_counts import merged_token_count
 
 
@@ -26,10 +26,8 @@ def merge_video_embedding(
     if frame_tokens * num_frames != frames.shape[0]:
         raise ValueError(f"{frames.shape[0]} video tokens do not split into {num_frames} frames")
     target = merged_token_count(frame_tokens, ratio)
-    merged, _ = reduce_frames_with_origin(
-        frames.view(num_frames, frame_tokens, -1), target, method
-    )  # (F, t, C)
-    return torch.cat([merged.flatten(0, 1), newline])
+    merged = reduce_video(frames.view(num_frames, frame_tokens, -1), target, method)  # (F * t, C)
+    return torch.cat([merged, newline])
 
 
 def merge_anyres_image_embedding(

@@ -18,8 +18,10 @@ _PAPER_PRUNE_LAYERS = {28: (14, 22), 32: (13, 21)}
 _PAPER_L1_FRACTION, _PAPER_L2_FRACTION = 14 / 28, 22 / 28
 
 PRESETS = ("off", "light", "balanced", "max")
-# Token reduction before the LLM: AIM's merging, or the baselines of equal token counts.
-MERGE_METHODS = ("aim", "pool", "random")
+# Token reduction before the LLM: AIM's merging, or the baselines of equal token counts
+# ("evs": vLLM's EVS criterion, videos only; `core.baselines`).
+MERGE_METHODS = ("aim", "pool", "random", "evs")
+VIDEO_ONLY_METHODS = ("evs",)  # drop by change between frames: undefined for a single image
 # Importance inside the LLM: AIM's PageRank, or FastV-style text-to-visual attention.
 PRUNE_METHODS = ("pagerank", "fastv")
 
@@ -31,7 +33,8 @@ class AimSchedule:
     Attributes:
         merge_ratio: kept fraction of each frame's visual tokens, in (0, 1]; 1.0 = no merging.
         prune_layers: (l1, l2) with 0 <= l1 < l2, or None for no pruning.
-        merge_method: "aim" (bipartite merging), "pool" (average pooling), "random" (seeded drop).
+        merge_method: "aim" (bipartite merging), "pool" (average pooling), "random" (seeded drop),
+            "evs" (keep the tokens that change most from the previous frame; videos only).
         prune_method: "pagerank" (AIM) or "fastv" (attention the text gives each visual token).
         prune_keep: if set, prune once at l1 to this kept fraction (single-layer pruning, the
             FastV setting) instead of AIM's progressive ramp from l1 to l2.

@@ -3,9 +3,9 @@
 Levels are in the text form of `aim_vllm.core.level` (the gateway's `X-AIM-Level`), one per
 argument: `--levels off balanced budget:0.1 merge:0.25,method:pool,prune:3-5`.
 `baselines_for(preset, ...)` gives, for one preset, AIM's explicit schedule and the issue's
-baselines at the same token counts: uniform pooling and random drop instead of merging (same
-pruning), FastV-style single-layer pruning keeping the fraction whose executed FLOPs match AIM's,
-merge only and prune only.
+baselines at the same token counts: uniform pooling, random drop and vLLM's EVS criterion instead
+of merging (same pruning; EVS asked of video items only), FastV-style single-layer pruning keeping
+the fraction whose executed FLOPs match AIM's, merge only and prune only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.level import AimLevel, parse_text
 from aim_vllm.core.schedule import AimSchedule, preset_schedule
 
-BASELINE_NAMES = ("pool", "random", "fastv", "merge-only", "prune-only")  # `baselines_for`'s rows
+BASELINE_NAMES = ("pool", "random", "evs", "fastv", "merge-only", "prune-only")  # `baselines_for`'s rows
 
 
 def canonical_levels(specs: list[str]) -> list[str]:
@@ -41,6 +41,7 @@ def baselines_for(preset: str, shape: LLMShape, layout: VisualLayout, text_token
         f"aim-{preset}": aim,
         "pool": AimSchedule(aim.merge_ratio, aim.prune_layers, merge_method="pool"),
         "random": AimSchedule(aim.merge_ratio, aim.prune_layers, merge_method="random"),
+        "evs": AimSchedule(aim.merge_ratio, aim.prune_layers, merge_method="evs"),
         "fastv": AimSchedule(aim.merge_ratio, (l1, l1 + 1), prune_method="fastv", prune_keep=keep),
         "merge-only": AimSchedule(aim.merge_ratio),
         "prune-only": AimSchedule(1.0, aim.prune_layers),

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from aim_vllm.core.level import parse_text
+from aim_vllm.core.schedule import VIDEO_ONLY_METHODS
 from aim_vllm.evaluation.scoring import is_correct
 from aim_vllm.media import image_part, jpeg_video_data_url, png_data_url, video_part
 from aim_vllm.synthetic import load_media, prompt_text
@@ -96,6 +98,14 @@ async def ask(
     )
 
 
+def applies(item: dict, level: str) -> bool:
+    """Whether `level` is asked of `item`: a video-only reduction (EVS) skips items with images."""
+    schedule = parse_text(level).schedule
+    if schedule is None or schedule.merge_method not in VIDEO_ONLY_METHODS:
+        return True
+    return all(entry["type"] != "image" for entry in item["media"])
+
+
 def done_keys(path: Path) -> set[tuple[str, str]]:
     """(id, level) pairs already answered without error in the results file."""
     if not path.exists():
@@ -123,7 +133,12 @@ async def run_all(
     """Ask every (item, level) not yet in `out` (appending results as they come)."""
     done = done_keys(out)
     # Levels interleaved per item: drift of the machine hits every level alike.
-    jobs = [(item, level) for item in items for level in levels if (item["id"], level) not in done]
+    jobs = [
+        (item, level)
+        for item in items
+        for level in levels
+        if (item["id"], level) not in done and applies(item, level)
+    ]
     semaphore = asyncio.Semaphore(concurrency)
     parts_cache: dict[str, list[dict]] = {}
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0)) as client:

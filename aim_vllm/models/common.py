@@ -20,7 +20,7 @@ from aim_vllm.config import default_level
 from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.level import parse_engine_kwargs, schedule_kwargs, without_engine_keys
-from aim_vllm.core.schedule import OFF, AimSchedule
+from aim_vllm.core.schedule import OFF, VIDEO_ONLY_METHODS, AimSchedule
 from aim_vllm.kv.spec import install_stage_specs
 from aim_vllm.pruning.decoder import PruningDecoder
 from aim_vllm.pruning.parallel import TensorParallel
@@ -53,6 +53,11 @@ class AimProcessorMixin:
                     f"merge_method {schedule.merge_method!r} is not available for this model "
                     f"(available: {', '.join(self.aim_merge_methods)})"
                 )
+            if schedule.merges and schedule.merge_method in VIDEO_ONLY_METHODS and _has_images(inputs):
+                raise ValueError(
+                    f"merge_method {schedule.merge_method!r} applies to videos only (it keeps the tokens "
+                    "that change from one frame to the next); send images with another method"
+                )
             kwargs.update(schedule_kwargs(schedule))
         return super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
 
@@ -63,6 +68,10 @@ class AimProcessorMixin:
         num_items = sum(len(items) for items in inputs.mm_data_items.values())
         text_tokens = max(0, len(inputs.prompt) - num_items)  # one placeholder token per item
         return solve_budget(budget, self._aim_llm_shape(), self.aim_layout(inputs.mm_data_items), text_tokens)
+
+
+def _has_images(inputs) -> bool:
+    return any(modality == "image" and len(items) > 0 for modality, items in inputs.mm_data_items.items())
 
 
 class AimModelMixin:

@@ -71,7 +71,7 @@ class AimLlavaOnevisionProcessingInfo(LlavaOnevisionProcessingInfo):
 class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMultiModalProcessor):
     """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
 
-    aim_merge_methods = ("aim", "pool", "random")  # AIM and the equal-count baselines
+    aim_merge_methods = ("aim", "pool", "random", "evs")  # AIM and the equal-count baselines
 
     def aim_layout(self, mm_items) -> VisualLayout:
         groups, extra = [], 0

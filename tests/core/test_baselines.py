@@ -1,9 +1,10 @@
-"""Baselines at AIM's token counts: uniform pooling, seeded random drop, FastV-style importance."""
+"""Baselines at AIM's token counts: uniform pooling, seeded random drop, vLLM's EVS criterion,
+FastV-style importance."""
 
 import pytest
 import torch
 
-from aim_vllm.core.baselines import reduce_frames_with_origin
+from aim_vllm.core.baselines import evs_video_with_origin, reduce_frames_with_origin, reduce_video
 from aim_vllm.core.importance import importance, text_attention_importance
 from aim_vllm.core.packing import merge_anyres_image_embedding, merge_video_embedding
 from aim_vllm.core.schedule import AimSchedule
@@ -37,6 +38,27 @@ def test_random_drop_is_seeded_and_keeps_tokens() -> None:
     assert not torch.equal(origin[0], origin[1])  # frames differ
 
 
+def test_evs_keeps_what_changes_between_frames() -> None:
+    """vLLM's EVS criterion at the video's count: the first frame first, then the positions whose
+    token moved most from the previous frame, in original order; frames keep unequal counts."""
+    still = X[:1].repeat(3, 1, 1).clone()
+    still[1:, 5] = torch.randn(8, generator=torch.Generator().manual_seed(1))  # changes in frame 1 only
+    still[2, 7] = -still[1, 7]  # opposite direction in frame 2: the largest change (2)
+    out, origin = evs_video_with_origin(still, 66)  # 3 x 66 = 198 = frame 0 (196) + 2
+    assert origin.tolist() == [*range(196), 196 + 5, 2 * 196 + 7]
+    assert origin.tolist() == sorted(origin.tolist())
+    assert torch.equal(out, still.flatten(0, 1)[origin])
+    assert reduce_video(still, 66, "evs").shape == (198, 8)
+    with pytest.raises(ValueError, match="whole video"):
+        reduce_frames_with_origin(still, 66, "evs")  # an image or a frame alone has no EVS
+
+
+@pytest.mark.parametrize("method", ["aim", "pool", "random", "evs"])
+def test_reduce_video_keeps_the_count(method: str) -> None:
+    assert reduce_video(X, 37, method).shape == (3 * 37, 8)
+    assert torch.equal(reduce_video(X, 196, method), X.flatten(0, 1))
+
+
 @pytest.mark.parametrize("method", ["pool", "random"])
 def test_packings_accept_baselines(method: str) -> None:
     video = torch.cat([torch.randn(2 * 196, 8), torch.full((1, 8), 7.0)])
@@ -46,6 +68,7 @@ def test_packings_accept_baselines(method: str) -> None:
     out = merge_anyres_image_embedding(image, 16, 3, 0.4, method)
     assert out.shape[0] == merged_anyres_image_tokens(16, 15, 3, 0.4)
     assert int((out == 7.0).all(-1).sum()) == 3
+    assert merge_video_embedding(video, 2, 0.25, "evs").shape[0] == merged_video_tokens(2, 196, 0.25)
 
 
 def test_fastv_importance_is_attention_from_text() -> None:

@@ -38,10 +38,28 @@ def test_baselines_match_reference(aim_engine, reference, video, image, kind, sc
     assert_matches_reference(reference, response, [item], schedule)
 
 
+def test_evs_matches_reference_on_videos_and_refuses_images(aim_engine, reference, video, image) -> None:
+    """vLLM's EVS criterion at AIM's count (with AIM's pruning after it) equals its pure-torch
+    definition; on an image (no previous frame) it is a clear 400."""
+    schedule = AimSchedule(0.3, (1, 4), merge_method="evs")
+    response = chat(aim_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=5)
+    assert response["usage"]["aim"]["pruning"] == "pruned"
+    assert_matches_reference(reference, response, [video], schedule)
+    body = {
+        "model": aim_engine.model,
+        "messages": [{"role": "user", "content": [image.part, {"type": "text", "text": QUESTION}]}],
+        "max_tokens": 1,
+        "mm_processor_kwargs": aim_kwargs(schedule),
+    }
+    refused = httpx.post(aim_engine.url + "/v1/chat/completions", json=body, timeout=120)
+    assert refused.status_code == 400
+    assert "videos only" in refused.json()["error"]["message"]
+
+
 def test_baselines_use_aims_token_counts(aim_engine, video) -> None:
-    """Pooling / random drop give exactly AIM's merged count; FastV keeps int(N * keep) from l1 on."""
+    """Pooling / random drop / EVS give exactly AIM's merged count; FastV keeps int(N * keep) from l1 on."""
     counts = {}
-    for method in ("aim", "pool", "random"):
+    for method in ("aim", "pool", "random", "evs"):
         aim = chat(
             aim_engine, [video], QUESTION, aim_kwargs(AimSchedule(0.3, merge_method=method)), max_tokens=1
         )

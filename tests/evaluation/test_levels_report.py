@@ -31,10 +31,16 @@ def test_baselines_share_aims_counts_and_flops() -> None:
     layout = VisualLayout((196,) * 8, 1)
     levels = baselines_for("balanced", spec.llm, layout, 40)
     aim = preset_schedule("balanced", spec.llm.num_layers)
-    assert set(levels) == {"aim-balanced", "pool", "random", "fastv", "merge-only", "prune-only"}
+    assert set(levels) == {"aim-balanced", "pool", "random", "evs", "fastv", "merge-only", "prune-only"}
     knobs = {name: parse_text(level).schedule for name, level in levels.items()}  # all valid levels
-    assert knobs["pool"].merge_ratio == knobs["random"].merge_ratio == aim.merge_ratio
+    assert (
+        knobs["pool"].merge_ratio
+        == knobs["random"].merge_ratio
+        == knobs["evs"].merge_ratio
+        == aim.merge_ratio
+    )
     assert knobs["pool"].merge_method == "pool" and knobs["fastv"].prune_method == "fastv"
+    assert knobs["evs"].merge_method == "evs" and knobs["evs"].prune_layers == aim.prune_layers
     fastv = AimSchedule(aim.merge_ratio, knobs["fastv"].prune_layers, prune_keep=knobs["fastv"].prune_keep)
     target = estimate_flops(aim, spec.llm, layout, 40).executed
     assert estimate_flops(fastv, spec.llm, layout, 40).executed == pytest.approx(target, rel=0.02)
@@ -81,3 +87,12 @@ def test_plot_marks_baselines_apart_from_aim_levels() -> None:
         row("prune-only", "merge:1,prune:3-5"),
     ]
     assert not any(map(is_baseline, aim)) and all(map(is_baseline, baselines))
+
+
+def test_video_only_baselines_skip_image_items() -> None:
+    from aim_vllm.evaluation.runner import applies
+
+    image, video = {"media": [{"type": "image"}]}, {"media": [{"type": "video"}]}
+    evs = "merge:0.25,method:evs,prune:3-5"
+    assert applies(video, evs) and not applies(image, evs)
+    assert applies(image, "merge:0.25,method:pool") and applies(image, "balanced")
