@@ -14,6 +14,9 @@ Ledger (vllm==0.32.0):
    `models/model_state.py`) and fails an engine whose rank raised.
 Attention backends are not patched: the AIM model wraps its own layers' backends
 (`attention/backends.py`), so other models in the process see vLLM's backends unchanged.
+KV memory (Design C) patches nothing either: the AIM model's own layers report a stage spec
+(`kv/spec.py`), registered through vLLM's `KVCacheSpecRegistry` with its manager, and the
+scheduler is chosen by `--scheduler-cls` (`kv/scheduler.py`); other models keep vLLM's specs.
 """
 
 from __future__ import annotations
