@@ -20,9 +20,13 @@ def test_eval_runs_levels_and_baselines(gateway, aim_engine, tiny_model_dir, tmp
     summary = json.loads((out / "summary.json").read_text())
     names = [row["name"] for row in summary]
     assert names[:2] == ["off", "balanced"]
-    assert {"aim-balanced", "pool", "random", "fastv", "merge-only", "prune-only"} <= set(names)
-    assert all(not r["error"] for r in results) and len(results) == 3 * len(summary)
+    assert {"aim-balanced", "pool", "random", "evs", "fastv", "merge-only", "prune-only"} <= set(names)
+    items = [json.loads(line) for line in items_file.read_text().splitlines()]
+    videos = sum(item["media"][0]["type"] == "video" for item in items)
     by_name = {row["name"]: row for row in summary}
+    assert by_name["evs"]["n"] == videos > 0  # EVS is asked of video items only
+    assert all(row["n"] == len(items) for row in summary if row["name"] != "evs")
+    assert all(not r["error"] for r in results) and len(results) == sum(row["n"] for row in summary)
     assert by_name["off"]["flops_ratio"] == 1.0
     assert by_name["pool"]["prompt_tokens"] == by_name["aim-balanced"]["prompt_tokens"]
     assert by_name["balanced"]["flops_ratio"] < 0.5
