@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aim_vllm.core.flops import LLMShape, executed_prefill_flops, prefill_flops
+from aim_vllm.kv.plan import cdiv
 
 STATS_DIR_ENV = "AIM_VLLM_STATS_DIR"
 _ENGINE_SUFFIX_LEN = 9  # "-" + 8 random characters (vllm==0.32.0 InputProcessor.assign_request_id)
@@ -91,7 +92,7 @@ def kv_usage(num_prompt: int, held: list[int] | None, block_size: int | None) ->
     """The `kv_*` fields of a prefill that left `held` blocks per layer."""
     if held is None or not block_size:
         return {}
-    full = -(-num_prompt // block_size)  # every layer holding the whole prompt (Design A)
+    full = cdiv(num_prompt, block_size)  # every layer holding the whole prompt (Design A)
     return {
         "kv_block_size": block_size,
         "kv_blocks_per_layer": list(held),

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from aim_vllm.core.schedule import AimSchedule
+from aim_vllm.kv.plan import blocks_needed
 from aim_vllm.pruning.decoder import PruningDecoder
 from aim_vllm.pruning.state import KVBlocks, PruneRecord, RequestStep, StepContext
 
@@ -31,14 +32,14 @@ def _plan(held_per_layer: list[int]):
 
 
 def test_blocks_for_what_each_layer_keeps_pass_and_are_reported() -> None:
-    needed = [-(-rows // BLOCK) for rows in PruneRecord.planned(REQ, LAYERS).rows_per_layer]
+    needed = blocks_needed(PruneRecord.planned(REQ, LAYERS).rows_per_layer, BLOCK)
     plan = _plan(needed)
     assert plan.kv_held == {"r": needed} and plan.kv_block_size == BLOCK
 
 
 def test_a_layer_short_of_blocks_fails_loudly() -> None:
     """E.g. the scheduler pruned a request the worker does not: never write to the null block."""
-    needed = [-(-rows // BLOCK) for rows in PruneRecord.planned(REQ, LAYERS).rows_per_layer]
+    needed = blocks_needed(PruneRecord.planned(REQ, LAYERS).rows_per_layer, BLOCK)
     needed[1] -= 1
     with pytest.raises(RuntimeError, match="layer 1"):
         _plan(needed)
