@@ -1,12 +1,13 @@
-"""PageRank importance time at long prompts: causal row blocks against one dense N x N block.
+"""PageRank importance against the decoder layer it prunes at, side by side (pure torch, no vLLM).
 
-Run: .venv/bin/python bench/pagerank_cost.py [--tokens 1668 6372] [--shape llava-onevision-0.5b]
-Pure torch (no vLLM). `aim_vllm.core.importance.pagerank_importance` with its default `row_block`
-(rows [r0, r1) computed against keys [0, r1) only) and with `row_block = N` (the whole causal N x N
-matrix at once, as before the blocks), interleaved in one run on the same random rotated Q/K of
-one pruning layer of the shape. 6,372 tokens = 32 frames x 196 + 100 text tokens; 1,668 = the same
-after merging to 25%. Prints one JSON line per prompt length: median seconds of each, their
-ratio and the largest absolute difference of the scores.
+Run: .venv/bin/python bench/pagerank_cost.py [--tokens 1668 6372] [--shape llava-onevision-0.5b ...]
+For each shape and prompt length, interleaved in one run: one decoder layer of the shape without
+pruning (`bench.gpu_prefill.layer_forward`: RMSNorm, QKV, RoPE, causal SDPA, o_proj, SwiGLU MLP;
+random weights) and `aim_vllm.core.importance.pagerank_importance` at its defaults on rotated
+Q/K of the same size. 6,372 tokens = 32 frames x 196 + 100 text tokens; 1,668 = the same after
+merging to 25%. The scores are checked against the definition computed one head at a time on the
+whole N x N (`pagerank_importance_masked`, every token active). Prints one JSON line per row:
+median seconds of each, importance / layer, the largest absolute difference of the scores.
 """
 
 from __future__ import annotations
@@ -15,34 +16,58 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
 from aim_vllm.core.architectures import ARCHITECTURES
-from aim_vllm.core.importance import pagerank_importance
+from aim_vllm.core.importance import pagerank_importance, pagerank_importance_masked
+from bench.gpu_prefill import Rows, init_layers, layer_forward, rope_tables
 
 
-def compare(tokens: int, heads: int, kv_heads: int, head_dim: int, repeats: int) -> dict:
-    """Median seconds of blocked and dense PageRank on one random layer, interleaved."""
+def dense_reference(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The definition on the whole causal N x N, one head at a time (RMS over heads)."""
+    group = q.shape[1] // k.shape[1]
+    everything = torch.ones(q.shape[0], dtype=torch.bool)
+    per_head = [
+        pagerank_importance_masked(q[:, h : h + 1], k[:, h // group : h // group + 1], everything)
+        for h in range(q.shape[1])
+    ]
+    return torch.stack(per_head).square().mean(dim=0).sqrt()
+
+
+@torch.no_grad()
+def compare(shape_name: str, tokens: int, repeats: int, check: bool) -> dict:
+    """Median seconds of one layer and of its importance, interleaved, on random inputs."""
+    shape = replace(ARCHITECTURES[shape_name].llm, num_layers=1)
     generator = torch.Generator().manual_seed(tokens)
-    q = torch.randn(tokens, heads, head_dim, generator=generator)
-    k = torch.randn(tokens, kv_heads, head_dim, generator=generator)
-    variants = {"blocked": {}, "dense": {"row_block": tokens}}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    scores = {}
-    for _ in range(repeats):
-        for name, kwargs in variants.items():
-            began = time.perf_counter()
-            scores[name] = pagerank_importance(q, k, **kwargs)
-            times[name].append(time.perf_counter() - began)
-    blocked, dense = (statistics.median(times[name]) for name in ("blocked", "dense"))
-    return {
-        "tokens": tokens,
-        "blocked_s": blocked,
-        "dense_s": dense,
-        "dense_over_blocked": dense / blocked,
-        "max_abs_diff": (scores["blocked"] - scores["dense"]).abs().max().item(),
+    q = torch.randn(tokens, shape.num_heads, shape.head_dim, generator=generator)
+    k = torch.randn(tokens, shape.num_kv_heads, shape.head_dim, generator=generator)
+    (layer,) = init_layers(shape, "cpu", torch.float32)
+    hidden = torch.randn(tokens, shape.hidden_size, generator=generator)
+    cos, sin = rope_tables(torch.arange(tokens), shape.head_dim, hidden.dtype)
+    rows = Rows(hidden, cos, sin, is_visual=torch.zeros(tokens, dtype=torch.bool))
+    timed = {
+        "layer": lambda: layer_forward(layer, rows, shape, None),
+        "importance": lambda: pagerank_importance(q, k),
     }
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    for _ in range(repeats):
+        for name, run in timed.items():
+            began = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - began)
+    layer_s, importance_s = (statistics.median(times[name]) for name in timed)
+    row = {
+        "shape": shape_name,
+        "tokens": tokens,
+        "layer_s": layer_s,
+        "importance_s": importance_s,
+        "importance_over_layer": importance_s / layer_s,
+    }
+    if check:
+        row["max_abs_diff"] = (pagerank_importance(q, k) - dense_reference(q, k)).abs().max().item()
+    return row
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -50,18 +75,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tokens", type=int, nargs="+", default=[1668, 6372])
-    parser.add_argument("--shape", choices=sorted(ARCHITECTURES), default="llava-onevision-0.5b")
+    parser.add_argument("--shape", choices=sorted(ARCHITECTURES), nargs="+", default=["llava-onevision-0.5b"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-check", dest="check", action="store_false", help="skip the dense reference")
     args = parser.parse_args(argv)
-    llm = ARCHITECTURES[args.shape].llm
     rows = []
-    for tokens in args.tokens:
-        row = {
-            "shape": args.shape,
-            **compare(tokens, llm.num_heads, llm.num_kv_heads, llm.head_dim, args.repeats),
-        }
-        print(json.dumps(row))
-        rows.append(row)
+    for shape_name in args.shape:
+        for tokens in args.tokens:
+            row = compare(shape_name, tokens, args.repeats, args.check)
+            print(json.dumps(row))
+            rows.append(row)
     return rows
 
 

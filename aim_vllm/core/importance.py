@@ -6,8 +6,8 @@ so a token is important when much attention flows into it. The importance of a t
 over heads of its PageRank mass. Text tokens are never pruned; only visual tokens are ranked.
 
 The paged attention kernels return no attention weights, so callers pass the layer's rotated
-queries and keys and the logits are recomputed here one head chunk at a time: never all heads'
-N x N matrices in float32 at once.
+queries and keys and the logits are recomputed here one row block of a head chunk at a time:
+never an N x N matrix in float32.
 
 Tensor parallelism: a rank holds only some heads. `head_sum` (a sum over ranks, e.g. an
 all-reduce) turns each rank's per-head sums into the sums over all heads, so every rank scores
@@ -46,47 +46,54 @@ def pagerank_importance(
     k: torch.Tensor,
     tau: float = DEFAULT_TAU,
     iters: int = DEFAULT_ITERS,
-    head_chunk: int = 4,
-    row_block: int = 1024,
+    head_chunk: int = 2,
+    row_block: int = 256,
     head_sum: HeadSum | None = None,
 ) -> torch.Tensor:
-    """PageRank importance of every token of one causal sequence.
+    """PageRank importance of every token of one causal sequence, in one pass over M.
+
+    M is lower triangular, so v_{t+1}[j] = sum_{i >= j} v_t[i] M[i, j]: the mass of the rows
+    [r0, r1) in every iteration is final once all later rows have passed theirs on. Row blocks
+    are therefore taken last to first and each block of M (rows [r0, r1) against keys [0, r1)) is
+    computed once, used for all iterations and dropped: the diagonal block passes mass inside the
+    block iteration by iteration, then one product sends the block's mass of iterations 0..T-1
+    to the earlier columns. Nothing N x N is ever held; M's rows are left unnormalised (the
+    softmax denominators scale v instead).
 
     Args:
         q: [N, H, D] rotated queries of the tokens the layer processed.
         k: [N, Hkv, D] rotated keys of the same tokens (H % Hkv == 0, grouped-query heads).
         tau: softmax temperature applied to the scaled logits.
         iters: PageRank iterations v <- v M from the uniform start.
-        head_chunk: heads whose attention rows are held at once.
-        row_block: query rows per block. M is causal, so the rows [r0, r1) are computed against
-            keys [0, r1) only: about half of the N x N work and memory at long prompts.
+        head_chunk: heads computed together.
+        row_block: query rows per block of M (small blocks stay in cache).
         head_sum: under tensor parallelism, the sum over ranks (module docstring).
     Returns:
         [N] float32 importance, sqrt(mean over heads of v_h^2).
     """
     num_tokens, num_heads, head_size = q.shape
     group = num_heads // k.shape[1]
-    scale = head_size**-0.5 / tau
-    blocks = [(r0, min(r0 + row_block, num_tokens)) for r0 in range(0, num_tokens, row_block)]
     side = min(row_block, num_tokens)
     future = torch.ones(side, side, dtype=torch.bool, device=q.device).triu(1)
     sum_sq = torch.zeros(num_tokens, dtype=torch.float32, device=q.device)
     for start in range(0, num_heads, head_chunk):
         heads = torch.arange(start, min(start + head_chunk, num_heads), device=q.device)
-        qh = q[:, heads].float().transpose(0, 1)  # (h, N, D)
-        kh = k[:, heads // group].float().transpose(0, 1)  # (h, N, D)
-        rows = []  # per block: (h, r1 - r0, r1) rows of M
-        for r0, r1 in blocks:
-            logits = (qh[:, r0:r1] @ kh[:, :r1].transpose(-1, -2)).mul_(scale)
-            logits[..., r0:].masked_fill_(future[: r1 - r0, : r1 - r0], float("-inf"))
-            rows.append(logits.softmax(dim=-1))
-        v = torch.full((len(heads), 1, num_tokens), 1.0 / num_tokens, device=q.device)
-        for _ in range(iters):
-            flowed = torch.zeros_like(v)  # v M, one row block at a time
-            for (r0, r1), attn in zip(blocks, rows, strict=True):
-                flowed[..., :r1] += v[..., r0:r1] @ attn
-            v = flowed
-        sum_sq += v.squeeze(1).square().sum(dim=0)
+        qh = (q[:, heads].float() * (head_size**-0.5 / tau)).transpose(0, 1).contiguous()  # (h, N, D)
+        kh = k[:, heads // group].float().transpose(0, 1).contiguous()  # (h, N, D)
+        mass = torch.zeros(len(heads), iters + 1, num_tokens, device=q.device)  # v_0 .. v_T
+        mass[:, 0] = 1.0 / num_tokens
+        for r0 in reversed(range(0, num_tokens, row_block)):
+            r1 = min(r0 + row_block, num_tokens)
+            rows = qh[:, r0:r1] @ kh[:, :r1].transpose(-1, -2)  # (h, r1 - r0, r1) logits
+            rows[..., r0:].masked_fill_(future[: r1 - r0, : r1 - r0], float("-inf"))
+            rows.sub_(rows.amax(dim=-1, keepdim=True)).exp_()  # softmax numerators
+            inverse = rows.sum(dim=-1).reciprocal_()[:, None]  # (h, 1, r1 - r0)
+            block = mass[..., r0:r1]  # a view: (h, T + 1, r1 - r0)
+            for t in range(1, iters + 1):
+                block[:, t : t + 1] += (block[:, t - 1 : t] * inverse) @ rows[..., r0:]
+            if r0:
+                mass[:, 1:, :r0] += (block[:, :iters] * inverse) @ rows[..., :r0]
+        sum_sq += mass[:, iters].square().sum(dim=0)
     return _mean_over_all_heads(sum_sq, num_heads, head_sum).sqrt()
 
 

@@ -1,4 +1,4 @@
-"""bench/pagerank_cost.py: one small run (two row blocks against one dense block)."""
+"""bench/pagerank_cost.py: one small run (layer and importance timed, scores against the dense definition)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import json
 import pytest
 
 
-@pytest.mark.timeout(60)
-def test_blocked_and_dense_agree_and_are_timed(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = importlib.import_module("bench.pagerank_cost").main(["--tokens", "1100", "300", "--repeats", "1"])
-    assert [row["tokens"] for row in rows] == [1100, 300]
-    assert all(row["blocked_s"] > 0 and row["dense_s"] > 0 for row in rows)
-    assert rows[0]["max_abs_diff"] < 1e-6  # 1100 > the default 1024-row block: two blocks
-    assert rows[1]["max_abs_diff"] == 0.0  # one block either way: the same computation
-    lines = capsys.readouterr().out.splitlines()
-    assert json.loads(lines[0])["shape"] == "llava-onevision-0.5b"
+@pytest.mark.timeout(120)
+def test_layer_and_importance_are_timed_and_scores_match_the_definition(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = importlib.import_module("bench.pagerank_cost").main(["--tokens", "600", "100", "--repeats", "1"])
+    assert [row["tokens"] for row in rows] == [600, 100]
+    for row in rows:
+        assert row["layer_s"] > 0 and row["importance_s"] > 0
+        assert row["importance_over_layer"] == pytest.approx(row["importance_s"] / row["layer_s"])
+    assert rows[0]["max_abs_diff"] < 1e-6  # 600 tokens: three row blocks of the default 256
+    assert rows[1]["max_abs_diff"] < 1e-6
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["shape"] == "llava-onevision-0.5b"
