@@ -39,6 +39,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems, VideoProcessorItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 from vllm.multimodal.processing.inputs import ProcessorInputs
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
@@ -55,6 +56,7 @@ __all__ = [
     "FullAttentionSpec",
     "KVCacheSpecRegistry",
     "Scheduler",
+    "AsyncScheduler",
     "GPUModelRunner",
     "get_forward_context",
     "get_tp_group",
