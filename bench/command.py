@@ -25,6 +25,11 @@ alone, as the engine resolves them for the model).
 --plugin-overhead: plain vLLM (plugin disabled, same flags) against the AIM engine with AIM off,
 each engine up alone for its turn of every round, same workload sent to each engine directly;
 reports the throughput ratio (goal >= 0.98).
+--evs RATE: stock vLLM with its own video pruning (EVS, `--video-pruning-rate RATE`, plugin
+disabled) against the AIM engine at `off`, merging to 1 - RATE (as many tokens as EVS in every
+layer), the same merge plus pruning (as many tokens entering the LLM) and `budget:` EVS's FLOPs;
+each engine up alone for its turn of every round; videos only. A Qwen2.5-VL model (vLLM's EVS
+supports the Qwen-VL family). On the CPU the stock engine needs `bench/evs_cpu` (said in the report).
 --quick: a smoke run on the embedded tiny model (image + 8-frame video, concurrency 1 and 2,
 one request per slot, one round): a few minutes on a laptop CPU.
 """
@@ -59,7 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plugin-overhead", action="store_true", help="plain vLLM vs AIM engine with AIM off"
     )
-    parser.add_argument("--media", nargs="+", help="image, video<frames> (default: image video8 video16)")
+    parser.add_argument(
+        "--evs",
+        type=float,
+        metavar="RATE",
+        help="stock vLLM with --video-pruning-rate RATE vs the AIM engine at equal tokens and FLOPs",
+    )
+    parser.add_argument(
+        "--media", nargs="+", help="image, video<frames> (default: image video8 video16; --evs: videos)"
+    )
     parser.add_argument("--concurrency", nargs="+", type=int, help="requests in flight (default: 1 4 16)")
     parser.add_argument("--levels", nargs="+", default=list(DEFAULT_LEVELS), help="AIM levels; off is added")
     parser.add_argument("--rounds", type=int, help="interleaved rounds over all cells (default 2)")
@@ -127,16 +140,20 @@ def options_from_args(args: argparse.Namespace):
         or counts["split_pairs"] < 0
     ):
         raise ValueError(f"counts must be >= 1 (split pairs >= 0): {counts}, concurrency {concurrency}")
+    if args.evs is not None and (args.plugin_overhead or not 0.0 < args.evs < 1.0):
+        raise ValueError(f"--evs takes a rate in (0, 1) and excludes --plugin-overhead, got {args.evs}")
+    media = _pick(args, "media") if args.evs is None or args.media else ["video8", "video16"]
     model, label, flags = model_and_flags(args)
-    prefix = "plugin-overhead" if args.plugin_overhead else "bench"
+    prefix = "plugin-overhead" if args.plugin_overhead else "evs" if args.evs is not None else "bench"
     out = args.out or Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     return BenchOptions(
         model=model, model_label=label, engine_flags=tuple(flags),
-        media=tuple(parse_media(m) for m in _pick(args, "media")), concurrency=tuple(concurrency),
+        media=tuple(parse_media(m) for m in media), concurrency=tuple(concurrency),
         levels=tuple(args.levels), rounds=counts["rounds"], waves=counts["waves"],
         split_pairs=counts["split_pairs"], max_tokens=counts["max_tokens"], image_size=args.image_size,
         frame_size=args.frame_size, out_dir=out, startup_timeout_s=args.startup_timeout,
-        plugin_overhead=args.plugin_overhead, seed=args.seed, progress=not args.no_progress,
+        plugin_overhead=args.plugin_overhead, evs_rate=args.evs, seed=args.seed,
+        progress=not args.no_progress,
     )  # fmt: skip
 
 

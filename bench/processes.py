@@ -57,11 +57,14 @@ def plain_engine_argv(model: str, flags: list[str], port: int) -> list[str]:
     return out
 
 
-def start_plain_engine(model: str, flags: list[str], log_dir: Path, index: int = 1) -> Replica:
-    """Stock vLLM (plugin disabled) with the AIM engine's flags, on a free local port."""
+def start_plain_engine(
+    model: str, flags: list[str], log_dir: Path, index: int = 1, env: dict[str, str] | None = None
+) -> Replica:
+    """Stock vLLM (plugin disabled) with the AIM engine's flags, on a free local port; `env`
+    overrides this process's environment for it."""
     port = free_port()
     log_path = log_dir / f"plain-{index}.log"
-    env = {**_ENGINE_ENV_DEFAULTS, **os.environ, DISABLE_ENV: "1"}
+    env = {**_ENGINE_ENV_DEFAULTS, **os.environ, **(env or {}), DISABLE_ENV: "1"}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # what `aim-vllm engine` sets
     command = [sys.executable, "-m", PLAIN_ENTRY, *plain_engine_argv(model, flags, port)]
     with log_path.open("wb") as log:

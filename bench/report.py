@@ -30,6 +30,7 @@ _LOAD_COLUMNS = (
     ("xref", ("ratio", "requests_per_s"), "{:.2f}"),
     ("out tok/s", "output_tokens_per_s", "{:.2f}"),
     ("xref", ("ratio", "output_tokens_per_s"), "{:.2f}"),
+    ("prompt tok", "prompt_tokens", "{:.0f}"),
     ("n", "requests", "{}"),
     ("err", "errors", "{}"),
 )
@@ -125,6 +126,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     if result["mode"] == "plugin-overhead":
         parts += ["", plugin_verdict(result)]
+    if result["mode"] == "evs":
+        levels = "; ".join(f"`{label}`: {text}" for label, text in result["levels"].items())
+        parts += ["", f"levels: {levels}", "", f"Note: {result['evs_cpu_fix']}."]
     if result.get("split"):
         parts += ["", "## Where the time goes: first token, end to end vs LLM part (concurrency 1)", ""]
         parts.append(split_table(result))

@@ -10,6 +10,14 @@ engines up together bind their workers' OpenMP threads to the same core and dist
 (measured with both up: one engine's TTFT 70% above the other's for the same workload).
 Requests go to each engine directly (the gateway is not what is measured here; see
 `bench/gateway_overhead.py`), AIM engine requests carrying the gateway's `{"aim_preset": "off"}`.
+
+EVS mode (`--evs RATE`): stock vLLM with its own video pruning (`--video-pruning-rate RATE`,
+plugin disabled) against the AIM engine, each alone for its turn of every round as above. On the
+AIM engine: `off` (the reference), `aim-merge` (merging to 1 - RATE: as many visual tokens in
+every layer as EVS keeps), `aim-tokens` (the same merge plus the balanced preset's pruning: as
+many visual tokens entering the LLM as EVS) and `aim-flops` (`budget:` EVS's LLM FLOPs ratio,
+i.e. `aim-merge`'s). vLLM 0.32's CPU runner never switches EVS on (`bench/evs_cpu`): the stock
+engine gets the GPU runner's setting there, and the report says so.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from typing import Any
 
 import httpx
 
+from aim_vllm.core.level import AimLevel, parse_text
+from aim_vllm.core.schedule import AimSchedule
 from bench import client as bench_client
 from bench import processes, stats
 from bench.workload import (
@@ -48,6 +58,13 @@ from bench.workload import (
 )
 
 PLAIN, AIM_OFF = "plain", "aim-off"
+EVS, AIM_MERGE, AIM_TOKENS, AIM_FLOPS = "evs", "aim-merge", "aim-tokens", "aim-flops"
+EVS_CPU_FIX = Path(__file__).with_name("evs_cpu")
+EVS_CPU_NOTE = (
+    "vLLM 0.32's CPUModelRunner.load_model never sets is_multimodal_pruning_enabled; the stock EVS "
+    "engine ran with bench/evs_cpu/sitecustomize.py, which sets it after load_model as "
+    "GPUModelRunner.load_model does"
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,7 @@ class BenchOptions:
     out_dir: Path
     startup_timeout_s: float = 1800.0
     plugin_overhead: bool = False
+    evs_rate: float | None = None  # EVS mode: stock vLLM's --video-pruning-rate against AIM
     seed: int = 10_000
     progress: bool = True
 
@@ -88,6 +106,23 @@ class Target:
 
     level: Level
     url: str
+
+
+@dataclass(frozen=True)
+class EngineTurn:
+    """An engine of an engine-comparison run and the levels measured on it.
+
+    `plain`: stock vLLM (plugin disabled) rather than the AIM engine; `flags` and `env` are
+    added for this engine only; `resolve` (async, given the session and the engine's URL) turns
+    levels known only by label into what their requests carry, once, at the engine's first turn.
+    """
+
+    name: str
+    levels: tuple[Level, ...]
+    plain: bool = False
+    flags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    resolve: Any = None
 
 
 class Session:
@@ -133,12 +168,17 @@ def run(options: BenchOptions) -> dict[str, Any]:
     """Start the processes, measure, stop them; the result dict (see `report`)."""
     if options.plugin_overhead:  # two fixed targets, no split phases: report the settings that ran
         options = dataclasses.replace(options, levels=(PLAIN, AIM_OFF), split_pairs=0)
+    elif options.evs_rate is not None:
+        labels = (EVS, REFERENCE_LEVEL, AIM_MERGE, AIM_TOKENS, AIM_FLOPS)
+        options = dataclasses.replace(options, levels=labels)
     log_dir = options.out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load_start = _loadavg()
     if options.plugin_overhead:
         served, body = asyncio.run(_measure_plugin(options, log_dir))
+    elif options.evs_rate is not None:
+        served, body = asyncio.run(_measure_evs(options, log_dir, options.evs_rate))
     else:
         served, body = _run_levels(options, log_dir)
     meta = _meta(options, served, load_start, time.time() - started)
@@ -188,35 +228,117 @@ async def _measure_levels(options: BenchOptions, model: str, gateway_url: str) -
 
 
 async def _measure_plugin(options: BenchOptions, log_dir: Path) -> tuple[str, dict[str, Any]]:
-    """Each round: each engine alone (started, warmed up, its phases of the round, stopped)."""
-    levels = [Level(PLAIN), Level(AIM_OFF, engine_kwargs={"aim_preset": "off"})]
-    phases = _plan(options, levels)
-    load: dict[tuple[str, int, str], list[bench_client.PhaseResult]] = {}
-    served = ""
-    async with _session(options, served) as session:
-        turns = [(r, level) for r in range(options.rounds) for level in level_order(levels, r)]
-        for index, (rnd, level) in enumerate(turns):
-            session.bar.set_description(f"r{rnd} starting {level.label}")
-            with _engine_alone(options, level.label, log_dir, index) as url:
-                session.model = served = served or processes.served_model(url)
-                target = {level.label: Target(level, url)}
-                await _warm_up(session, target, options.media, None)
-                mine = [p for p in phases if p.round == rnd and p.level.label == level.label]
-                _merge_load(load, (await _run_phases(session, target, mine))["load"])
-    cells = stats.add_ratios(_load_cells(load), PLAIN)
+    """Plain vLLM against the AIM engine with AIM off."""
+    turns = [
+        EngineTurn(PLAIN, (Level(PLAIN),), plain=True),
+        EngineTurn(AIM_OFF, (Level(AIM_OFF, engine_kwargs={"aim_preset": "off"}),)),
+    ]
+    served, results = await _measure_engines(options, log_dir, turns)
     return served, {
         "mode": "plugin-overhead",
         "reference": PLAIN,
         "levels": {PLAIN: None, AIM_OFF: "off"},
-        "cells": cells,
+        "cells": stats.add_ratios(_load_cells(results["load"]), PLAIN),
     }
 
 
+async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tuple[str, dict[str, Any]]:
+    """Stock vLLM with EVS at `rate` against the AIM engine at equal tokens and equal FLOPs."""
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"the EVS rate must be in (0, 1), got {rate}")
+    kept = round(1.0 - rate, 6)
+    merge = Level(AIM_MERGE, engine_kwargs=parse_text(f"merge:{kept}").engine_kwargs())
+    aim_levels = (
+        Level(REFERENCE_LEVEL, engine_kwargs={"aim_preset": REFERENCE_LEVEL}),
+        merge,
+        Level(AIM_TOKENS),
+        Level(AIM_FLOPS),
+    )
+    resolved: dict[str, str] = {}
+
+    async def resolve(session: Session, url: str) -> dict[str, Level]:
+        """aim-tokens and aim-flops from two warm-up answers (`usage.aim`) of this engine."""
+        video = next((m for m in options.media if m.kind == "video"), options.media[0])
+        preset = Level("balanced", engine_kwargs={"aim_preset": "balanced"})
+        balanced = await session.one(Target(preset, url), video)
+        merged = await session.one(Target(merge, url), video)
+        if not balanced.aim or "flops_ratio" not in merged.aim:
+            raise RuntimeError("the AIM engine reported no usage.aim: is the plugin loaded?")
+        schedule = AimSchedule(kept, tuple(balanced.aim["prune_layers"]))
+        resolved[AIM_TOKENS] = AimLevel(schedule=schedule).text
+        resolved[AIM_FLOPS] = f"budget:{merged.aim['flops_ratio']:.4f}"
+        return {
+            label: Level(label, engine_kwargs=parse_text(text).engine_kwargs())
+            for label, text in resolved.items()
+        }
+
+    python_path = os.pathsep.join(filter(None, [str(EVS_CPU_FIX), os.environ.get("PYTHONPATH")]))
+    turns = [
+        EngineTurn("aim", aim_levels, resolve=resolve),
+        EngineTurn(
+            EVS, (Level(EVS),), plain=True, flags=("--video-pruning-rate", str(rate)),
+            env=(("PYTHONPATH", python_path),),
+        ),
+    ]  # fmt: skip
+    served, results = await _measure_engines(options, log_dir, turns)
+    same_flops = {EVS: AIM_MERGE}  # EVS keeps as many tokens as aim-merge, in every layer
+    cells = stats.add_ratios(stats.borrow_flops(_load_cells(results["load"]), same_flops), REFERENCE_LEVEL)
+    split = {
+        media: stats.summarise_split(pairs, REFERENCE_LEVEL, same_flops)
+        for media, pairs in results["split"].items()
+    }
+    return served, {
+        "mode": "evs",
+        "reference": REFERENCE_LEVEL,
+        "evs_rate": rate,
+        "evs_cpu_fix": EVS_CPU_NOTE,
+        "levels": {
+            EVS: f"--video-pruning-rate {rate}",
+            REFERENCE_LEVEL: "off",
+            AIM_MERGE: f"merge:{kept}",
+            **resolved,
+        },
+        "cells": cells,
+        "split": split,
+    }
+
+
+async def _measure_engines(
+    options: BenchOptions, log_dir: Path, turns: list[EngineTurn]
+) -> tuple[str, dict[str, dict]]:
+    """Each round: each engine alone (started, warmed up, its phases of the round, stopped)."""
+    phases = _plan(options, [level for turn in turns for level in turn.levels])
+    load: dict[tuple[str, int, str], list[bench_client.PhaseResult]] = {}
+    split: dict[str, dict[str, list]] = {}
+    resolved: dict[str, Level] = {}
+    served = ""
+    async with _session(options, served) as session:
+        order = [(r, turn) for r in range(options.rounds) for turn in level_order(turns, r)]
+        for index, (rnd, turn) in enumerate(order):
+            session.bar.set_description(f"r{rnd} starting {turn.name}")
+            with _engine_alone(options, turn, log_dir, index) as url:
+                session.model = served = served or processes.served_model(url)
+                if turn.resolve is not None and not resolved:
+                    resolved.update(await turn.resolve(session, url))
+                targets = {lvl.label: Target(resolved.get(lvl.label, lvl), url) for lvl in turn.levels}
+                await _warm_up(session, targets, options.media, None)
+                mine = [p for p in phases if p.round == rnd and p.level.label in targets]
+                results = await _run_phases(session, targets, mine)
+                _merge_load(load, results["load"])
+                for media, by_level in results["split"].items():
+                    for label, pairs in by_level.items():
+                        split.setdefault(media, {}).setdefault(label, []).extend(pairs)
+    return served, {"load": load, "split": split}
+
+
 @contextlib.contextmanager
-def _engine_alone(options: BenchOptions, label: str, log_dir: Path, index: int) -> Iterator[str]:
-    """Plain vLLM or the AIM engine, up (and the only engine) for the block; its URL."""
-    start = processes.start_plain_engine if label == PLAIN else processes.start_aim_engine
-    engine = start(options.model, list(options.engine_flags), log_dir, index)
+def _engine_alone(options: BenchOptions, turn: EngineTurn, log_dir: Path, index: int) -> Iterator[str]:
+    """The turn's engine, up (and the only engine) for the block; its URL."""
+    flags = [*options.engine_flags, *turn.flags]
+    if turn.plain:
+        engine = processes.start_plain_engine(options.model, flags, log_dir, index, dict(turn.env))
+    else:
+        engine = processes.start_aim_engine(options.model, flags, log_dir, index)
     try:
         processes.wait_engines([engine], options.startup_timeout_s)
         yield engine.url
@@ -282,7 +404,7 @@ async def _run_phases(session: Session, targets: dict[str, Target], phases: list
     split: dict[str, dict[str, list]] = {}
     for phase in phases:
         target = targets[phase.level.label]
-        bodies = session.bodies(phase.level, phase.media, phase.requests)
+        bodies = session.bodies(target.level, phase.media, phase.requests)
         kind = "split" if phase.split else f"c={phase.concurrency}"
         session.bar.set_description(f"r{phase.round} {phase.media.name} {kind} {phase.level.label}")
         if phase.split:

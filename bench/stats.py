@@ -128,11 +128,34 @@ def amdahl_bound(encoder_share: float, flops_ratio: float) -> float:
     return 1.0 / (encoder_share + (1.0 - encoder_share) * flops_ratio)
 
 
+def borrow_flops(cells: list[dict[str, Any]], same_flops: dict[str, str]) -> list[dict[str, Any]]:
+    """Cells of a level without `usage.aim` (e.g. stock EVS) given the FLOPs ratio of the level
+    that runs as many tokens in every layer (`same_flops`: label -> label), same media and
+    concurrency, when their requests had as many prompt tokens; otherwise it stays unknown."""
+    by_cell = {(c["media"], c["concurrency"], c["level"]): c for c in cells}
+    out = []
+    for cell in cells:
+        source = by_cell.get((cell["media"], cell["concurrency"], same_flops.get(cell["level"])))
+        if source is not None and cell.get("flops_ratio") is None and _same_tokens(cell, source):
+            cell = {**cell, "flops_ratio": source.get("flops_ratio")}
+        out.append(cell)
+    return out
+
+
+def _same_tokens(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("prompt_tokens") is not None and a.get("prompt_tokens") == b.get("prompt_tokens")
+
+
 def summarise_split(
-    pairs: dict[str, list[tuple[RequestResult, RequestResult]]], reference: str
+    pairs: dict[str, list[tuple[RequestResult, RequestResult]]],
+    reference: str,
+    same_flops: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per level of one media kind: end-to-end and LLM-part TTFT, speedups, the Amdahl bound."""
-    medians = {}
+    """Per level of one media kind: end-to-end and LLM-part TTFT, speedups, the Amdahl bound.
+
+    `same_flops` (label -> label): a level without `usage.aim` takes the other's FLOPs ratio.
+    """
+    medians, tokens = {}, {}
     for label, level_pairs in pairs.items():
         good = [(f, r) for f, r in level_pairs if f.ok and r.ok]
         if good:
@@ -142,13 +165,23 @@ def summarise_split(
                 aim_summary([f for f, _ in good])["flops_ratio"],
                 len(good),
             )
+            tokens[label] = statistics.median(f.prompt_tokens for f, _ in good)
+    for label, source in (same_flops or {}).items():
+        # as many tokens in every layer: the same FLOPs
+        if (
+            label in medians
+            and source in medians
+            and medians[label][2] is None
+            and tokens[label] == tokens[source]
+        ):
+            medians[label] = (*medians[label][:2], medians[source][2], medians[label][3])
     if reference not in medians:
         return []
     ref_fresh, ref_repeat, _, _ = medians[reference]
     share = min(1.0, max(0.0, (ref_fresh - ref_repeat) / ref_fresh))
     rows = []
     for label, (fresh, repeat, flops, count) in medians.items():
-        flops = 1.0 if flops is None else flops
+        known = flops is not None  # unknown: a level without usage.aim and no equal-token twin
         rows.append(
             {
                 "level": label,
@@ -158,10 +191,10 @@ def summarise_split(
                 "encoder_share_ref": share,
                 "flops_ratio": flops,
                 "e2e_speedup": ref_fresh / fresh,
-                "amdahl_bound_speedup": amdahl_bound(share, flops),
+                "amdahl_bound_speedup": amdahl_bound(share, flops) if known else None,
                 "llm_speedup": ref_repeat / repeat,
-                "flops_speedup": 1.0 / flops,
-                "llm_speedup_vs_flops": (ref_repeat / repeat) * flops,
+                "flops_speedup": 1.0 / flops if known else None,
+                "llm_speedup_vs_flops": (ref_repeat / repeat) * flops if known else None,
             }
         )
     return rows

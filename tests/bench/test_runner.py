@@ -81,3 +81,38 @@ def test_plugin_overhead_mode(tmp_path: Path, fake_engines: Path) -> None:
     logs = sorted(path.name for path in (tmp_path / "logs").iterdir())
     assert logs == ["plain-0.log", "plain-3.log", "replica-1.log", "replica-2.log"]
     assert cells["plain"]["requests"] == cells["aim-off"]["requests"] == 2 * 2  # 2 rounds x 1 wave x c=2
+
+
+@pytest.mark.timeout(120)
+def test_evs_mode(tmp_path: Path, fake_engines: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stock engine with --video-pruning-rate (and the CPU EVS fix on its PYTHONPATH) against the AIM
+    engine at off, equal tokens (merge, merge + pruning) and equal FLOPs (budget), each engine alone."""
+    started = []
+    start_plain = processes.start_plain_engine
+
+    def spy(model, flags, log_dir, index=1, env=None):
+        started.append((flags, env))
+        return start_plain(model, flags, log_dir, index, env)
+
+    monkeypatch.setattr(processes, "start_plain_engine", spy)
+    options = _options(tmp_path, evs_rate=0.75, media=(MediaSpec("video", 2),), concurrency=(1,), rounds=2)
+    result = runner.run(options)
+    assert result["mode"] == "evs" and result["reference"] == "off"
+    assert result["levels"]["aim-merge"] == "merge:0.25"
+    assert result["levels"]["aim-tokens"] == "merge:0.25,prune:3-5"  # the balanced window the engine gave
+    assert result["levels"]["aim-flops"] == "budget:0.2500"  # aim-merge's usage.aim.flops_ratio
+    cells = {c["level"]: c for c in result["cells"]}
+    assert set(cells) == {"evs", "off", "aim-merge", "aim-tokens", "aim-flops"}
+    assert all(c["errors"] == 0 and c["requests"] == 2 for c in cells.values())  # 2 rounds x c=1
+    assert cells["evs"]["flops_ratio"] == cells["aim-merge"]["flops_ratio"] == 0.25  # borrowed: no usage.aim
+    assert cells["off"]["flops_ratio"] == 1.0 and cells["evs"]["ratio"]["ttft_p50_s"] is not None
+    split = {row["level"]: row for row in result["split"]["video2"]}
+    assert set(split) == set(cells) and split["evs"]["flops_ratio"] == 0.25
+    assert len(started) == 2 and all(flags[-2:] == ["--video-pruning-rate", "0.75"] for flags, _ in started)
+    assert all(env["PYTHONPATH"].split(os.pathsep)[0].endswith("bench/evs_cpu") for _, env in started)
+    sent = [json.loads(line) for line in fake_engines.read_text().splitlines()]
+    assert {"aim_merge_ratio": 0.25, "aim_prune_l1": 3, "aim_prune_l2": 5} in sent
+    assert {"aim_budget": 0.25} in sent
+    markdown = report.markdown(result)
+    assert "is_multimodal_pruning_enabled" in markdown and "prompt tok" in markdown
+    report.write_outputs(result, tmp_path / "out")

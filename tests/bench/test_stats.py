@@ -8,6 +8,7 @@ from bench.client import PhaseResult, RequestResult
 from bench.stats import (
     add_ratios,
     amdahl_bound,
+    borrow_flops,
     percentile,
     ratio,
     summarise_load,
@@ -15,9 +16,11 @@ from bench.stats import (
 )
 
 
-def _ok(ttft: float, e2e: float, tokens: int = 5, flops: float | None = None) -> RequestResult:
+def _ok(
+    ttft: float, e2e: float, tokens: int = 5, flops: float | None = None, prompt: int = 50
+) -> RequestResult:
     aim = {} if flops is None else {"flops_ratio": flops, "pruning": "pruned", "visual_tokens_in": 100}
-    return RequestResult(ttft_s=ttft, e2e_s=e2e, output_tokens=tokens, prompt_tokens=50, aim=aim)
+    return RequestResult(ttft_s=ttft, e2e_s=e2e, output_tokens=tokens, prompt_tokens=prompt, aim=aim)
 
 
 def test_percentile_interpolates() -> None:
@@ -120,3 +123,34 @@ def test_summarise_split_llm_part_and_bound() -> None:
 
 def test_summarise_split_needs_the_reference() -> None:
     assert summarise_split({"max": [(_ok(1.0, 1.0), _ok(0.5, 0.5))]}, "off") == []
+
+
+def test_a_level_without_usage_borrows_flops_only_at_equal_tokens() -> None:
+    """EVS reports no usage.aim: it takes aim-merge's FLOPs ratio when it sent as many prompt tokens
+    (as many tokens in every layer), else its FLOPs stay unknown and so do the FLOPs columns."""
+
+    def cell(level: str, tokens: float, flops: float | None) -> dict:
+        return {
+            "media": "video8",
+            "concurrency": 1,
+            "level": level,
+            "prompt_tokens": tokens,
+            "flops_ratio": flops,
+        }
+
+    same = borrow_flops([cell("evs", 90.0, None), cell("aim-merge", 90.0, 0.3)], {"evs": "aim-merge"})
+    assert same[0]["flops_ratio"] == 0.3
+    other = borrow_flops([cell("evs", 120.0, None), cell("aim-merge", 90.0, 0.3)], {"evs": "aim-merge"})
+    assert other[0]["flops_ratio"] is None
+    pairs = {
+        "off": [(_ok(4.0, 5.0, flops=1.0, prompt=300), _ok(2.0, 3.0, flops=1.0, prompt=300))],
+        "aim-merge": [(_ok(3.0, 4.0, flops=0.3, prompt=90), _ok(1.0, 2.0, flops=0.3, prompt=90))],
+        "evs": [(_ok(3.0, 4.0, prompt=90), _ok(1.0, 2.0, prompt=90))],
+        "evs-more": [(_ok(3.0, 4.0, prompt=120), _ok(1.0, 2.0, prompt=120))],
+    }
+    rows = {
+        r["level"]: r for r in summarise_split(pairs, "off", {"evs": "aim-merge", "evs-more": "aim-merge"})
+    }
+    assert rows["evs"]["flops_ratio"] == 0.3 and rows["evs"]["flops_speedup"] == pytest.approx(1 / 0.3)
+    assert rows["evs-more"]["flops_ratio"] is None and rows["evs-more"]["amdahl_bound_speedup"] is None
+    assert rows["evs-more"]["llm_speedup"] == pytest.approx(2.0)
