@@ -2,7 +2,8 @@
 
 - AIM engine: `aim-vllm engine` (through `commands.serve.start_replica`), AIM's defaults included.
 - Plain engine: vLLM's own API server entry with `AIM_VLLM_DISABLE=1` and exactly the flags
-  `aim-vllm engine` would pass, minus AIM's usage middleware: the same engine without the plugin.
+  `aim-vllm engine` would pass, minus AIM's usage middleware and AIM's scheduler: the same engine
+  without the plugin.
 - Gateway: `aim-vllm gateway` in its own process (as deployed), with timeouts long enough for
   CPU prefills of queued videos.
 Every process gets its own process group and a log file in the run's log directory.
@@ -24,6 +25,7 @@ from aim_vllm.commands.serve import Replica, free_port, start_replica, stop_repl
 PLAIN_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 DISABLE_ENV = "AIM_VLLM_DISABLE"
 _MIDDLEWARE_FLAG = "--middleware"
+_SCHEDULER_FLAG = "--scheduler-cls"
 _GATEWAY_START_S = 60.0
 # vLLM kills the engine when one model step takes longer (default 300 s); a CPU prefill of a
 # batch of videos (or any prefill on a loaded machine) can. Set for the engines we start, unless
@@ -44,15 +46,17 @@ def start_aim_engine(model: str, flags: list[str], log_dir: Path, index: int = 0
 
 
 def plain_engine_argv(model: str, flags: list[str], port: int) -> list[str]:
-    """vLLM's arguments of the AIM engine for the same flags, without AIM's usage middleware."""
+    """vLLM's arguments of the AIM engine for the same flags, without AIM's usage middleware and
+    (unless `flags` name one) without AIM's scheduler: vLLM then picks its own, as it would."""
     argv = engine_argv(["--model", model, *flags, "--port", str(port), "--host", "127.0.0.1"], None)
+    drop = {_MIDDLEWARE_FLAG} | ({_SCHEDULER_FLAG} if _SCHEDULER_FLAG not in flags else set())
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == _MIDDLEWARE_FLAG:
+        elif arg in drop:
             skip = True
-        elif not arg.startswith(_MIDDLEWARE_FLAG + "="):
+        elif not any(arg.startswith(flag + "=") for flag in drop):
             out.append(arg)
     return out
 

@@ -79,6 +79,9 @@ def test_plain_engine_gets_the_aim_engine_flags_without_the_middleware(tmp_path:
     for flag in ("--enforce-eager", "--no-enable-prefix-caching", "--no-enable-chunked-prefill", "--port"):
         assert flag in argv
     assert argv[argv.index("--max-num-batched-tokens") + 1] == argv[argv.index("--max-model-len") + 1]
+    assert "--scheduler-cls" not in argv  # vLLM's own scheduler, unless the flags name one
+    named = processes.plain_engine_argv(str(tmp_path), ["--scheduler-cls", "my.Scheduler"], 1234)
+    assert named[named.index("--scheduler-cls") + 1] == "my.Scheduler"
 
 
 def test_gateway_command_raises_timeouts() -> None:
