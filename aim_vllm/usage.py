@@ -43,6 +43,8 @@ class RequestStats:
     kv_block_size: int | None = None
     kv_blocks_per_layer: list[int] | None = None
     kv_blocks_saved: int | None = None
+    # kept fraction inside the vision encoder (`core.encoder_merge`; 1.0: the encoder as it is)
+    encoder_keep: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +63,7 @@ def request_stats(
     shape: LLMShape,
     kv_blocks_per_layer: list[int] | None = None,
     kv_block_size: int | None = None,
+    encoder_keep: float = 1.0,
 ) -> RequestStats:
     """Stats of a prefill whose per-layer counts are known."""
     text = num_prompt - visual_tokens_merged
@@ -85,6 +88,7 @@ def request_stats(
         llm_prefill_flops_off=off,
         flops_ratio=executed / off,
         **kv_usage(num_prompt, kv_blocks_per_layer, kv_block_size),
+        encoder_keep=encoder_keep,
     )
 
 
@@ -182,5 +186,6 @@ class UsageReporter:
                 shape=self.shape,
                 kv_blocks_per_layer=(kv_held or {}).get(req.req_id),
                 kv_block_size=kv_block_size,
+                encoder_keep=schedule.encoder_keep if schedule else 1.0,
             )
             self.store.put(external_request_id(req.req_id), stats)

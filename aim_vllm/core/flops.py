@@ -92,3 +92,27 @@ def _check_layers(tokens_after_layer: Sequence[int], shape: LLMShape) -> None:
         raise ValueError(
             f"need one token count per layer ({shape.num_layers}), got {len(tokens_after_layer)}"
         )
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """The vision encoder dimensions the FLOPs model needs (a ViT layer: attention + 2-matrix MLP)."""
+
+    hidden_size: int
+    num_layers: int
+    intermediate_size: int
+    num_heads: int
+
+
+def vision_layer_flops(n: float, shape: VisionShape) -> float:
+    """FLOPs of one ViT layer on n tokens: the decoder formula with full-width K/V and an ungated MLP."""
+    d = shape.hidden_size
+    linear = 2 * n * (4 * d * d + 2 * d * shape.intermediate_size)
+    return linear + 4 * n * n * d + 5 * shape.num_heads * n * n + 17 * d * n
+
+
+def encoder_flops(num_tokens: int, shape: VisionShape, start: int = 0, kept: int | None = None) -> float:
+    """FLOPs of one frame / crop through the encoder: `num_tokens` up to layer `start`, `kept` after
+    (`core.encoder_merge`; the merging and copying back are not counted)."""
+    kept = num_tokens if kept is None else kept
+    return sum(vision_layer_flops(num_tokens if i < start else kept, shape) for i in range(shape.num_layers))

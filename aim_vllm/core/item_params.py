@@ -16,7 +16,7 @@ from aim_vllm.core.schedule import MERGE_METHODS, PRUNE_METHODS, AimSchedule
 
 @dataclass(frozen=True)
 class ItemParams:
-    """Per-item AIM parameters, carried as a float tensor [9] in the item's `aim_<modality>` field.
+    """Per-item AIM parameters, carried as a float tensor [10] in the item's `aim_<modality>` field.
 
     Attributes:
         schedule: the request's schedule (the same on every item of a request).
@@ -35,17 +35,19 @@ class ItemParams:
         values = [s.merge_ratio, l1, l2, self.tokens_in, self.base_tokens, self.grid_rows]
         values += [MERGE_METHODS.index(s.merge_method), PRUNE_METHODS.index(s.prune_method)]
         values.append(-1.0 if s.prune_keep is None else s.prune_keep)
+        values.append(s.encoder_keep)
         return torch.tensor(values, dtype=torch.float64)
 
     @classmethod
     def from_tensor(cls, values: torch.Tensor) -> ItemParams:
-        ratio, l1, l2, tokens_in, base, rows, merge, prune_method, keep = values.tolist()
+        ratio, l1, l2, tokens_in, base, rows, merge, prune_method, keep, encoder_keep = values.tolist()
         schedule = AimSchedule(
             merge_ratio=ratio,
             prune_layers=(int(l1), int(l2)) if l1 >= 0 else None,
             merge_method=MERGE_METHODS[int(merge)],
             prune_method=PRUNE_METHODS[int(prune_method)],
             prune_keep=None if keep < 0 else keep,
+            encoder_keep=encoder_keep,
         )
         return cls(schedule, int(tokens_in), int(base), int(rows))
 

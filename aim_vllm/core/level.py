@@ -6,25 +6,29 @@ level is its schedule (`core.schedule.AimSchedule`, which checks its own ranges)
 
 Text form (`X-AIM-Level`, the body field `aim` as a string, `--aim-default`, `--default-aim`,
 the `--levels` of `aim-vllm eval` and `bench`); case-insensitive, blanks around items ignored:
-    level    := preset | budget | explicit
+    level    := preset [",encoder:" number] | budget [",encoder:" number] | explicit
     preset   := "off" | "light" | "balanced" | "max"
-    budget   := "budget:" number                   0 < number <= 1 (fraction of AIM-off FLOPs)
-    explicit := item ("," item)*                   each key at most once; merge or prune needed
+    budget   := "budget:" number                   0 < number <= 1 (fraction of AIM-off LLM FLOPs)
+    explicit := item ("," item)*                   each key at most once; merge, prune or encoder needed
     item     := "merge:" number                    kept fraction of each frame, 0 < number <= 1
               | "prune:" int "-" int               pruning layers l1-l2, 0 <= l1 < l2
               | "method:" ("aim" | "pool" | "random" | "evs")   token reduction before the LLM
               | "importance:" ("pagerank" | "fastv")      ranking inside the LLM
               | "keep:" number                     single-layer pruning at l1 to this fraction
+              | "encoder:" number                  kept fraction inside the vision encoder, 0 < number <= 1
     number   := plain decimal digits ("0.25", ".5", "1"; no signs or exponents)
-  e.g. `balanced`, `budget:0.2`, `merge:0.25,prune:14-22`, `merge:0.25,method:pool`.
+  e.g. `balanced`, `budget:0.2`, `merge:0.25,prune:14-22`, `merge:0.25,method:pool`,
+  `merge:0.25,prune:14-22,encoder:0.5`, `balanced,encoder:0.5` (`core.encoder_merge`; the
+  project's extension: a preset or budget resolves as without it, then the encoder merges).
 JSON form (the body field `aim` as an object; the same levels):
-    {"preset": name} | {"budget": b}
-  | {"merge_ratio": r, "prune_layers": [l1, l2], "merge_method": m, "prune_method": p, "prune_keep": k}
-    (explicit: merge_ratio or prune_layers needed, the others optional)
+    {"preset": name [, "encoder_keep": e]} | {"budget": b [, "encoder_keep": e]}
+  | {"merge_ratio": r, "prune_layers": [l1, l2], "merge_method": m, "prune_method": p, "prune_keep": k,
+     "encoder_keep": e}   (explicit: merge_ratio, prune_layers or encoder_keep needed, the others optional)
 Engine form (vLLM `mm_processor_kwargs`, what the gateway sends and the processor reads):
-    {"aim_preset": name} | {"aim_budget": b}
+    {"aim_preset": name [, "aim_encoder_keep": e]} | {"aim_budget": b [, "aim_encoder_keep": e]}
   | {"aim_merge_ratio": r, "aim_prune_l1": l1, "aim_prune_l2": l2, "aim_merge_method": m,
-     "aim_prune_method": p, "aim_prune_keep": k}   (l2 may be left out with a keep fraction: l1 + 1)
+     "aim_prune_method": p, "aim_prune_keep": k, "aim_encoder_keep": e}
+    (l2 may be left out with a keep fraction: l1 + 1)
 `AimLevel.text` and `AimLevel.engine_kwargs` write the canonical forms, which parse back to the
 same level; `schedule_kwargs` is the canonical engine form of a resolved schedule (empty when
 AIM is off, so vLLM then sees a stock request). Every error is a `LevelError` naming the value.
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -44,7 +48,8 @@ from aim_vllm.core.schedule import MERGE_METHODS, PRESETS, PRUNE_METHODS, AimSch
 PRESET, BUDGET = "aim_preset", "aim_budget"
 MERGE_RATIO, PRUNE_L1, PRUNE_L2 = "aim_merge_ratio", "aim_prune_l1", "aim_prune_l2"
 MERGE_METHOD, PRUNE_METHOD, PRUNE_KEEP = "aim_merge_method", "aim_prune_method", "aim_prune_keep"
-EXPLICIT_KEYS = (MERGE_RATIO, PRUNE_L1, PRUNE_L2, MERGE_METHOD, PRUNE_METHOD, PRUNE_KEEP)
+ENCODER_KEEP = "aim_encoder_keep"
+EXPLICIT_KEYS = (MERGE_RATIO, PRUNE_L1, PRUNE_L2, MERGE_METHOD, PRUNE_METHOD, PRUNE_KEEP, ENCODER_KEEP)
 ENGINE_KEYS = (PRESET, BUDGET, *EXPLICIT_KEYS)
 
 MAX_TEXT_CHARS = 64
@@ -59,7 +64,9 @@ _TEXT_ITEMS = {
     "method": "merge_method",
     "importance": "prune_method",
     "keep": "prune_keep",
+    "encoder": "encoder_keep",
 }
+_NUMBER_FIELDS = ("merge_ratio", "prune_keep", "encoder_keep")
 _SCHEDULE_FIELDS = tuple(_TEXT_ITEMS.values())
 
 
@@ -73,15 +80,25 @@ class LevelError(ValueError):
 
 @dataclass(frozen=True)
 class AimLevel:
-    """One of: a preset name, a budget (fraction of AIM-off LLM prefill FLOPs), an explicit schedule."""
+    """One of: a preset name, a budget (fraction of AIM-off LLM prefill FLOPs), an explicit schedule.
+
+    `encoder_keep` goes with a preset or a budget (an explicit schedule holds its own).
+    """
 
     preset: str | None = None
     budget: float | None = None
     schedule: AimSchedule | None = None
+    encoder_keep: float = 1.0
 
     def __post_init__(self) -> None:
         if sum(value is not None for value in (self.preset, self.budget, self.schedule)) != 1:
             raise LevelError("a level is exactly one of a preset, a budget or an explicit schedule")
+        if isinstance(self.encoder_keep, bool) or not isinstance(self.encoder_keep, int | float):
+            raise LevelError(f"encoder_keep must be a number, got {self.encoder_keep!r}", "encoder_keep")
+        if not 0.0 < self.encoder_keep <= 1.0:
+            raise LevelError(f"encoder_keep must be in (0, 1], got {self.encoder_keep}", "encoder_keep")
+        if self.schedule is not None and self.encoder_keep != 1.0:
+            raise LevelError("an explicit level carries encoder_keep in its schedule", "encoder_keep")
         if self.preset is not None and self.preset not in PRESETS:
             raise LevelError(
                 f"unknown preset {self.preset!r}; expected one of {', '.join(PRESETS)}", "preset"
@@ -94,10 +111,11 @@ class AimLevel:
     @property
     def text(self) -> str:
         """The canonical text form (parses back to this level)."""
+        encoder = f",encoder:{_decimal(self.encoder_keep)}" if self.encoder_keep < 1.0 else ""
         if self.preset is not None:
-            return self.preset
+            return self.preset + encoder
         if self.budget is not None:
-            return f"budget:{_decimal(self.budget)}"
+            return f"budget:{_decimal(self.budget)}{encoder}"
         s = self.schedule
         assert s is not None
         items = [f"merge:{_decimal(s.merge_ratio)}"]
@@ -109,6 +127,8 @@ class AimLevel:
             items.append(f"importance:{s.prune_method}")
         if s.prune_keep is not None:
             items.append(f"keep:{_decimal(s.prune_keep)}")
+        if s.merges_in_encoder:
+            items.append(f"encoder:{_decimal(s.encoder_keep)}")
         return ",".join(items)
 
     @property
@@ -121,19 +141,20 @@ class AimLevel:
     def engine_kwargs(self) -> dict[str, Any]:
         """The canonical engine form; an explicit level always carries its merge ratio, so an
         explicit AIM-off level stays distinguishable from "no level" (the server default)."""
+        encoder = {ENCODER_KEEP: self.encoder_keep} if self.encoder_keep < 1.0 else {}
         if self.preset is not None:
-            return {PRESET: self.preset}
+            return {PRESET: self.preset, **encoder}
         if self.budget is not None:
-            return {BUDGET: self.budget}
+            return {BUDGET: self.budget, **encoder}
         assert self.schedule is not None
         return {MERGE_RATIO: self.schedule.merge_ratio, **schedule_kwargs(self.schedule)}
 
     def resolve(self, num_layers: int, solve_budget: Callable[[float], AimSchedule]) -> AimSchedule:
         """The concrete schedule for a model of `num_layers` layers (LevelError if it does not fit)."""
         if self.preset is not None:
-            return preset_schedule(self.preset, num_layers)
+            return replace(preset_schedule(self.preset, num_layers), encoder_keep=self.encoder_keep)
         if self.budget is not None:
-            return solve_budget(self.budget)
+            return replace(solve_budget(self.budget), encoder_keep=self.encoder_keep)
         assert self.schedule is not None
         try:
             self.schedule.check_depth(num_layers)
@@ -158,6 +179,8 @@ def schedule_kwargs(schedule: AimSchedule) -> dict[str, Any]:
             kwargs[PRUNE_METHOD] = schedule.prune_method
         if schedule.prune_keep is not None:
             kwargs[PRUNE_KEEP] = schedule.prune_keep
+    if schedule.merges_in_encoder:
+        kwargs[ENCODER_KEEP] = schedule.encoder_keep
     return kwargs
 
 
@@ -174,10 +197,14 @@ def parse_text(text: str) -> AimLevel:
     value = text.strip().lower()
     if not value or len(value) > MAX_TEXT_CHARS:
         raise LevelError(f"a level must be 1-{MAX_TEXT_CHARS} characters")
-    if value in PRESETS:
-        return AimLevel(preset=value)
-    if value.startswith("budget:"):
-        return AimLevel(budget=_parse_number(value.removeprefix("budget:"), "budget"))
+    head, sep, rest = value.partition(",")
+    head = head.strip()
+    if head in PRESETS or head.startswith("budget:"):
+        encoder_keep = _parse_encoder_item(rest) if sep else 1.0
+        if head in PRESETS:
+            return AimLevel(preset=head, encoder_keep=encoder_keep)
+        budget = _parse_number(head.removeprefix("budget:"), "budget")
+        return AimLevel(budget=budget, encoder_keep=encoder_keep)
     if ":" not in value:
         raise LevelError(f"unknown level {value!r} (not a preset, a budget or merge/prune items)", "preset")
     fields: dict[str, Any] = {}
@@ -188,13 +215,21 @@ def parse_text(text: str) -> AimLevel:
             raise LevelError(f"unknown item {item.strip()!r}")
         if name in fields:
             raise LevelError(f"{key.strip()!r} given twice")
-        if name in ("merge_ratio", "prune_keep"):
+        if name in _NUMBER_FIELDS:
             fields[name] = _parse_number(arg, name)
         elif name == "prune_layers":
             fields[name] = _parse_layers(arg)
         else:
             fields[name] = arg.strip()
     return _explicit(fields)
+
+
+def _parse_encoder_item(text: str) -> float:
+    """The ",encoder:<keep>" that may follow a preset or a budget."""
+    key, sep, arg = text.strip().partition(":")
+    if key.strip() != "encoder" or not sep:
+        raise LevelError(f"a preset or budget takes only 'encoder:<0-1>' after it, got {text.strip()!r}")
+    return _parse_number(arg, "encoder_keep")
 
 
 def _parse_number(text: str, field: str) -> float:
@@ -222,16 +257,17 @@ def parse_json(value: object) -> AimLevel:
     if "preset" in value or "budget" in value:
         key = "preset" if "preset" in value else "budget"
         _only_key(value, key)
+        encoder_keep = _check_number(value.get("encoder_keep", 1.0), "encoder_keep")
         if key == "preset":
             if not isinstance(value[key], str):
                 raise LevelError(f"preset must be a string, got {type(value[key]).__name__}", "preset")
-            return AimLevel(preset=value[key].strip().lower())
-        return AimLevel(budget=_check_number(value[key], "budget"))
+            return AimLevel(preset=value[key].strip().lower(), encoder_keep=encoder_keep)
+        return AimLevel(budget=_check_number(value[key], "budget"), encoder_keep=encoder_keep)
     unknown = sorted(set(value) - set(_SCHEDULE_FIELDS))
     if unknown:
         raise LevelError(f"unknown key {unknown[0]!r}", unknown[0])
     fields = dict(value)
-    for name in ("merge_ratio", "prune_keep"):
+    for name in _NUMBER_FIELDS:
         if fields.get(name) is not None:
             _check_number(fields[name], name)
     if "prune_layers" in fields:
@@ -240,7 +276,7 @@ def parse_json(value: object) -> AimLevel:
 
 
 def _only_key(value: dict, key: str) -> None:
-    others = sorted(set(value) - {key})
+    others = sorted(set(value) - {key, "encoder_keep"})
     if others:
         raise LevelError(f"{key} cannot be combined with {others[0]!r}", others[0])
 
@@ -263,19 +299,21 @@ def parse_engine_kwargs(kwargs: Mapping[str, Any]) -> AimLevel | None:
     if not present:
         return None
     kinds = {PRESET: "preset", BUDGET: "budget"}
-    if len({kinds.get(key, "explicit") for key in present}) > 1:
+    if len({kinds.get(key, "explicit") for key in present if key != ENCODER_KEEP}) > 1:
         raise LevelError(f"give one of {PRESET}, {BUDGET} or explicit merge/prune keys, not {present}")
+    encoder_keep = _check_number(kwargs.get(ENCODER_KEEP, 1.0), ENCODER_KEEP)
     if PRESET in kwargs:
         if kwargs[PRESET] not in PRESETS:
             raise LevelError(f"{PRESET} must be one of {', '.join(PRESETS)}, got {kwargs[PRESET]!r}", PRESET)
-        return AimLevel(preset=kwargs[PRESET])
+        return AimLevel(preset=kwargs[PRESET], encoder_keep=encoder_keep)
     if BUDGET in kwargs:
         budget = _check_number(kwargs[BUDGET], BUDGET)
         if not 0.0 < budget <= 1.0:
             raise LevelError(f"{BUDGET} must be in (0, 1], got {budget}", BUDGET)
-        return AimLevel(budget=budget)
+        return AimLevel(budget=budget, encoder_keep=encoder_keep)
     fields: dict[str, Any] = {}
-    for key, name in ((MERGE_RATIO, "merge_ratio"), (PRUNE_KEEP, "prune_keep")):
+    numbers = ((MERGE_RATIO, "merge_ratio"), (PRUNE_KEEP, "prune_keep"), (ENCODER_KEEP, "encoder_keep"))
+    for key, name in numbers:
         if key in kwargs:
             fields[name] = _check_number(kwargs[key], key)
     for key, name in ((MERGE_METHOD, "merge_method"), (PRUNE_METHOD, "prune_method")):
@@ -298,11 +336,12 @@ def parse_engine_kwargs(kwargs: Mapping[str, Any]) -> AimLevel | None:
 
 # -- shared checks -----------------------------------------------------------------------------
 def _explicit(fields: dict[str, Any]) -> AimLevel:
-    """An explicit level from AimSchedule fields (merge_ratio or prune_layers must be among them)."""
-    if fields.get("merge_ratio") is None and fields.get("prune_layers") is None:
-        raise LevelError("give merge_ratio, prune_layers, or both")
-    if fields.get("merge_ratio") is None:
-        fields.pop("merge_ratio", None)
+    """An explicit level from AimSchedule fields (merge_ratio, prune_layers or encoder_keep among them)."""
+    if all(fields.get(name) is None for name in ("merge_ratio", "prune_layers", "encoder_keep")):
+        raise LevelError("give merge_ratio, prune_layers or encoder_keep (or several)")
+    for name in ("merge_ratio", "encoder_keep"):
+        if fields.get(name) is None:
+            fields.pop(name, None)
     for name in ("merge_method", "prune_method"):
         choices = MERGE_METHODS if name == "merge_method" else PRUNE_METHODS
         if name in fields and fields[name] not in choices:

@@ -10,6 +10,11 @@ Order of survivors (documented deviation from the reference code): every survivi
 its own original index, so the output is in original spatial order. The reference puts unmerged
 sources first; the two orders coincide whenever a pass merges all of A (e.g. 25%, 50%).
 
+Similarities are compared at a resolution of 2^-16 (`cosine_scores`), ties broken by index: two
+implementations whose features differ by float noise then make the same plan, also where tokens
+are exact copies (e.g. after `core.encoder_merge` copies merged tokens back), whose self-similarity
+rounds to 1 +- 1e-7 depending on their bits.
+
 Similarity metric: by default the features being merged (AIM's setting after a projector). A
 separate metric can be given instead, e.g. the CLIP attention keys AIM uses for LLaVA-1.5 (as
 ToMe does); it is merged alongside the features (plain means), so every pass compares the
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from aim_vllm.core.token_counts import merge_passes
+
+SCORE_RESOLUTION = 2.0**-16  # cosine similarities closer than this count as equal
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,9 @@ def plan_merge(metric: torch.Tensor, r: int) -> MergePlan:
     if not 0 <= r <= num_tokens // 2:
         raise ValueError(f"r must be in [0, {num_tokens // 2}] for {num_tokens} tokens, got {r}")
     # 1. Cosine similarity between sources A (even indices) and destinations B (odd indices).
-    m = metric.float()
-    m = m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    scores = m[:, 0::2] @ m[:, 1::2].transpose(-1, -2)  # (F, Ta, Tb)
-    # 2. Each source's best destination; rank sources by that similarity (stable: ties by index).
+    scores = cosine_scores(metric[:, 0::2], metric[:, 1::2])  # (F, Ta, Tb)
+    # 2. Each source's best destination (first of equals); rank sources by that similarity
+    #    (stable: ties by index).
     best_sim, best_b = scores.max(dim=-1)  # (F, Ta)
     order = torch.sort(best_sim, dim=-1, descending=True, stable=True).indices
     merged_a = torch.zeros_like(best_sim, dtype=torch.bool)
@@ -77,6 +83,13 @@ def plan_merge(metric: torch.Tensor, r: int) -> MergePlan:
     dst[:, 0::2] = torch.where(merged_a, dst_of_a, slot[:, 0::2])
     kept = survives.nonzero()[:, 1].view(num_frames, num_tokens - r)
     return MergePlan(dst=dst, kept=kept)
+
+
+def cosine_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities [..., Ta, Tb] of a [..., Ta, C] and b [..., Tb, C], in float32, rounded to
+    multiples of `SCORE_RESOLUTION` (so float noise between implementations does not reorder them)."""
+    a, b = (t.float() / t.float().norm(dim=-1, keepdim=True).clamp_min(1e-12) for t in (a, b))
+    return torch.round((a @ b.transpose(-1, -2)) / SCORE_RESOLUTION) * SCORE_RESOLUTION
 
 
 def apply_merge(x: torch.Tensor, plan: MergePlan) -> torch.Tensor:

@@ -38,6 +38,9 @@ class AimSchedule:
         prune_method: "pagerank" (AIM) or "fastv" (attention the text gives each visual token).
         prune_keep: if set, prune once at l1 to this kept fraction (single-layer pruning, the
             FastV setting) instead of AIM's progressive ramp from l1 to l2.
+        encoder_keep: kept fraction of each frame's / crop's tokens inside the vision encoder
+            from `core.encoder_merge.merge_start_layer` on (merged, then copied back at its
+            output; the project's extension, not AIM's); 1.0 = the encoder as it is.
     """
 
     merge_ratio: float = 1.0
@@ -45,6 +48,7 @@ class AimSchedule:
     merge_method: str = "aim"
     prune_method: str = "pagerank"
     prune_keep: float | None = None
+    encoder_keep: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.merge_ratio, bool) or not isinstance(self.merge_ratio, int | float):
@@ -65,6 +69,10 @@ class AimSchedule:
             )
         if self.prune_keep is not None and (self.prune_layers is None or not 0.0 <= self.prune_keep <= 1.0):
             raise ValueError(f"prune_keep needs prune_layers and must be in [0, 1], got {self.prune_keep}")
+        if isinstance(self.encoder_keep, bool) or not isinstance(self.encoder_keep, int | float):
+            raise TypeError(f"encoder_keep must be a number, got {type(self.encoder_keep).__name__}")
+        if not 0.0 < self.encoder_keep <= 1.0:
+            raise ValueError(f"encoder_keep must be in (0, 1], got {self.encoder_keep}")
 
     def visual_kept(self, num_visual: int, num_layers: int) -> list[int]:
         """Visual tokens leaving each layer for `num_visual` visual tokens entering the LLM."""
@@ -79,8 +87,12 @@ class AimSchedule:
         return self.prune_layers is not None
 
     @property
+    def merges_in_encoder(self) -> bool:
+        return self.encoder_keep < 1.0
+
+    @property
     def is_off(self) -> bool:
-        return not (self.merges or self.prunes)
+        return not (self.merges or self.prunes or self.merges_in_encoder)
 
     def check_depth(self, num_layers: int) -> None:
         """Raise ValueError when the pruning layers do not fit a model of `num_layers` layers."""

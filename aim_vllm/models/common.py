@@ -38,6 +38,7 @@ class AimProcessorMixin:
     """Resolves the AIM level once per request in `apply` (put before vLLM's processor class)."""
 
     aim_merge_methods: tuple[str, ...] = ("aim",)  # token reductions the model file implements
+    aim_encoder_merging = False  # whether the model file merges inside its vision encoder
 
     def aim_layout(self, mm_items) -> VisualLayout:
         """The request's visual tokens as the merger sees them (model specific)."""
@@ -57,6 +58,11 @@ class AimProcessorMixin:
                 raise ValueError(
                     f"merge_method {schedule.merge_method!r} applies to videos only (it keeps the tokens "
                     "that change from one frame to the next); send images with another method"
+                )
+            if schedule.merges_in_encoder and not self.aim_encoder_merging:
+                raise ValueError(
+                    "encoder_keep (merging inside the vision encoder) is not available for this model "
+                    "(available for LLaVA-OneVision and LLaVA-1.5)"
                 )
             kwargs.update(schedule_kwargs(schedule))
         return super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)

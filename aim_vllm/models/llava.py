@@ -12,6 +12,9 @@ Here:
    merged alongside (`core.merge.merge_frames(..., metric=keys)`), down to
    `merged_token_count(576, r)`;
 4. the projector maps the merged features; the placeholder count is that merged count.
+With `encoder_keep` < 1 (opt-in, the project's extension) the tower itself also runs on merged
+tokens from `core.encoder_merge.merge_start_layer` on (`models.encoder_merging`), CLS apart, and
+copies them back at its output, keys included, before step 2.
 Merging needs a CLIP tower and a single feature layer (the processor refuses otherwise);
 precomputed `image_embeds` are never merged. Pixtral-HF checkpoints (which vLLM also serves as
 `LlavaForConditionalGeneration`) keep vLLM's own processor, so AIM keys have no effect there.
@@ -43,6 +46,7 @@ from aim_vllm.compat import (
     tensor_model_parallel_all_reduce,
 )
 from aim_vllm.core.budget import VisualLayout
+from aim_vllm.core.encoder_merge import merge_start_layer, proportional_attention, unmerge_tokens
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import without_engine_keys
 from aim_vllm.core.merge import merge_frames
@@ -52,12 +56,15 @@ from aim_vllm.models.common import (
     AimProcessorMixin,
     schedule_from_kwargs,
 )
+from aim_vllm.models.encoder_merging import merge_for_tower, merged_layer, rows_by_keep
 
 IMAGE = "image"
 
 
 class AimLlavaMultiModalProcessor(AimProcessorMixin, LlavaMultiModalProcessor):
     """Merged placeholder counts and the per-item `aim_image` field."""
+
+    aim_encoder_merging = True
 
     def aim_layout(self, mm_items) -> VisualLayout:
         return VisualLayout(
@@ -75,7 +82,7 @@ class AimLlavaMultiModalProcessor(AimProcessorMixin, LlavaMultiModalProcessor):
         schedule = schedule_from_kwargs(dict(hf_kwargs))
         if schedule.is_off or "pixel_values" not in processed:  # embedding inputs are never merged
             return processed
-        if schedule.merges:
+        if schedule.merges or schedule.merges_in_encoder:
             self._check_mergeable()
         params = [
             ItemParams(schedule, self.info.get_num_image_tokens(image_width=w, image_height=h)).to_tensor()
@@ -139,36 +146,61 @@ class AimLlavaForConditionalGeneration(AimModelMixin, LlavaForConditionalGenerat
         # Adapted from LlavaForConditionalGeneration.embed_multimodal @ vllm==0.32.0
         params = kwargs.pop(field_name(IMAGE), None)
         image_input = self._parse_and_validate_image_input(**kwargs)
-        ratios = [] if params is None else [ItemParams.from_tensor(p).schedule.merge_ratio for p in params]
-        if image_input is None or image_input["type"] != "pixel_values" or all(r >= 1.0 for r in ratios):
+        schedules = [] if params is None else [ItemParams.from_tensor(p).schedule for p in params]
+        if (
+            image_input is None
+            or image_input["type"] != "pixel_values"
+            or not any(s.merges or s.merges_in_encoder for s in schedules)
+        ):
             return super().embed_multimodal(**kwargs)
         # AIM: begin
-        features, keys = self._tower_features_and_keys(
-            image_input["pixel_values"]
-        )  # (B, 576, C), (B, 576, D)
+        pixels = image_input["pixel_values"]
+        features, keys = [None] * len(schedules), [None] * len(schedules)
+        for keep, rows in rows_by_keep([s.encoder_keep for s in schedules], pixels.device):
+            f, k = self._tower_features_and_keys(pixels[rows], keep)  # (b, 576, C), (b, 576, D)
+            for j, i in enumerate(rows.tolist()):
+                features[i], keys[i] = f[j], k[j]
         items = [
-            f if r >= 1.0 else merge_frames(f[None], merged_token_count(f.shape[0], r), metric=k[None])[0]
-            for f, k, r in zip(features, keys, ratios, strict=True)
+            f
+            if not s.merges
+            else merge_frames(f[None], merged_token_count(f.shape[0], s.merge_ratio), metric=k[None])[0]
+            for f, k, s in zip(features, keys, schedules, strict=True)
         ]
         sizes = [item.shape[0] for item in items]
         return self.multi_modal_projector(torch.cat(items)).split(sizes)
         # AIM: end
 
-    def _tower_features_and_keys(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tower_features_and_keys(
+        self, pixel_values: torch.Tensor, encoder_keep: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The tower's selected features [B, 576, C] and its last layer's head-averaged keys [B, 576, D].
 
         Adapted from `CLIPVisionTransformer.forward`, `CLIPEncoderLayer.forward` and
-        `CLIPAttention.forward` @ vllm==0.32.0 (same modules, same order), keeping the keys.
+        `CLIPAttention.forward` @ vllm==0.32.0 (same modules, same order), keeping the keys; with
+        `encoder_keep` < 1 the layers from the start layer on run merged (CLS apart).
         """
         tower = self.vision_tower.vision_model
         hidden = tower.pre_layrnorm(tower.embeddings(pixel_values.to(tower.dtype)))  # (B, N, C)
-        *earlier, last = tower.encoder.layers
-        for layer in earlier:
-            hidden = layer(hidden)
+        layers = tower.encoder.layers
+        start = merge_start_layer(len(layers)) if encoder_keep < 1.0 else len(layers)
+        sizes = dest = None
+        for i, layer in enumerate(layers[:-1]):
+            if i == start:
+                hidden, sizes, dest = merge_for_tower(hidden, encoder_keep, protected=1)
+            hidden = layer(hidden) if sizes is None else merged_layer(layer, hidden, sizes)
+        if start == len(layers) - 1:
+            hidden, sizes, dest = merge_for_tower(hidden, encoder_keep, protected=1)
+        last = layers[-1]
         attn = last.self_attn
         q, k, v = attn.qkv_proj(last.layer_norm1(hidden))[0].chunk(3, dim=-1)
-        hidden = hidden + attn.out_proj(attn.attn(q, k, v))[0]
+        if sizes is None:
+            attended = attn.attn(q, k, v)
+        else:
+            attended = proportional_attention(q, k, v, sizes, attn.num_heads_per_partition, attn.scale)
+        hidden = hidden + attn.out_proj(attended)[0]
         hidden = hidden + last.mlp(last.layer_norm2(hidden))
+        if dest is not None:
+            hidden, k = unmerge_tokens(hidden, dest), unmerge_tokens(k, dest)
         if tower.post_layernorm is not None:
             hidden = tower.post_layernorm(hidden)
         per_head = k.view(*k.shape[:2], attn.num_heads_per_partition, attn.head_dim)  # (B, N, heads, D)

@@ -6,7 +6,10 @@ changes (see `models/common.py` for the flow):
   newline token stays last (AIM §3.1, the paper's setting);
 - images (this project's extension): the base view and the unpadded crop grid merge as two
   groups; each grid row's newline stays at the end of that row;
-- precomputed `image_embeds` inputs are never merged (their count is the given feature size).
+- precomputed `image_embeds` inputs are never merged (their count is the given feature size);
+- `encoder_keep` < 1 (opt-in, not AIM's): the SigLIP tower merges each frame / crop's tokens from
+  an early layer and copies them back at its output (`models.encoder_merging`); the prompt layout
+  stays as it is.
 AIM off (no AIM keys) is stock vLLM: same prompt, same tensors, same outputs.
 """
 
@@ -39,6 +42,7 @@ from aim_vllm.models.common import (
     AimProcessorMixin,
     schedule_from_kwargs,
 )
+from aim_vllm.models.encoder_merging import encode_rows
 
 
 class AimLlavaOnevisionProcessingInfo(LlavaOnevisionProcessingInfo):
@@ -72,6 +76,7 @@ class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMult
     """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
 
     aim_merge_methods = ("aim", "pool", "random", "evs")  # AIM and the equal-count baselines
+    aim_encoder_merging = True
 
     def aim_layout(self, mm_items) -> VisualLayout:
         groups, extra = [], 0
@@ -169,21 +174,41 @@ def _image_sizes(mm_items) -> list[tuple[int, int]]:
 class AimLlavaOnevisionForConditionalGeneration(AimModelMixin, LlavaOnevisionForConditionalGeneration):
     """Merges each item's embedding per its `aim_<modality>` parameters; prunes in the decoder."""
 
+    _aim_row_keeps: list[float] | None = None  # per frame / crop, while embed_multimodal runs
+
     def embed_multimodal(self, **kwargs: object):
         # Adapted from LlavaOnevisionForConditionalGeneration.embed_multimodal @ vllm==0.32.0
         params = {m: kwargs.pop(field_name(m), None) for m in ("image", "video")}
         by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
         embeddings: tuple[torch.Tensor, ...] = ()
         for modality, inputs in by_modality.items():
-            if modality == "image":
-                items = self._process_image_input(inputs)
-            else:
-                items = self._process_video_pixels(inputs)
+            self._aim_row_keeps = _row_keeps(modality, inputs, params[modality])
+            try:
+                if modality == "image":
+                    items = self._process_image_input(inputs)
+                else:
+                    items = self._process_video_pixels(inputs)
+            finally:
+                self._aim_row_keeps = None
             items = [e.reshape(-1, e.shape[-1]) for e in items]
             if params[modality] is not None:
                 items = self._merge(modality, inputs, items, params[modality])
             embeddings += tuple(items)
         return embeddings
+
+    def _image_pixels_to_features(self, vision_tower, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self._aim_row_keeps is None:
+            return super()._image_pixels_to_features(vision_tower, pixel_values)
+        strategy = self.config.vision_feature_select_strategy
+        return encode_rows(vision_tower, pixel_values, self._aim_row_keeps, strategy)
+
+    def _video_pixels_to_features(self, vision_tower, pixel_values: torch.Tensor) -> torch.Tensor:
+        # Adapted from LlavaOnevisionForConditionalGeneration._video_pixels_to_features @ vllm==0.32.0
+        if self._aim_row_keeps is None:
+            return super()._video_pixels_to_features(vision_tower, pixel_values)
+        strategy = self.config.vision_feature_select_strategy
+        features = encode_rows(vision_tower, pixel_values, self._aim_row_keeps, strategy)
+        return self.apply_pooling(self.multi_modal_projector(features))
 
     def _merge(self, modality: str, inputs, items: list[torch.Tensor], params) -> list[torch.Tensor]:
         """Each item reduced per its `ItemParams` (AIM merging or a baseline of the same count)."""
@@ -201,3 +226,14 @@ class AimLlavaOnevisionForConditionalGeneration(AimModelMixin, LlavaOnevisionFor
                     merge_anyres_image_embedding(embeds, item.base_tokens, item.grid_rows, ratio, method)
                 )
         return merged
+
+
+def _row_keeps(modality: str, inputs, params) -> list[float] | None:
+    """Encoder keep fraction of each frame / crop the tower encodes (None: all 1, the stock tower)."""
+    pixels = inputs.get("pixel_values_videos" if modality == "video" else "pixel_values")
+    if params is None or pixels is None:
+        return None
+    keeps = [ItemParams.from_tensor(p).schedule.encoder_keep for p in params]
+    if all(keep >= 1.0 for keep in keeps):
+        return None
+    return [keep for keep, item in zip(keeps, pixels, strict=True) for _ in range(len(item))]

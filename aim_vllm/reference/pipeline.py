@@ -19,6 +19,7 @@ import torch
 from aim_vllm.core.packing import merge_anyres_image_embedding, merge_video_embedding
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
+from aim_vllm.reference.encoder_merging import merged_tower
 
 
 @dataclass
@@ -127,30 +128,33 @@ class ReferenceModel(ReferencePipeline):
         ) ** 2
         self.visual_token_ids = (self.hf.config.image_token_index, self.hf.config.video_token_index)
 
-    def item(self, kind: str, data: Any, ratio: float, method: str = "aim") -> torch.Tensor:
+    def item(
+        self, kind: str, data: Any, ratio: float, method: str = "aim", encoder_keep: float = 1.0
+    ) -> torch.Tensor:
         """The merged packed embedding of a PIL image or of video frames [F, H, W, 3]."""
         if kind == "image":
-            return self.merge(self.image_embedding(data), "image", 0, ratio, method)
-        return self.merge(self.video_embedding(data), "video", len(data), ratio, method)
+            return self.merge(self.image_embedding(data, encoder_keep), "image", 0, ratio, method)
+        return self.merge(self.video_embedding(data, encoder_keep), "video", len(data), ratio, method)
 
     @torch.no_grad()
-    def image_embedding(self, image) -> torch.Tensor:
+    def image_embedding(self, image, encoder_keep: float = 1.0) -> torch.Tensor:
         """Packed anyres embedding [base + rows * (W + 1), C] of a PIL image."""
         out = self.processor.image_processor(images=[image], return_tensors="pt")
-        feats = self.hf.model.get_image_features(
-            pixel_values=out["pixel_values"],
-            image_sizes=out["image_sizes"],
-            batch_num_images=torch.tensor([1]),
-        ).pooler_output
+        with merged_tower(self.hf.model, encoder_keep):
+            feats = self.hf.model.get_image_features(
+                pixel_values=out["pixel_values"],
+                image_sizes=out["image_sizes"],
+                batch_num_images=torch.tensor([1]),
+            ).pooler_output
         return feats[0]
 
     @torch.no_grad()
-    def video_embedding(self, frames: np.ndarray) -> torch.Tensor:
+    def video_embedding(self, frames: np.ndarray, encoder_keep: float = 1.0) -> torch.Tensor:
         """Packed video embedding [F * 196 + 1, C] of frames [F, H, W, 3] uint8."""
         out = self.processor.video_processor(videos=[frames], return_tensors="pt")
-        return self.hf.model.get_video_features(pixel_values_videos=out["pixel_values_videos"]).pooler_output[
-            0
-        ]
+        with merged_tower(self.hf.model, encoder_keep):
+            features = self.hf.model.get_video_features(pixel_values_videos=out["pixel_values_videos"])
+        return features.pooler_output[0]
 
     def merge(
         self, embedding: torch.Tensor, kind: str, num_frames: int, ratio: float, method: str = "aim"

@@ -63,3 +63,18 @@ def test_shape_from_hf_config_reads_text_config() -> None:
         }
     }
     assert LLMShape.from_hf_config(config) == ARCHITECTURES["llava-onevision-0.5b"].llm
+
+
+def test_encoder_flops_of_merged_layers() -> None:
+    """SigLIP-so400m (LLaVA-OneVision's tower, 26 layers used): 729 patches, merged to half from layer 6."""
+    from aim_vllm.core.encoder_merge import kept_token_count, merge_start_layer
+    from aim_vllm.core.flops import VisionShape, encoder_flops, vision_layer_flops
+
+    shape = VisionShape(hidden_size=1152, num_layers=26, intermediate_size=4304, num_heads=16)
+    full = encoder_flops(729, shape)
+    assert full == 26 * vision_layer_flops(729, shape)
+    assert 0.6e12 < full < 0.7e12  # about 0.64 TFLOP per 384x384 frame
+    start, kept = merge_start_layer(26), kept_token_count(729, 0.5)
+    merged = encoder_flops(729, shape, start, kept)
+    assert merged == 6 * vision_layer_flops(729, shape) + 20 * vision_layer_flops(365, shape)
+    assert 0.5 < merged / full < 0.65

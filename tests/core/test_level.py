@@ -50,6 +50,18 @@ BASELINE = AimSchedule(1.0, (2, 3), prune_method="fastv", prune_keep=0.3)
                 "aim_prune_keep": 0.3,
             },
         ),
+        (
+            "merge:0.25,prune:14-22,encoder:0.5",
+            "merge:0.25,prune:14-22,encoder:0.5",
+            {"aim_merge_ratio": 0.25, "aim_prune_l1": 14, "aim_prune_l2": 22, "aim_encoder_keep": 0.5},
+        ),
+        ("encoder:.25", "merge:1,encoder:0.25", {"aim_merge_ratio": 1.0, "aim_encoder_keep": 0.25}),
+        (
+            "Balanced, encoder:0.5",
+            "balanced,encoder:0.5",
+            {"aim_preset": "balanced", "aim_encoder_keep": 0.5},
+        ),
+        ("budget:0.2,encoder:.25", "budget:0.2,encoder:0.25", {"aim_budget": 0.2, "aim_encoder_keep": 0.25}),
     ],
 )
 def test_text_form_round_trips_through_every_form(text: str, canonical: str, engine: dict) -> None:
@@ -64,7 +76,8 @@ def test_text_form_round_trips_through_every_form(text: str, canonical: str, eng
     ["", "fast", "budget:0", "budget:1.5", "budget:nan", "budget:1e-3", "budget:-0.1", "merge:0",
      "merge:0.5,merge:0.4", "prune:22-14", "prune:14-14", "prune:14", "prune:1-99999", "merge:٠.٥",
      "merge:0.5;prune:1-2", "x" * 100, "keep:0.3", "merge:0.5,method:median", "merge:0.5,importance:random",
-     "prune:1-2000"],
+     "prune:1-2000", "encoder:0", "encoder:1.5", "encoder:half", "merge:0.5,encoder:0.5,encoder:0.4",
+     "balanced,merge:0.5", "budget:0.2,encoder:0", "max,encoder:0.5,encoder:0.4", "balanced,"],
 )  # fmt: skip
 def test_bad_text_is_a_level_error(text: str) -> None:
     with pytest.raises(LevelError):
@@ -81,6 +94,8 @@ def test_bad_text_is_a_level_error(text: str) -> None:
         ({"prune_layers": [2, 5]}, AimLevel(schedule=PRUNE)),
         ({"budget": 0.3}, AimLevel(budget=0.3)),
         ({"prune_layers": [2, 3], "prune_method": "fastv", "prune_keep": 0.3}, AimLevel(schedule=BASELINE)),
+        ({"encoder_keep": 0.5}, AimLevel(schedule=AimSchedule(encoder_keep=0.5))),
+        ({"preset": "max", "encoder_keep": 0.5}, AimLevel(preset="max", encoder_keep=0.5)),
     ],
 )
 def test_json_form(value: object, expected: AimLevel) -> None:
@@ -103,6 +118,10 @@ def test_json_form(value: object, expected: AimLevel) -> None:
         ({"prune_layers": [-1, 2]}, "prune_layers[0]"),
         ({"merge_ratio": 0.5, "merge_method": "median"}, "merge_method"),
         ({"prune_keep": 0.3}, None),
+        ({"encoder_keep": 0}, "encoder_keep"),
+        ({"encoder_keep": "0.5"}, "encoder_keep"),
+        ({"budget": 0.2, "encoder_keep": 2}, "encoder_keep"),
+        ({"preset": "max", "merge_ratio": 0.5}, "merge_ratio"),
     ],
 )
 def test_bad_json_names_the_field(value: object, field: str | None) -> None:
@@ -124,6 +143,8 @@ def test_bad_json_names_the_field(value: object, field: str | None) -> None:
             {"aim_prune_l1": 2, "aim_prune_method": "fastv", "aim_prune_keep": 0.3},
             AimLevel(schedule=BASELINE),
         ),
+        ({"aim_encoder_keep": 0.5}, AimLevel(schedule=AimSchedule(encoder_keep=0.5))),
+        ({"aim_budget": 0.2, "aim_encoder_keep": 0.5}, AimLevel(budget=0.2, encoder_keep=0.5)),
     ],
 )
 def test_engine_form(kwargs: dict, expected: AimLevel | None) -> None:
@@ -178,3 +199,14 @@ def test_presets_and_labels() -> None:
     """Every core preset is a level; labels are bounded for metrics."""
     assert [parse_text(name).engine_kwargs() for name in PRESETS] == [{"aim_preset": n} for n in PRESETS]
     assert [parse_text(t).label for t in ("max", "budget:0.1", "merge:0.5")] == ["max", "budget", "custom"]
+
+
+def test_preset_and_budget_resolve_with_their_encoder_keep() -> None:
+    """A preset or budget resolves as without `encoder`, then carries the encoder keep fraction."""
+    level = parse_text("balanced,encoder:0.5")
+    assert level.resolve(28, lambda b: AimSchedule(b)) == AimSchedule(0.25, (14, 22), encoder_keep=0.5)
+    assert parse_text("budget:0.3,encoder:0.25").resolve(28, lambda b: AimSchedule(b)) == AimSchedule(
+        0.3, encoder_keep=0.25
+    )
+    with pytest.raises(LevelError, match="explicit level carries"):
+        AimLevel(schedule=AimSchedule(0.5), encoder_keep=0.5)

@@ -85,7 +85,10 @@ def assert_matches_reference(
     choice = response["choices"][0]
     tokens = choice["token_ids"]
     logprobs = [entry["logprob"] for entry in choice["logprobs"]["content"]]
-    items = [reference_item(reference, m, schedule.merge_ratio, schedule.merge_method) for m in media]
+    items = [
+        reference_item(reference, m, schedule.merge_ratio, schedule.merge_method, schedule.encoder_keep)
+        for m in media
+    ]
     run = reference.run(response["prompt_token_ids"], items, schedule, tokens)
     np.testing.assert_allclose(logprobs, run.logprobs, atol=tolerance, rtol=0)
     tie_margin = max(TIE_MARGIN, tolerance)
@@ -94,8 +97,12 @@ def assert_matches_reference(
     return run
 
 
-def reference_item(reference: ReferencePipeline, media: Media, ratio: float, method: str = "aim") -> Any:
+def reference_item(
+    reference: ReferencePipeline, media: Media, ratio: float, method: str = "aim", encoder_keep: float = 1.0
+) -> Any:
     """The reference's item for `media` merged at `ratio` (an embedding, or an architecture's item)."""
+    if encoder_keep < 1.0:  # LLaVA-OneVision's reference only
+        return reference.item(media.kind, media.data, ratio, method, encoder_keep)
     if method == "aim":
         return reference.item(media.kind, media.data, ratio)
     return reference.item(media.kind, media.data, ratio, method)

@@ -100,6 +100,18 @@ def test_pruning_matches_reference(llava_engine, llava_reference, image) -> None
     assert_matches_reference(llava_reference, response, [image], schedule)
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [AimSchedule(encoder_keep=0.5), AimSchedule(0.4375, (1, 4), encoder_keep=0.3)],
+    ids=["encoder", "merge+prune+encoder"],
+)
+def test_encoder_merging_matches_reference(llava_engine, llava_reference, image, schedule) -> None:
+    """CLIP run merged from its start layer (CLS apart; vLLM's layers) == transformers' layers (1e-4)."""
+    response = chat(llava_engine, [image], QUESTION, aim_kwargs(schedule), max_tokens=8)
+    assert response["usage"]["aim"]["encoder_keep"] == schedule.encoder_keep
+    assert_matches_reference(llava_reference, response, [image], schedule)
+
+
 def test_concurrent_requests_with_different_levels(llava_engine, llava_reference) -> None:
     """Images batched through one CLIP pass with different ratios, each equal to its own reference."""
     jobs = [
@@ -109,6 +121,8 @@ def test_concurrent_requests_with_different_levels(llava_engine, llava_reference
         (_image(4, 336, 336), AimSchedule(0.5, (2, 5))),
         (_image(5), AimSchedule(1.0, (0, 6))),
         (_image(6), AimSchedule(0.3)),
+        (_image(7), AimSchedule(encoder_keep=0.5)),
+        (_image(8), AimSchedule(0.4375, encoder_keep=0.25)),
     ]
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(chat, llava_engine, [m], QUESTION, aim_kwargs(s), 6) for m, s in jobs]

@@ -145,7 +145,13 @@ def test_budget_level_stays_within_its_flops(qwen_engine, video) -> None:
 
 @pytest.mark.parametrize(
     "aim",
-    [{"aim_merge_ratio": 0}, {"aim_merge_ratio": 1.5}, {"aim_merge_ratio": "0.5"}, {"aim_prune_l1": 1}],
+    [
+        {"aim_merge_ratio": 0},
+        {"aim_merge_ratio": 1.5},
+        {"aim_merge_ratio": "0.5"},
+        {"aim_prune_l1": 1},
+        {"aim_encoder_keep": 0.5},  # merging inside the encoder: LLaVA-OneVision only, for now
+    ],
 )
 def test_bad_values_are_clear_400s(qwen_engine, image, aim) -> None:
     """Invalid levels are refused with a 400 naming the problem (validated before the HF processor)."""
@@ -158,7 +164,7 @@ def test_bad_values_are_clear_400s(qwen_engine, image, aim) -> None:
     response = httpx.post(qwen_engine.url + "/v1/chat/completions", json=body, timeout=120)
     assert response.status_code == 400, response.text
     message = response.json()["error"]["message"]
-    assert "aim" in message or "merge_ratio" in message or "prune" in message
+    assert any(word in message for word in ("aim", "merge_ratio", "prune", "encoder_keep"))
 
 
 def test_two_tensor_parallel_ranks_merge_and_prune_like_the_reference(

@@ -1,0 +1,65 @@
+"""Merging inside the vision encoder (`encoder:<keep>`) in vLLM: exact against the reference."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from aim_vllm.core.schedule import AimSchedule
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, video_item
+
+QUESTION = "What colour is the square?"
+
+
+@pytest.fixture(scope="module")
+def image() -> Media:
+    return image_item(5)
+
+
+@pytest.fixture(scope="module")
+def video() -> Media:
+    return video_item(6, 4)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [AimSchedule(encoder_keep=0.5), AimSchedule(0.25, (1, 2), encoder_keep=0.3)],
+    ids=["encoder", "merge+prune+encoder"],
+)
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_encoder_merging_matches_reference(aim_engine, reference, image, video, kind, schedule) -> None:
+    """vLLM's tower (its own attention path) equals transformers' layers on the same merged tokens."""
+    item = image if kind == "image" else video
+    response = chat(aim_engine, [item], QUESTION, aim_kwargs(schedule))
+    assert_matches_reference(reference, response, [item], schedule)
+
+
+def test_encoder_level_is_its_own_encoder_cache_entry(aim_engine, reference, video) -> None:
+    """The same video with and without encoder merging: vLLM's encoder cache must not serve one for
+    the other (it keys on the canonical AIM kwargs), and the prompt layout stays the same."""
+    off = chat(aim_engine, [video], QUESTION)
+    schedule = AimSchedule(encoder_keep=0.25)
+    merged = chat(aim_engine, [video], QUESTION, aim_kwargs(schedule))
+    assert merged["prompt_token_ids"] == off["prompt_token_ids"]
+    assert merged["usage"]["aim"]["encoder_keep"] == 0.25
+    logprobs = [[e["logprob"] for e in r["choices"][0]["logprobs"]["content"]] for r in (off, merged)]
+    assert logprobs[0] != logprobs[1]
+    assert_matches_reference(reference, merged, [video], schedule)
+    again = chat(aim_engine, [video], QUESTION)
+    assert again["choices"][0]["logprobs"] == off["choices"][0]["logprobs"]
+
+
+def test_batched_items_with_different_keeps(aim_engine, reference) -> None:
+    """Frames and crops of several requests in one encoder batch, each at its own keep fraction."""
+    jobs = [
+        (video_item(7, 4), AimSchedule(encoder_keep=0.5)),
+        (image_item(8), AimSchedule(0.5, encoder_keep=0.25)),
+        (video_item(9, 4), AimSchedule(0.25)),
+        (image_item(10), AimSchedule(encoder_keep=0.5)),
+    ]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(chat, aim_engine, [m], QUESTION, aim_kwargs(s)) for m, s in jobs]
+        responses = [f.result() for f in futures]
+    for (item, schedule), response in zip(jobs, responses, strict=True):
+        assert_matches_reference(reference, response, [item], schedule)
