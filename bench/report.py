@@ -39,6 +39,7 @@ _SPLIT_COLUMNS = (
     ("TTFT s", "ttft_fresh_p50_s", "{:.3f}"),
     ("speedup", "e2e_speedup", "{:.2f}"),
     ("Amdahl bound", "amdahl_bound_speedup", "{:.2f}"),
+    ("encoder part speedup", "encoder_speedup", "{:.2f}"),
     ("LLM part s", "ttft_repeat_p50_s", "{:.3f}"),
     ("LLM speedup", "llm_speedup", "{:.2f}"),
     ("FLOPs speedup", "flops_speedup", "{:.2f}"),

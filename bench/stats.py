@@ -8,7 +8,8 @@ better for latencies, above 1 for throughputs.
 Where the time goes (split phases): with the reference level's encoder share
 s = (TTFT_fresh - TTFT_repeat) / TTFT_fresh, a level that cuts LLM prefill FLOPs to a fraction f
 can speed the first token up by at most 1 / (s + (1 - s) f) (Amdahl), since it leaves the vision
-encoder as it is.
+encoder as it is. A level that merges inside the encoder (`usage.aim.encoder_keep` < 1) is not
+bounded so; its encoder part (fresh minus repeat) gets its own speedup.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def aim_summary(results: list[RequestResult]) -> dict[str, Any]:
             [a["visual_tokens_merged"] for a in reported if "visual_tokens_merged" in a]
         ),
         "pruning": pruning[0][0] if pruning else None,
+        "encoder_keep": _mean_or_none([a.get("encoder_keep", 1.0) for a in reported]),
     }
 
 
@@ -155,17 +157,19 @@ def summarise_split(
 
     `same_flops` (label -> label): a level without `usage.aim` takes the other's FLOPs ratio.
     """
-    medians, tokens = {}, {}
+    medians, tokens, encoder_keeps = {}, {}, {}
     for label, level_pairs in pairs.items():
         good = [(f, r) for f, r in level_pairs if f.ok and r.ok]
         if good:
+            aim = aim_summary([f for f, _ in good])
             medians[label] = (
                 statistics.median(f.ttft_s for f, _ in good),
                 statistics.median(r.ttft_s for _, r in good),
-                aim_summary([f for f, _ in good])["flops_ratio"],
+                aim["flops_ratio"],
                 len(good),
             )
             tokens[label] = statistics.median(f.prompt_tokens for f, _ in good)
+            encoder_keeps[label] = aim["encoder_keep"] or 1.0
     for label, source in (same_flops or {}).items():
         # as many tokens in every layer: the same FLOPs
         if (
@@ -182,6 +186,7 @@ def summarise_split(
     rows = []
     for label, (fresh, repeat, flops, count) in medians.items():
         known = flops is not None  # unknown: a level without usage.aim and no equal-token twin
+        bounded = known and encoder_keeps[label] >= 1.0  # Amdahl: the encoder as it is
         rows.append(
             {
                 "level": label,
@@ -191,7 +196,9 @@ def summarise_split(
                 "encoder_share_ref": share,
                 "flops_ratio": flops,
                 "e2e_speedup": ref_fresh / fresh,
-                "amdahl_bound_speedup": amdahl_bound(share, flops) if known else None,
+                "amdahl_bound_speedup": amdahl_bound(share, flops) if bounded else None,
+                "encoder_keep": encoder_keeps[label],
+                "encoder_speedup": ratio(ref_fresh - ref_repeat, fresh - repeat),
                 "llm_speedup": ref_repeat / repeat,
                 "flops_speedup": 1.0 / flops if known else None,
                 "llm_speedup_vs_flops": (ref_repeat / repeat) * flops if known else None,

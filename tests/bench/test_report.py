@@ -52,7 +52,7 @@ def test_markdown_levels(levels_result: dict) -> None:
     text = markdown(levels_result)
     assert "| video8 | 1 | balanced | 0.100 | 2.000 | 0.50 | - | - |" in text
     assert "xoff" in text and "Where the time goes" in text
-    assert "| video8 | balanced | 0.100 | 2.000 | 2.00 | 2.50 | 0.200 | 5.00 | 10.00 | 0.50 | 1 |" in text
+    assert "| video8 | balanced | 0.100 | 2.000 | 2.00 | 2.50 | - | 0.200 | 5.00 | 10.00 | 0.50 | 1 |" in text
     assert text.count("\n|") == 2 + 2 + 2 + 1  # header+rule+rows, twice
 
 

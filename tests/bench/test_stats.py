@@ -121,6 +121,25 @@ def test_summarise_split_llm_part_and_bound() -> None:
     assert balanced["amdahl_bound_speedup"] == pytest.approx(amdahl_bound(35 / 42, 0.1))
 
 
+def test_summarise_split_encoder_level_has_no_llm_only_bound() -> None:
+    """A level merging inside the encoder is not bounded by the LLM-only Amdahl bound; its encoder
+    part (fresh - repeat) gets its own speedup."""
+    merged = _ok(20.0, 21.0, flops=0.1)
+    merged.aim["encoder_keep"] = 0.5
+    pairs = {
+        "off": [(_ok(42.0, 43.0, flops=1.0), _ok(7.0, 8.0, flops=1.0))],
+        "balanced": [(_ok(36.0, 37.0, flops=0.1), _ok(1.4, 2.0, flops=0.1))],
+        "balanced,encoder:0.5": [(merged, _ok(1.5, 2.0, flops=0.1))],
+    }
+    rows = {row["level"]: row for row in summarise_split(pairs, "off")}
+    assert rows["balanced"]["encoder_speedup"] == pytest.approx(35 / 34.6)
+    assert rows["balanced"]["amdahl_bound_speedup"] is not None
+    encoder = rows["balanced,encoder:0.5"]
+    assert encoder["amdahl_bound_speedup"] is None and encoder["encoder_keep"] == 0.5
+    assert encoder["encoder_speedup"] == pytest.approx(35 / 18.5)
+    assert encoder["e2e_speedup"] == pytest.approx(42 / 20)
+
+
 def test_summarise_split_needs_the_reference() -> None:
     assert summarise_split({"max": [(_ok(1.0, 1.0), _ok(0.5, 0.5))]}, "off") == []
 
