@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aim_vllm.core.flops import LLMShape, executed_prefill_flops, prefill_flops
+from aim_vllm.core.flops import (
+    LLMShape,
+    VisionShape,
+    encoder_flops_ratio,
+    executed_prefill_flops,
+    prefill_flops,
+)
 from aim_vllm.kv.plan import cdiv
 
 STATS_DIR_ENV = "AIM_VLLM_STATS_DIR"
@@ -43,8 +49,11 @@ class RequestStats:
     kv_block_size: int | None = None
     kv_blocks_per_layer: list[int] | None = None
     kv_blocks_saved: int | None = None
-    # kept fraction inside the vision encoder (`core.encoder_merge`; 1.0: the encoder as it is)
+    # kept fraction inside the vision encoder (`core.encoder_merge`; 1.0: the encoder as it is) and
+    # the encoder FLOPs per frame / crop it leaves (`core.flops.encoder_flops_ratio`; None where
+    # the model's tower has no FLOPs model here)
     encoder_keep: float = 1.0
+    encoder_flops_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +73,7 @@ def request_stats(
     kv_blocks_per_layer: list[int] | None = None,
     kv_block_size: int | None = None,
     encoder_keep: float = 1.0,
+    encoder: VisionShape | None = None,
 ) -> RequestStats:
     """Stats of a prefill whose per-layer counts are known."""
     text = num_prompt - visual_tokens_merged
@@ -89,6 +99,7 @@ def request_stats(
         flops_ratio=executed / off,
         **kv_usage(num_prompt, kv_blocks_per_layer, kv_block_size),
         encoder_keep=encoder_keep,
+        encoder_flops_ratio=None if encoder is None else encoder_flops_ratio(encoder, encoder_keep),
     )
 
 
@@ -154,8 +165,8 @@ class StatsStore:
 class UsageReporter:
     """Writes the stats of every prefill that starts (worker side)."""
 
-    def __init__(self, shape: LLMShape, store: StatsStore | None) -> None:
-        self.shape, self.store = shape, store
+    def __init__(self, shape: LLMShape, store: StatsStore | None, encoder: VisionShape | None = None) -> None:
+        self.shape, self.store, self.encoder = shape, store, encoder
 
     def report(self, started, counts=None, kv_held=None, kv_block_size: int | None = None) -> None:
         """`started`: (RequestStep, PruneRecord) pairs of prefills starting in this step.
@@ -187,5 +198,6 @@ class UsageReporter:
                 kv_blocks_per_layer=(kv_held or {}).get(req.req_id),
                 kv_block_size=kv_block_size,
                 encoder_keep=schedule.encoder_keep if schedule else 1.0,
+                encoder=self.encoder,
             )
             self.store.put(external_request_id(req.req_id), stats)

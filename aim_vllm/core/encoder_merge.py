@@ -1,7 +1,7 @@
 """Token merging inside the vision encoder, undone at its output (ToMe's merge / unmerge).
 
 An opt-in level on top of AIM (AIM leaves the encoder as it is; this is the project's
-extension, `encoder:<keep>` in the level grammar): from layer `merge_start_layer(depth)` on, each
+extension, `encoder:<keep>` in the level grammar): from layer `token_counts.merge_start_layer(depth)` on, each
 frame / crop carries `ceil(keep * N)` tokens instead of its N patch tokens, so the rest of the
 tower computes on fewer rows; its output copies each merged token back to every patch it holds,
 so the patch grid, the projector, the pooling, AIM's merging and the prompt layout stay as they
@@ -21,25 +21,10 @@ Pure torch; the vLLM model files and the reference run the same plan on their ow
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from aim_vllm.core.merge import cosine_scores
-
-# The first layers see raw patches; merging starts a quarter of the way into the tower.
-_START_FRACTION = 0.25
-
-
-def merge_start_layer(depth: int) -> int:
-    """Index of the first encoder layer that runs on merged tokens (of `depth` layers)."""
-    return max(1, math.floor(depth * _START_FRACTION)) if depth > 1 else 0
-
-
-def kept_token_count(num_tokens: int, keep: float, protected: int = 0) -> int:
-    """Tokens the merged layers carry: protected ones (e.g. CLIP's CLS) plus ceil(keep * the rest)."""
-    return protected + max(1, math.ceil(keep * (num_tokens - protected)))
 
 
 def merge_plan(metric: torch.Tensor, target: int, protected: int = 0) -> torch.Tensor:

@@ -73,3 +73,17 @@ def merged_anyres_image_tokens(base_tokens: int, grid_tokens: int, grid_rows: in
     extension of AIM to LLaVA-OneVision images).
     """
     return merged_token_count(base_tokens, ratio) + merged_token_count(grid_tokens, ratio) + grid_rows
+
+
+# The first layers see raw patches; merging starts a quarter of the way into the tower.
+_START_FRACTION = 0.25
+
+
+def merge_start_layer(depth: int) -> int:
+    """Index of the first encoder layer that runs on merged tokens (of `depth` layers)."""
+    return max(1, math.floor(depth * _START_FRACTION)) if depth > 1 else 0
+
+
+def kept_token_count(num_tokens: int, keep: float, protected: int = 0) -> int:
+    """Tokens the merged layers carry: protected ones (e.g. CLIP's CLS) plus ceil(keep * the rest)."""
+    return protected + max(1, math.ceil(keep * (num_tokens - protected)))

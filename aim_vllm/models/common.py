@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from aim_vllm.config import default_level
 from aim_vllm.core.budget import VisualLayout, solve_budget
-from aim_vllm.core.flops import LLMShape
+from aim_vllm.core.flops import LLMShape, VisionShape
 from aim_vllm.core.level import parse_engine_kwargs, schedule_kwargs, without_engine_keys
 from aim_vllm.core.schedule import OFF, VIDEO_ONLY_METHODS, AimSchedule
 from aim_vllm.kv.spec import install_stage_specs
@@ -101,7 +101,8 @@ class AimModelMixin:
         if not unsupported:  # pruned requests then hold only the KV each layer keeps (Design C)
             install_stage_specs(layers, vllm_config, announce=parallel.is_reporter)
         self.aim_pruner = PruningDecoder(shape.num_layers, parallel, unsupported)
-        self.aim_reporter = UsageReporter(shape, StatsStore.from_env() if parallel.is_reporter else None)
+        store = StatsStore.from_env() if parallel.is_reporter else None
+        self.aim_reporter = UsageReporter(shape, store, VisionShape.from_hf_config(self.config.to_dict()))
 
     def get_model_state_cls(self) -> type:
         """Model Runner V2's per-model state (`model_state.py`); the V1 runner never asks."""

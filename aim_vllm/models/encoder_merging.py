@@ -13,14 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from aim_vllm.compat import resolve_visual_encoder_outputs
-from aim_vllm.core.encoder_merge import (
-    kept_token_count,
-    merge_plan,
-    merge_start_layer,
-    merge_tokens,
-    proportional_attention,
-    unmerge_tokens,
-)
+from aim_vllm.core.encoder_merge import merge_plan, merge_tokens, proportional_attention, unmerge_tokens
+from aim_vllm.core.token_counts import kept_token_count, merge_start_layer
 
 
 def encode_rows(

@@ -46,11 +46,11 @@ from aim_vllm.compat import (
     tensor_model_parallel_all_reduce,
 )
 from aim_vllm.core.budget import VisualLayout
-from aim_vllm.core.encoder_merge import merge_start_layer, proportional_attention, unmerge_tokens
+from aim_vllm.core.encoder_merge import proportional_attention, unmerge_tokens
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import without_engine_keys
 from aim_vllm.core.merge import merge_frames
-from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.core.token_counts import merge_start_layer, merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,

@@ -15,14 +15,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from aim_vllm.core.encoder_merge import (
-    kept_token_count,
-    merge_plan,
-    merge_start_layer,
-    merge_tokens,
-    size_bias,
-    unmerge_tokens,
-)
+from aim_vllm.core.encoder_merge import merge_plan, merge_tokens, size_bias, unmerge_tokens
+from aim_vllm.core.token_counts import kept_token_count, merge_start_layer
 
 
 class _MergedTower(nn.Module):

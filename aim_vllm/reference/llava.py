@@ -19,16 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from aim_vllm.core.encoder_merge import (
-    kept_token_count,
-    merge_plan,
-    merge_start_layer,
-    merge_tokens,
-    size_bias,
-    unmerge_tokens,
-)
+from aim_vllm.core.encoder_merge import merge_plan, merge_tokens, size_bias, unmerge_tokens
 from aim_vllm.core.merge import merge_frames
-from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.core.token_counts import kept_token_count, merge_start_layer, merged_token_count
 from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
 from aim_vllm.reference.pipeline import ReferencePipeline
 

@@ -6,14 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aim_vllm.core.encoder_merge import (
-    kept_token_count,
-    merge_plan,
-    merge_start_layer,
-    merge_tokens,
-    proportional_attention,
-    unmerge_tokens,
-)
+from aim_vllm.core.encoder_merge import merge_plan, merge_tokens, proportional_attention, unmerge_tokens
+from aim_vllm.core.token_counts import kept_token_count, merge_start_layer
 
 
 def _pairs(batch: int, n: int, channels: int, seed: int = 0) -> torch.Tensor:

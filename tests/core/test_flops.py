@@ -67,8 +67,8 @@ def test_shape_from_hf_config_reads_text_config() -> None:
 
 def test_encoder_flops_of_merged_layers() -> None:
     """SigLIP-so400m (LLaVA-OneVision's tower, 26 layers used): 729 patches, merged to half from layer 6."""
-    from aim_vllm.core.encoder_merge import kept_token_count, merge_start_layer
     from aim_vllm.core.flops import VisionShape, encoder_flops, vision_layer_flops
+    from aim_vllm.core.token_counts import kept_token_count, merge_start_layer
 
     shape = VisionShape(hidden_size=1152, num_layers=26, intermediate_size=4304, num_heads=16)
     full = encoder_flops(729, shape)
@@ -78,3 +78,37 @@ def test_encoder_flops_of_merged_layers() -> None:
     merged = encoder_flops(729, shape, start, kept)
     assert merged == 6 * vision_layer_flops(729, shape) + 20 * vision_layer_flops(365, shape)
     assert 0.5 < merged / full < 0.65
+
+
+def test_vision_shape_from_published_configs() -> None:
+    """LLaVA-OneVision: 26 SigLIP layers used, 729 patches; LLaVA-1.5: 23 of 24 CLIP layers, CLS + 576."""
+    from aim_vllm.core.flops import VisionShape, encoder_flops_ratio
+
+    siglip = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 1152,
+        "num_hidden_layers": 26,
+        "intermediate_size": 4304,
+        "num_attention_heads": 16,
+        "image_size": 384,
+        "patch_size": 14,
+    }
+    clip = {
+        "model_type": "clip_vision_model",
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "image_size": 336,
+        "patch_size": 14,
+    }
+    ov = VisionShape.from_hf_config({"vision_config": siglip, "vision_feature_layer": -1})
+    llava = VisionShape.from_hf_config({"vision_config": clip, "vision_feature_layer": -2})
+    assert (ov.num_layers, ov.tokens, ov.protected) == (26, 729, 0)
+    assert (llava.num_layers, llava.tokens, llava.protected) == (23, 577, 1)
+    assert encoder_flops_ratio(ov, 1.0) == 1.0
+    assert 0.55 < encoder_flops_ratio(ov, 0.5) < 0.65 and encoder_flops_ratio(ov, 0.25) < encoder_flops_ratio(
+        ov, 0.5
+    )
+    qwen = {"model_type": "qwen2_5_vl", "depth": 32, "hidden_size": 1280}
+    assert VisionShape.from_hf_config({"vision_config": qwen}) is None

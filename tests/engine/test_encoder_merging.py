@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from aim_vllm.core.flops import VisionShape, encoder_flops_ratio
 from aim_vllm.core.schedule import AimSchedule
 from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, video_item
 
@@ -35,7 +37,7 @@ def test_encoder_merging_matches_reference(aim_engine, reference, image, video, 
     assert_matches_reference(reference, response, [item], schedule)
 
 
-def test_encoder_level_is_its_own_encoder_cache_entry(aim_engine, reference, video) -> None:
+def test_encoder_level_is_its_own_encoder_cache_entry(aim_engine, reference, video, tiny_model_dir) -> None:
     """The same video with and without encoder merging: vLLM's encoder cache must not serve one for
     the other (it keys on the canonical AIM kwargs), and the prompt layout stays the same."""
     off = chat(aim_engine, [video], QUESTION)
@@ -43,6 +45,9 @@ def test_encoder_level_is_its_own_encoder_cache_entry(aim_engine, reference, vid
     merged = chat(aim_engine, [video], QUESTION, aim_kwargs(schedule))
     assert merged["prompt_token_ids"] == off["prompt_token_ids"]
     assert merged["usage"]["aim"]["encoder_keep"] == 0.25
+    tower = VisionShape.from_hf_config(json.loads((tiny_model_dir / "config.json").read_text()))
+    assert merged["usage"]["aim"]["encoder_flops_ratio"] == pytest.approx(encoder_flops_ratio(tower, 0.25))
+    assert off["usage"]["aim"]["encoder_flops_ratio"] == 1.0
     logprobs = [[e["logprob"] for e in r["choices"][0]["logprobs"]["content"]] for r in (off, merged)]
     assert logprobs[0] != logprobs[1]
     assert_matches_reference(reference, merged, [video], schedule)

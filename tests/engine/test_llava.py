@@ -109,6 +109,7 @@ def test_encoder_merging_matches_reference(llava_engine, llava_reference, image,
     """CLIP run merged from its start layer (CLS apart; vLLM's layers) == transformers' layers (1e-4)."""
     response = chat(llava_engine, [image], QUESTION, aim_kwargs(schedule), max_tokens=8)
     assert response["usage"]["aim"]["encoder_keep"] == schedule.encoder_keep
+    assert 0.0 < response["usage"]["aim"]["encoder_flops_ratio"] < 1.0
     assert_matches_reference(llava_reference, response, [image], schedule)
 
 
