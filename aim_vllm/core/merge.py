@@ -10,10 +10,11 @@ Order of survivors (documented deviation from the reference code): every survivi
 its own original index, so the output is in original spatial order. The reference puts unmerged
 sources first; the two orders coincide whenever a pass merges all of A (e.g. 25%, 50%).
 
-Similarities are compared at a resolution of 2^-16 (`cosine_scores`), ties broken by index: two
-implementations whose features differ by float noise then make the same plan, also where tokens
-are exact copies (e.g. after `core.encoder_merge` copies merged tokens back), whose self-similarity
-rounds to 1 +- 1e-7 depending on their bits.
+Similarities are compared at a resolution of 2^-10 (`cosine_scores`), ties broken by index: two
+implementations whose features differ by float noise (vLLM vs the reference, one rank vs two
+ranks' all-reduced sums, about 1e-6) then make the same plan unless a score sits within that noise
+of a rounding edge; exact copies (e.g. after `core.encoder_merge` copies merged tokens back), whose
+self-similarity rounds to 1 +- 1e-7 depending on their bits, always tie.
 
 Similarity metric: by default the features being merged (AIM's setting after a projector). A
 separate metric can be given instead, e.g. the CLIP attention keys AIM uses for LLaVA-1.5 (as
@@ -32,7 +33,7 @@ import torch
 
 from aim_vllm.core.token_counts import merge_passes
 
-SCORE_RESOLUTION = 2.0**-16  # cosine similarities closer than this count as equal
+SCORE_RESOLUTION = 2.0**-10  # cosine similarities closer than this count as equal
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ SCHEDULES = {
     "merge": AimSchedule(0.25),
     "prune": AimSchedule(1.0, (1, 4)),
     "both": AimSchedule(0.25, (1, 4)),
+    "both+encoder": AimSchedule(0.25, (1, 4), encoder_keep=0.5),  # the tower's heads split over ranks
 }
 
 
