@@ -71,16 +71,17 @@ def _bipartite_round(x: torch.Tensor, r: int, protected: int) -> torch.Tensor:
 def merge_tokens(
     x: torch.Tensor, dest: torch.Tensor, sizes: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(size-weighted means [B, M, C], merged sizes [B, M]) of tokens x [B, N, C] grouped by dest."""
+    """(size-weighted means [B, M, C] in x's dtype, float32 sizes [B, M]) of tokens x [B, N, C]
+    grouped by dest; accumulated in float32, as `core.merge.apply_merge` does."""
     batch, _, channels = x.shape
     target = int(dest.max()) + 1
     if sizes is None:
-        sizes = torch.ones(dest.shape, dtype=x.dtype, device=x.device)
-    sizes = sizes.to(x.dtype)
-    total = torch.zeros(batch, target, dtype=x.dtype, device=x.device).scatter_add_(1, dest, sizes)
-    sums = torch.zeros(batch, target, channels, dtype=x.dtype, device=x.device)
-    sums.scatter_add_(1, dest[..., None].expand(-1, -1, channels), x * sizes[..., None])
-    return sums / total[..., None], total
+        sizes = torch.ones(dest.shape, device=x.device)
+    sizes = sizes.float()
+    total = torch.zeros(batch, target, device=x.device).scatter_add_(1, dest, sizes)
+    sums = torch.zeros(batch, target, channels, device=x.device)
+    sums.scatter_add_(1, dest[..., None].expand(-1, -1, channels), x.float() * sizes[..., None])
+    return (sums / total[..., None]).to(x.dtype), total
 
 
 def unmerge_tokens(x: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ Here:
    `merged_token_count(576, r)`;
 4. the projector maps the merged features; the placeholder count is that merged count.
 With `encoder_keep` < 1 (opt-in, the project's extension) the tower itself also runs on merged
-tokens from `core.encoder_merge.merge_start_layer` on (`models.encoder_merging`), CLS apart, and
+tokens from `core.token_counts.merge_start_layer` on (`models.encoder_merging`), CLS apart, and
 copies them back at its output, keys included, before step 2.
 Merging needs a CLIP tower and a single feature layer (the processor refuses otherwise);
 precomputed `image_embeds` are never merged. Pixtral-HF checkpoints (which vLLM also serves as

@@ -81,3 +81,16 @@ def test_plan_errors_and_start_layer() -> None:
         merge_plan(torch.randn(1, 10, 4), 1, protected=1)
     assert [merge_start_layer(d) for d in (1, 2, 4, 26, 27, 32)] == [0, 1, 1, 6, 6, 8]
     assert kept_token_count(729, 0.5) == 365 and kept_token_count(577, 0.5, protected=1) == 289
+
+
+def test_low_precision_tokens_merge_in_float32() -> None:
+    """bf16 tokens are averaged in float32 and returned in bf16; sizes stay exact."""
+    torch.manual_seed(2)
+    x = torch.randn(1, 64, 16)
+    dest = merge_plan(x, 20)
+    merged, sizes = merge_tokens(x.bfloat16(), dest)
+    assert merged.dtype == torch.bfloat16 and sizes.dtype == torch.float32
+    torch.testing.assert_close(
+        merged.float(), merge_tokens(x.bfloat16().float(), dest)[0], atol=1e-2, rtol=1e-2
+    )
+    assert sizes.sum() == 64
