@@ -93,10 +93,10 @@ class AimLevel:
     def __post_init__(self) -> None:
         if sum(value is not None for value in (self.preset, self.budget, self.schedule)) != 1:
             raise LevelError("a level is exactly one of a preset, a budget or an explicit schedule")
-        if isinstance(self.encoder_keep, bool) or not isinstance(self.encoder_keep, int | float):
-            raise LevelError(f"encoder_keep must be a number, got {self.encoder_keep!r}", "encoder_keep")
-        if not 0.0 < self.encoder_keep <= 1.0:
-            raise LevelError(f"encoder_keep must be in (0, 1], got {self.encoder_keep}", "encoder_keep")
+        try:  # the schedule owns the rule for encoder_keep
+            AimSchedule(encoder_keep=self.encoder_keep)
+        except (TypeError, ValueError) as exc:
+            raise LevelError(str(exc), "encoder_keep") from None
         if self.schedule is not None and self.encoder_keep != 1.0:
             raise LevelError("an explicit level carries encoder_keep in its schedule", "encoder_keep")
         if self.preset is not None and self.preset not in PRESETS:
