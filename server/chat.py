@@ -12,17 +12,16 @@ engine's fields under the knob's bounded label.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server import jsonio
 from server.body import read_json_object
 from server.config import Settings
 from server.errors import GatewayError, InvalidRequestError, UpstreamError
@@ -95,7 +94,7 @@ class ChatService:
         deadline = self.upstream.deadline()
         opened = await self.upstream.open(call, deadline)
         logger.debug("chat level=%s replica=%s", prepared.knob.text, opened.replica.url)
-        if prepared.stream and opened.response.status_code == 200:
+        if prepared.stream and opened.status == 200:
             events = self.upstream.relay(opened, StreamUsage(self, prepared).transform, deadline)
             return ProxyStreamResponse(events, opened.close)
         return await self._complete(opened, prepared)
@@ -119,10 +118,10 @@ class ChatService:
         dropped = sorted(ENGINE_OVERRIDES.intersection(raw))
         if dropped:
             logger.debug("dropped engine overrides from the request: %s", dropped)
-        body = json.dumps(build_upstream_body(raw, knob), ensure_ascii=False, separators=(",", ":"))
+        body = jsonio.dumps(build_upstream_body(raw, knob))
         wants_usage = bool(checked.stream_options and checked.stream_options.include_usage)
         stream, has_media = bool(checked.stream), checked.media_count > 0
-        return PreparedChat(body.encode(), knob, stream, wants_usage, has_media, started)
+        return PreparedChat(body, knob, stream, wants_usage, has_media, started)
 
     async def _resolve_media(self, messages: list[dict[str, Any]]) -> None:
         """Check every media URL in place; remote ones are replaced by the fetched data URL."""
@@ -140,17 +139,17 @@ class ChatService:
 
     async def _complete(self, opened: Opened, prepared: PreparedChat) -> Response:
         await opened.close()
-        status = opened.response.status_code
+        status = opened.status
         if status != 200:
             raise status_error(status, opened.head)
         try:
-            payload = json.loads(opened.head)
+            payload = jsonio.loads(opened.head)
         except (ValueError, RecursionError):
             raise UpstreamError("the replica's answer is not JSON") from None
         if not isinstance(payload, dict):
             raise UpstreamError("the replica's answer is not a JSON object")
         self.observe(prepared.knob, annotate_usage(payload, prepared.knob))
-        return JSONResponse(payload)
+        return Response(jsonio.dumps(payload), media_type="application/json")
 
     def observe(self, knob: AimLevel, engine_aim: dict[str, Any] | None) -> None:
         if engine_aim:
@@ -186,7 +185,7 @@ class StreamUsage:
         if b'"usage"' not in event or not event.startswith(b"data:"):
             return event
         try:
-            payload = json.loads(event[len(b"data:") :])
+            payload = jsonio.loads(event[len(b"data:") :])
         except (ValueError, RecursionError):
             return event
         if not isinstance(payload, dict) or not isinstance(payload.get("usage"), dict):
@@ -194,4 +193,4 @@ class StreamUsage:
         self.service.observe(self.prepared.knob, annotate_usage(payload, self.prepared.knob))
         if not self.prepared.client_wants_usage and not payload.get("choices"):
             return None  # the usage-only chunk the gateway asked for on its own behalf
-        return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        return b"data: " + jsonio.dumps(payload)

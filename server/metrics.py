@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -81,36 +81,55 @@ class GatewayMetrics:
         )
         self._replicas = _ReplicaCollector()
         reg.register(self._replicas)
+        # labelled children by label values (`labels()` validates and locks on every call);
+        # every label here is bounded (routes, statuses, knob labels)
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._aim_children: dict[str, _AimChildren] = {}
 
     def track_pool(self, pool: ReplicaPool) -> None:
         """Replica gauges read `pool` at scrape time (its members change under DNS discovery)."""
         self._replicas.pool = pool
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, status)
+        if (children := self._request_children.get(key)) is None:
+            children = self._request_children[key] = (
+                self.requests.labels(route, str(status)),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_aim(self, label: str, aim: Mapping[str, Any]) -> None:
         """Aggregate one response's `usage.aim` (fields that are missing or not numbers are skipped)."""
-        for counter, key in (
-            (self.visual_in, "visual_tokens_in"),
-            (self.visual_merged, "visual_tokens_merged"),
-            (self.flops, "llm_prefill_flops"),
-            (self.flops_off, "llm_prefill_flops_off"),
-            (self.kv_saved, "kv_blocks_saved"),
-        ):
+        if (children := self._aim_children.get(label)) is None:
+            children = self._aim_children[label] = _AimChildren(
+                [(self.visual_in.labels(label), "visual_tokens_in"),
+                 (self.visual_merged.labels(label), "visual_tokens_merged"),
+                 (self.flops.labels(label), "llm_prefill_flops"),
+                 (self.flops_off.labels(label), "llm_prefill_flops_off"),
+                 (self.kv_saved.labels(label), "kv_blocks_saved")],
+                self.kv_blocks.labels(label), self.flops_ratio.labels(label),
+            )  # fmt: skip
+        for counter, key in children.counters:
             value = _number(aim.get(key))
             if value is not None and value >= 0:
-                counter.labels(label).inc(value)
+                counter.inc(value)
         held = aim.get("kv_blocks_per_layer")
         if isinstance(held, list) and all(_number(v) is not None and v >= 0 for v in held):
-            self.kv_blocks.labels(label).inc(sum(held))
+            children.kv_blocks.inc(sum(held))
         ratio = _number(aim.get("flops_ratio"))
         if ratio is not None:
-            self.flops_ratio.labels(label).observe(ratio)
+            children.flops_ratio.observe(ratio)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _AimChildren(NamedTuple):
+    counters: list[tuple[Any, str]]  # (counter child, usage.aim field)
+    kv_blocks: Any
+    flops_ratio: Any
 
 
 class _ReplicaCollector(Collector):

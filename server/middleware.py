@@ -7,9 +7,9 @@ it for the client's disconnect to cancel the upstream request.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +32,7 @@ def pick_request_id(headers: list[tuple[bytes, bytes]]) -> str:
             text = value.decode("latin-1")
             if _VALID_REQUEST_ID.fullmatch(text):
                 return text
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 class RequestContextMiddleware:

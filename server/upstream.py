@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -30,6 +31,7 @@ import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from server import jsonio
 from server.config import Settings
 from server.errors import (
     ClientDisconnectedError,
@@ -41,6 +43,7 @@ from server.errors import (
 )
 from server.metrics import GatewayMetrics
 from server.routing import Replica, ReplicaPool
+from server.transport import ReplicaResponse, ReplicaTransport, Timeouts
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,10 +70,10 @@ class UpstreamCall:
 
 @dataclass
 class Opened:
-    """A replica's answer: status and headers, plus the whole body or (streams) its first chunk."""
+    """A replica's answer: its status, plus the whole body or (streams) the chunks up to the first event."""
 
     replica: Replica
-    response: httpx.Response
+    response: ReplicaResponse
     head: bytes
     chunks: AsyncIterator[bytes] | None
     pool: ReplicaPool
@@ -83,10 +86,16 @@ class Opened:
             return
         self.closed = True
         self.pool.release(self.replica)
-        with anyio.CancelScope(shield=True):
-            if self.chunks is not None:
-                await self.chunks.aclose()  # type: ignore[attr-defined]
+        if self.chunks is None:  # the body was read whole: closing only returns the connection
             await self.response.aclose()
+            return
+        with anyio.CancelScope(shield=True):
+            await self.chunks.aclose()  # type: ignore[attr-defined]
+            await self.response.aclose()
+
+    @property
+    def status(self) -> int:
+        return self.response.status
 
 
 class Upstream:
@@ -95,14 +104,14 @@ class Upstream:
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
-        timeout: httpx.Timeout,
+        transport: ReplicaTransport,
+        timeouts: Timeouts,
         pool: ReplicaPool,
         settings: Settings,
         metrics: GatewayMetrics,
     ) -> None:
         self.transport = transport
-        self._timeout = timeout.as_dict()  # connect / read / write / pool, as httpx passes them
+        self.timeouts = timeouts
         self.pool = pool
         self.metrics = metrics
         self.max_attempts = settings.max_attempts
@@ -111,7 +120,8 @@ class Upstream:
         self._auth = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
 
     def deadline(self) -> float:
-        return anyio.current_time() + self.request_timeout_s
+        """When the whole request must be done, on the event loop's clock (`asyncio.timeout_at`)."""
+        return asyncio.get_running_loop().time() + self.request_timeout_s
 
     async def open(self, call: UpstreamCall, deadline: float) -> Opened:
         """Send `call` to a replica: move on after connection failures, repair once after a 5xx."""
@@ -145,8 +155,8 @@ class Upstream:
         """Body of a GET that must answer 200 (e.g. /v1/models)."""
         opened = await self.open(UpstreamCall("GET", path, None, False, request_id), self.deadline())
         await opened.close()
-        if opened.response.status_code != 200:
-            raise status_error(opened.response.status_code, opened.head)
+        if opened.status != 200:
+            raise status_error(opened.status, opened.head)
         return opened.head
 
     def _acquire(self, tried: list[Replica], failure: Exception | None) -> Replica:
@@ -165,25 +175,22 @@ class Upstream:
         headers = {"accept-encoding": "identity", "x-request-id": call.request_id, **self._auth}
         if call.body is not None:
             headers["content-type"] = "application/json"
-        request = httpx.Request(
-            call.method, replica.url + call.path, content=call.body, headers=headers,
-            extensions={"timeout": self._timeout},
-        )  # fmt: skip
+        url = replica.url + call.path
         try:
-            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-                response = await self.transport.handle_async_request(request)
+            async with asyncio.timeout_at(deadline):
+                response = await self.transport.send(call.method, url, headers, call.body, self.timeouts)
                 return await self._read_head(replica, call, response)
         except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
             raise UpstreamTimeoutError("the replica did not answer in time") from None
 
-    async def _read_head(self, replica: Replica, call: UpstreamCall, response: httpx.Response) -> Opened:
+    async def _read_head(self, replica: Replica, call: UpstreamCall, response: ReplicaResponse) -> Opened:
         try:
-            if call.stream and response.status_code == 200:
-                chunks = response.aiter_bytes()
+            if call.stream and response.status == 200:
+                chunks = response.chunks()
                 head, failed = await _read_stream_head(chunks)
                 return Opened(replica, response, head, chunks, self.pool, server_failed=failed)
-            body = await response.aread()
-            return Opened(replica, response, body, None, self.pool, server_failed=response.status_code >= 500)
+            body = await response.read()
+            return Opened(replica, response, body, None, self.pool, server_failed=response.status >= 500)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -200,7 +207,7 @@ class Upstream:
                     yield out
                 if done:
                     return
-                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                async with asyncio.timeout_at(deadline):
                     chunk = await anext(opened.chunks, None) if opened.chunks else None
             yield error_event(UpstreamError("the replica ended the stream early"))
         except (TimeoutError, httpx.TimeoutException):
@@ -240,7 +247,7 @@ async def _read_stream_head(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
 
 def _event_json(event: bytes) -> Any:
     try:
-        return json.loads(event.removeprefix(b"data:"))
+        return jsonio.loads(event.removeprefix(b"data:"))
     except (ValueError, RecursionError):
         return None
 
@@ -324,21 +331,33 @@ async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -
     """Run `work`, cancelling it if the client disconnects (then ClientDisconnectedError).
 
     The watcher reads `receive` until the disconnect: read the request body before calling this.
+    Plain asyncio (one watcher task that cancels this one), not an anyio task group: this runs
+    once per request, and a task group costs several times more.
     """
-    finished, result, error = False, None, None
-    async with anyio.create_task_group() as group:
-        group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
-        try:
-            result = await work()
-        except Exception as exc:
-            error = exc
-        finished = True
-        group.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    if not finished:
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()  # delivered at `work`'s current await
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        result = await work()
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+    finally:
+        watcher.cancel()
+        if gone:
+            task.uncancel()  # the watcher's one cancel() was this disconnect, not the server's
+    if gone:
         raise ClientDisconnectedError("the client disconnected")
-    return result  # type: ignore[return-value]
+    return result
 
 
 class ProxyStreamResponse(StreamingResponse):

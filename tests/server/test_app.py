@@ -413,3 +413,33 @@ async def test_server_errors_are_retried_once_and_only_for_media() -> None:
     events = sse_events(persistent_stream.content)
     assert json.loads(events[-2])["error"]["code"] == 500 and events[-1] == "[DONE]"
     assert len(replica.bodies) == 1 + 2 + 2
+
+
+async def test_until_disconnect_takes_back_its_own_cancellation_only() -> None:
+    """The watcher cancels the request's task on a disconnect; the gateway then raises
+    ClientDisconnectedError and leaves the task un-cancelled (a server shutdown's cancel stays)."""
+    import asyncio
+
+    from server.errors import ClientDisconnectedError
+    from server.upstream import until_disconnect
+
+    messages: asyncio.Queue[dict] = asyncio.Queue()
+    never = asyncio.Event()
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def work() -> str:
+        await never.wait()
+        return "done"
+
+    messages.put_nowait({"type": "http.request"})
+    messages.put_nowait({"type": "http.disconnect"})
+    with pytest.raises(ClientDisconnectedError):
+        await until_disconnect(messages.get, work)
+    assert task.cancelling() == 0
+
+    async def quick() -> str:
+        return "done"
+
+    assert await until_disconnect(messages.get, quick) == "done"  # nothing arrives: no cancel
+    assert task.cancelling() == 0

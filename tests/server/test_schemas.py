@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.body import parse_json_object
 from server.errors import InvalidRequestError
@@ -180,3 +183,28 @@ def test_body_parsing_refuses_malformed_json(data: bytes, needle: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
         parse_json_object(data, max_depth=32)
     assert needle in info.value.message
+
+
+_json_trees = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json_trees, max_size=4), st.booleans())
+def test_fast_decoding_accepts_and_returns_what_the_stdlib_does(body: dict, ascii_only: bool) -> None:
+    """msgspec decodes the bodies; what it refuses (floats past range, ...) falls back to `json`:
+    either way the gateway sees exactly the object the standard library would give it."""
+    data = json.dumps(body, ensure_ascii=ascii_only).encode()
+    assert parse_json_object(data, max_depth=32) == json.loads(data)
+
+
+def test_numbers_msgspec_refuses_are_still_accepted_as_before() -> None:
+    """1e400 is valid JSON (stdlib: inf); msgspec refuses it, the stdlib fallback keeps accepting it."""
+    assert parse_json_object(b'{"a": 1e400, "b": 1}', max_depth=32) == {"a": float("inf"), "b": 1}

@@ -1,5 +1,6 @@
-"""The replicas' transport (aiohttp under httpx) against real sockets: bodies, streams, keep-alive,
-and each failure as the httpx exception `upstream.py` decides on (retry elsewhere or not)."""
+"""The replicas' transport (aiohttp: `send()`, and httpx's interface) against real sockets: bodies,
+streams, keep-alive, and each failure as the httpx exception `upstream.py` decides on (retry
+elsewhere or not)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from server.transport import AiohttpTransport
+from server.transport import AiohttpTransport, Timeouts
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -112,15 +113,14 @@ async def _short_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     await writer.drain()
 
 
-@pytest.mark.parametrize(
-    ("handler", "expected"),
-    [
-        (_silent, httpx.ReadTimeout),
-        (_hang_up, httpx.RemoteProtocolError),
-        (_short_body, httpx.RemoteProtocolError),
-    ],
-    ids=["silence", "hang-up", "short-body"],
-)
+FAILURES = [
+    (_silent, httpx.ReadTimeout),
+    (_hang_up, httpx.RemoteProtocolError),
+    (_short_body, httpx.RemoteProtocolError),
+]
+
+
+@pytest.mark.parametrize(("handler", "expected"), FAILURES, ids=["silence", "hang-up", "short-body"])
 async def test_failures_are_httpx_errors(handler: Handler, expected: type[Exception]) -> None:
     """A replica that stops answering is a timeout (not retried); one that drops the connection is
     a protocol error (retried before the first byte, an error event after)."""
@@ -128,6 +128,47 @@ async def test_failures_are_httpx_errors(handler: Handler, expected: type[Except
         with pytest.raises(expected):
             response = await client.post(url, content=b"{}")
             response.read()
+
+
+FAILURES = [
+    (_silent, httpx.ReadTimeout),
+    (_hang_up, httpx.RemoteProtocolError),
+    (_short_body, httpx.RemoteProtocolError),
+]
+
+
+@pytest.mark.parametrize(("handler", "expected"), FAILURES, ids=["silence", "hang-up", "short-body"])
+async def test_send_fails_with_the_same_errors(handler: Handler, expected: type[Exception]) -> None:
+    """`send()`, the gateway's own path to the replicas (no httpx objects), fails the same way."""
+    transport = AiohttpTransport()
+    try:
+        async with _server(handler) as (url, _):
+            with pytest.raises(expected):
+                response = await transport.send("POST", url, {}, b"{}", Timeouts(5.0, 0.3))
+                await response.read()
+    finally:
+        await transport.aclose()
+
+
+async def test_send_reads_bodies_and_streams() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await _read_request(reader)
+            writer.write(b'HTTP/1.1 201 Created\r\ncontent-length: 11\r\n\r\n{"ok":true}')
+            await writer.drain()
+
+    transport = AiohttpTransport()
+    try:
+        async with _server(answer) as (url, connections):
+            response = await transport.send("POST", url, {"x-request-id": "r1"}, b"{}", Timeouts(5.0, 5.0))
+            assert (response.status, await response.read()) == (201, b'{"ok":true}')
+            await response.aclose()
+            response = await transport.send("GET", url, {}, None, Timeouts(5.0, 5.0))
+            assert b"".join([chunk async for chunk in response.chunks()]) == b'{"ok":true}'
+            await response.aclose()
+        assert len(connections) == 1  # kept alive between the two
+    finally:
+        await transport.aclose()
 
 
 async def test_nothing_listening_is_a_connect_error() -> None:
