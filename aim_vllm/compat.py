@@ -34,6 +34,7 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLMultiModalProcessor,
     Qwen2_5_VLProcessingInfo,
 )
+from vllm.model_executor.models.utils import cast_overflow_tensors
 from vllm.model_executor.models.vision import resolve_visual_encoder_outputs
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
@@ -51,6 +52,7 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 __all__ = [
     "MULTIMODAL_REGISTRY",
     "resolve_visual_encoder_outputs",
+    "cast_overflow_tensors",
     "ModelRegistry",
     "run_api_server",
     "DefaultModelState",

@@ -30,6 +30,8 @@ disabled) against the AIM engine at `off`, merging to 1 - RATE (as many tokens a
 layer), the same merge plus pruning (as many tokens entering the LLM) and `budget:` EVS's FLOPs;
 each engine up alone for its turn of every round; videos only. A Qwen2.5-VL model (vLLM's EVS
 supports the Qwen-VL family). On the CPU the stock engine needs `bench/evs_cpu` (said in the report).
+--evs-encoder KEEP (with --evs): also `aim-merge+encoder` and `aim-tokens+encoder`, the same levels
+with the ViT merging at KEEP (`encoder:KEEP`).
 --quick: a smoke run on the embedded tiny model (image + 8-frame video, concurrency 1 and 2,
 one request per slot, one round): a few minutes on a laptop CPU.
 """
@@ -69,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="RATE",
         help="stock vLLM with --video-pruning-rate RATE vs the AIM engine at equal tokens and FLOPs",
+    )
+    parser.add_argument(
+        "--evs-encoder",
+        type=float,
+        metavar="KEEP",
+        help="with --evs: also aim-merge and aim-tokens with encoder:KEEP (the ViT merging too)",
     )
     parser.add_argument(
         "--media", nargs="+", help="image, video<frames> (default: image video8 video16; --evs: videos)"
@@ -142,6 +150,10 @@ def options_from_args(args: argparse.Namespace):
         raise ValueError(f"counts must be >= 1 (split pairs >= 0): {counts}, concurrency {concurrency}")
     if args.evs is not None and (args.plugin_overhead or not 0.0 < args.evs < 1.0):
         raise ValueError(f"--evs takes a rate in (0, 1) and excludes --plugin-overhead, got {args.evs}")
+    if args.evs_encoder is not None and (args.evs is None or not 0.0 < args.evs_encoder < 1.0):
+        raise ValueError(
+            f"--evs-encoder takes a keep fraction in (0, 1) and needs --evs, got {args.evs_encoder}"
+        )
     media = _pick(args, "media") if args.evs is None or args.media else ["video8", "video16"]
     model, label, flags = model_and_flags(args)
     prefix = "plugin-overhead" if args.plugin_overhead else "evs" if args.evs is not None else "bench"
@@ -152,7 +164,8 @@ def options_from_args(args: argparse.Namespace):
         levels=tuple(args.levels), rounds=counts["rounds"], waves=counts["waves"],
         split_pairs=counts["split_pairs"], max_tokens=counts["max_tokens"], image_size=args.image_size,
         frame_size=args.frame_size, out_dir=out, startup_timeout_s=args.startup_timeout,
-        plugin_overhead=args.plugin_overhead, evs_rate=args.evs, seed=args.seed,
+        plugin_overhead=args.plugin_overhead, evs_rate=args.evs, evs_encoder_keep=args.evs_encoder,
+        seed=args.seed,
         progress=not args.no_progress,
     )  # fmt: skip
 

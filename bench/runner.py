@@ -16,8 +16,10 @@ plugin disabled) against the AIM engine, each alone for its turn of every round 
 AIM engine: `off` (the reference), `aim-merge` (merging to 1 - RATE: as many visual tokens in
 every layer as EVS keeps), `aim-tokens` (the same merge plus the balanced preset's pruning: as
 many visual tokens entering the LLM as EVS) and `aim-flops` (`budget:` EVS's LLM FLOPs ratio,
-i.e. `aim-merge`'s). vLLM 0.32's CPU runner never switches EVS on (`bench/evs_cpu`): the stock
-engine gets the GPU runner's setting there, and the report says so.
+i.e. `aim-merge`'s); with `evs_encoder_keep` also `aim-merge+encoder` and `aim-tokens+encoder`
+(the same levels with `encoder:<keep>`: the ViT merges too, which EVS cannot). vLLM 0.32's CPU
+runner never switches EVS on (`bench/evs_cpu`): the stock engine gets the GPU runner's setting
+there, and the report says so.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from bench.workload import (
 
 PLAIN, AIM_OFF = "plain", "aim-off"
 EVS, AIM_MERGE, AIM_TOKENS, AIM_FLOPS = "evs", "aim-merge", "aim-tokens", "aim-flops"
+ENCODER_SUFFIX = "+encoder"  # EVS mode with `evs_encoder_keep`: the same level, the ViT merging too
 EVS_CPU_FIX = Path(__file__).with_name("evs_cpu")
 EVS_CPU_NOTE = (
     "vLLM 0.32's CPUModelRunner.load_model never sets is_multimodal_pruning_enabled; the stock EVS "
@@ -87,6 +90,7 @@ class BenchOptions:
     startup_timeout_s: float = 1800.0
     plugin_overhead: bool = False
     evs_rate: float | None = None  # EVS mode: stock vLLM's --video-pruning-rate against AIM
+    evs_encoder_keep: float | None = None  # EVS mode: also the AIM levels with encoder:<keep>
     seed: int = 10_000
     progress: bool = True
 
@@ -247,6 +251,7 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
     if not 0.0 < rate < 1.0:
         raise ValueError(f"the EVS rate must be in (0, 1), got {rate}")
     kept = round(1.0 - rate, 6)
+    encoder = options.evs_encoder_keep
     merge = Level(AIM_MERGE, engine_kwargs=parse_text(f"merge:{kept}").engine_kwargs())
     aim_levels = (
         Level(REFERENCE_LEVEL, engine_kwargs={"aim_preset": REFERENCE_LEVEL}),
@@ -254,6 +259,14 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
         Level(AIM_TOKENS),
         Level(AIM_FLOPS),
     )
+    fixed = {AIM_MERGE: f"merge:{kept}"}
+    if encoder is not None:
+        fixed[AIM_MERGE + ENCODER_SUFFIX] = f"merge:{kept},encoder:{encoder}"
+        encoder_merge = parse_text(fixed[AIM_MERGE + ENCODER_SUFFIX]).engine_kwargs()
+        aim_levels += (
+            Level(AIM_MERGE + ENCODER_SUFFIX, engine_kwargs=encoder_merge),
+            Level(AIM_TOKENS + ENCODER_SUFFIX),
+        )
     resolved: dict[str, str] = {}
 
     async def resolve(session: Session, url: str) -> dict[str, Level]:
@@ -267,6 +280,9 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
         schedule = AimSchedule(kept, tuple(balanced.aim["prune_layers"]))
         resolved[AIM_TOKENS] = AimLevel(schedule=schedule).text
         resolved[AIM_FLOPS] = f"budget:{merged.aim['flops_ratio']:.4f}"
+        if encoder is not None:
+            with_encoder = dataclasses.replace(schedule, encoder_keep=encoder)
+            resolved[AIM_TOKENS + ENCODER_SUFFIX] = AimLevel(schedule=with_encoder).text
         return {
             label: Level(label, engine_kwargs=parse_text(text).engine_kwargs())
             for label, text in resolved.items()
@@ -295,7 +311,7 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
         "levels": {
             EVS: f"--video-pruning-rate {rate}",
             REFERENCE_LEVEL: "off",
-            AIM_MERGE: f"merge:{kept}",
+            **fixed,
             **resolved,
         },
         "cells": cells,

@@ -60,7 +60,7 @@ _QWEN2_5_VIT = dict(
     depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, fullatt_block_indexes=[7, 15, 23, 31]
 )
 VISION_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=[1]),
+    "tiny": dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=[3]),
     "3b": _QWEN2_5_VIT,
     "7b": _QWEN2_5_VIT,
 }

@@ -62,7 +62,7 @@ class AimProcessorMixin:
             if schedule.merges_in_encoder and not self.aim_encoder_merging:
                 raise ValueError(
                     "encoder_keep (merging inside the vision encoder) is not available for this model "
-                    "(available for LLaVA-OneVision and LLaVA-1.5)"
+                    "(available for LLaVA-OneVision, LLaVA-1.5 and Qwen2.5-VL)"
                 )
             kwargs.update(schedule_kwargs(schedule))
         return super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)

@@ -13,8 +13,11 @@ Subclasses of vllm==0.32.0 `model_executor/models/qwen2_5_vl.py`, overriding onl
   order-preserving, spread over the slice). Text after an item starts at the unmerged item's
   largest position + 1, as in stock vLLM, so it is unaffected by merging; the decode offset
   `mrope_position_delta` is recomputed for the shorter prompt.
+- `encoder_keep` < 1 (opt-in, not AIM's): the ViT merges each window's tokens from an early block
+  and copies them back before its patch merger (`models.qwen_encoder_merging`); the prompt
+  layout and positions are those of the same level without it.
 - precomputed `image_embeds` / `video_embeds` inputs are never merged (their count is given);
-  merging cannot be combined with vLLM's EVS (`--video-pruning-rate`).
+  AIM levels cannot be combined with vLLM's EVS (`--video-pruning-rate`).
 Pruning runs in the shared decoder (`pruning/decoder.py`), whose Qwen2 layers take the M-RoPE
 positions [3, N] of the kept rows. AIM off (no AIM keys) is stock vLLM.
 
@@ -52,6 +55,7 @@ from aim_vllm.models.common import (
     AimProcessorMixin,
     schedule_from_kwargs,
 )
+from aim_vllm.models.qwen_encoder_merging import encode_items
 
 MODALITIES = ("image", "video")
 _PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
@@ -72,6 +76,8 @@ def merge_item(embeds: torch.Tensor, num_slices: int, ratio: float) -> torch.Ten
 
 class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalProcessor):
     """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
+
+    aim_encoder_merging = True
 
     def aim_layout(self, mm_items) -> VisualLayout:
         """One merge group per temporal slice (server-default processor sizes)."""
@@ -106,8 +112,8 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
         schedule = schedule_from_kwargs(dict(hf_kwargs))
         if schedule.is_off:
             return processed
-        if schedule.merges and self.info.ctx.get_mm_config().is_multimodal_pruning_enabled():
-            raise ValueError("aim_merge_ratio cannot be combined with the server's --video-pruning-rate")
+        if self.info.ctx.get_mm_config().is_multimodal_pruning_enabled():
+            raise ValueError("AIM levels cannot be combined with the server's --video-pruning-rate (EVS)")
         merge_size = self.info.get_hf_config().vision_config.spatial_merge_size
         for modality in MODALITIES:
             if _PIXEL_KEYS[modality] not in processed:  # embedding inputs are never merged
@@ -241,7 +247,10 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
             raise ValueError("AIM merging cannot run with vLLM's EVS video pruning enabled")
         embeddings: tuple[torch.Tensor, ...] = ()
         for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
-            if modality == "image":
+            if (keeps := _encoder_keeps(modality, inputs, params[modality])) is not None:
+                grid = inputs[f"{modality}_grid_thw"].tolist()
+                items = encode_items(self.visual, inputs[_PIXEL_KEYS[modality]], grid, keeps)
+            elif modality == "image":
                 items = self._process_image_input(inputs)
             else:
                 items = self._process_video_input(inputs)
@@ -263,3 +272,11 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
     def get_encoder_cudagraph_config(self):
         """Encoder CUDA graphs bypass `embed_multimodal` (and so merging): keep the encoder eager."""
         return replace(super().get_encoder_cudagraph_config(), modalities=[])
+
+
+def _encoder_keeps(modality: str, inputs, params: torch.Tensor | None) -> list[float] | None:
+    """Each pixel item's encoder keep fraction (None when all are 1: the stock tower runs)."""
+    if params is None or inputs["type"] != _PIXEL_KEYS[modality]:  # embedding inputs: nothing to encode
+        return None
+    keeps = [ItemParams.from_tensor(p).schedule.encoder_keep for p in params]
+    return None if all(keep >= 1.0 for keep in keeps) else keeps

@@ -1,9 +1,11 @@
 """Reference for merging inside the vision encoder (`core.encoder_merge`), independent of vLLM.
 
-transformers' own SigLIP layers run on the merged tokens, with the log-size bias given as their
-additive attention mask (transformers' attention, not `proportional_attention`). `merged_tower`
-stands in for the model's vision tower while transformers' `get_image_features` /
+SigLIP / CLIP: transformers' own layers run on the merged tokens, with the log-size bias given as
+their additive attention mask (transformers' attention, not `proportional_attention`).
+`merged_tower` stands in for the model's vision tower while transformers' `get_image_features` /
 `get_video_features` run, so its projector, pooling and anyres packing are the stock ones.
+Qwen2.5-VL (`qwen_merged_features`): transformers' ViT forward written out with its own modules,
+merging per window (`core.window_merge`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from aim_vllm.core.encoder_merge import merge_plan, merge_tokens, size_bias, unmerge_tokens
 from aim_vllm.core.token_counts import kept_token_count, merge_start_layer
+from aim_vllm.core.window_merge import first_members, regroup, window_merge_plan
 
 
 class _MergedTower(nn.Module):
@@ -59,3 +62,65 @@ def merged_tower(model: nn.Module, keep: float) -> Iterator[None]:
         yield
     finally:
         model.vision_tower = tower
+
+
+@torch.no_grad()
+def qwen_merged_features(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, keep: float):
+    """Features [tokens, C] of transformers' Qwen2.5-VL ViT with its blocks from `merge_start_layer`
+    on run on window-merged tokens (`core.window_merge`), copied back before the patch merger.
+
+    Follows `Qwen2_5_VisionTransformerPretrainedModel.forward` (transformers 5.x) with its own
+    helpers, blocks and merger; attention over merged tokens is written out per segment
+    (softmax of scores + log sizes), not `core.window_merge.segment_attention`.
+    """
+    from transformers.vision_utils import (
+        get_vision_attention_seqlens,
+        get_vision_position_ids,
+        get_vision_window_index,
+    )
+
+    positions = get_vision_position_ids(grid_thw, visual.spatial_merge_size, kwargs={})
+    cu_frames, _ = get_vision_attention_seqlens(grid_thw, visual.config, kwargs={})
+    window_index, cu_windows = get_vision_window_index(
+        grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+        patch_size=visual.patch_size, kwargs={},
+    )  # fmt: skip
+    hidden = visual.patch_embed(pixel_values.to(visual.dtype))
+    seq_len = hidden.shape[0]
+    hidden = visual.permute_input_for_window_attn(hidden, window_index, seq_len=seq_len)
+    cos, sin = (
+        visual.permute_input_for_window_attn(f, window_index, seq_len=seq_len)
+        for f in visual.rotary_pos_emb(hidden, positions)
+    )
+    start = merge_start_layer(len(visual.blocks))
+    for i, block in enumerate(visual.blocks[:start]):
+        cu = cu_frames if i in visual.fullatt_block_indexes else cu_windows
+        hidden = block(hidden, cu_seqlens=cu, position_embeddings=(cos, sin))
+    windows = [int(n) for n in torch.diff(cu_windows) if n > 0]
+    dest, merged_windows = window_merge_plan(hidden, windows, keep)
+    merged, sizes = merge_tokens(hidden[None], dest[None])
+    first = first_members(dest, merged.shape[1])
+    frames = regroup(torch.diff(cu_frames).tolist(), windows, merged_windows)
+    hidden = merged[0]
+    for i, block in enumerate(visual.blocks[start:], start):
+        segments = frames if i in visual.fullatt_block_indexes else merged_windows
+        hidden = _qwen_merged_block(block, hidden, sizes[0], segments, cos[first], sin[first])
+    hidden = unmerge_tokens(hidden[None], dest[None])[0]
+    return visual.merger(hidden)[torch.argsort(window_index)]
+
+
+def _qwen_merged_block(block, x, sizes, segments, cos, sin) -> torch.Tensor:
+    """transformers' `Qwen2_5_VLVisionBlock` on merged tokens [M, C], proportional attention per segment."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    attn, n = block.attn, x.shape[0]
+    q, k, v = attn.qkv(block.norm1(x)).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    outs, begin = [], 0
+    for length in segments:
+        part = slice(begin, begin + length)
+        begin += length
+        scores = torch.einsum("qhd,khd->hqk", q[part], k[part]) * attn.scaling + sizes[part].log()
+        outs.append(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v[part]))
+    x = x + attn.proj(torch.cat(outs).reshape(n, -1))
+    return x + block.mlp(block.norm2(x))

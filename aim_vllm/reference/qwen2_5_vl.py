@@ -26,6 +26,7 @@ import torch
 from aim_vllm.core.merge import merge_frames, spread_indices
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
+from aim_vllm.reference.encoder_merging import qwen_merged_features
 from aim_vllm.reference.pipeline import ReferencePipeline
 
 # vLLM's frame rate for `video/jpeg` data URLs sent without `media_io_kwargs`
@@ -105,25 +106,37 @@ class Qwen2_5_VLReference(ReferencePipeline):
         self.tokens_per_second = hf_config.vision_config.tokens_per_second
 
     @torch.no_grad()
-    def features(self, kind: str, data: Any) -> tuple[torch.Tensor, tuple[int, int, int], float]:
-        """Unmerged features [t * n, C] of a PIL image or frames [F, H, W, 3], grid, time interval."""
+    def features(
+        self, kind: str, data: Any, encoder_keep: float = 1.0
+    ) -> tuple[torch.Tensor, tuple[int, int, int], float]:
+        """Unmerged features [t * n, C] of a PIL image or frames [F, H, W, 3], grid, time interval;
+        with `encoder_keep` < 1 the ViT merges per window (`reference.encoder_merging`)."""
         if kind == "image":
             out = self.processor.image_processor(images=[data], return_tensors="pt")
-            grid = out["image_grid_thw"]
-            feats = self.hf.model.get_image_features(pixel_values=out["pixel_values"], image_grid_thw=grid)
-            return feats.pooler_output[0], tuple(grid[0].tolist()), 1.0
-        video = self.processor.video_processor
-        out = video(videos=[data], return_tensors="pt", do_sample_frames=False)
-        grid = out["video_grid_thw"]
-        feats = self.hf.model.get_video_features(
-            pixel_values_videos=out["pixel_values_videos"], video_grid_thw=grid
-        )
-        seconds_per_slice = video.temporal_patch_size / VIDEO_FPS
-        return feats.pooler_output[0], tuple(grid[0].tolist()), seconds_per_slice * self.tokens_per_second
+            pixels, grid, interval = out["pixel_values"], out["image_grid_thw"], 1.0
+        else:
+            video = self.processor.video_processor
+            out = video(videos=[data], return_tensors="pt", do_sample_frames=False)
+            pixels, grid = out["pixel_values_videos"], out["video_grid_thw"]
+            interval = video.temporal_patch_size / VIDEO_FPS * self.tokens_per_second
+        if encoder_keep < 1.0:
+            feats = qwen_merged_features(self.hf.model.visual, pixels, grid, encoder_keep)
+        elif kind == "image":
+            feats = self.hf.model.get_image_features(pixel_values=pixels, image_grid_thw=grid).pooler_output[
+                0
+            ]
+        else:
+            feats = self.hf.model.get_video_features(pixel_values_videos=pixels, video_grid_thw=grid)
+            feats = feats.pooler_output[0]
+        return feats, tuple(grid[0].tolist()), interval
 
-    def item(self, kind: str, data: Any, ratio: float) -> QwenItem:
-        """The item merged per temporal slice at `ratio`."""
-        feats, grid, interval = self.features(kind, data)
+    def item(
+        self, kind: str, data: Any, ratio: float, method: str = "aim", encoder_keep: float = 1.0
+    ) -> QwenItem:
+        """The item merged per temporal slice at `ratio` (AIM's merge; the ViT merged at `encoder_keep`)."""
+        if method != "aim":
+            raise ValueError(f"Qwen2.5-VL implements merge_method 'aim' only, not {method!r}")
+        feats, grid, interval = self.features(kind, data, encoder_keep)
         slices = grid[0]
         per_slice = feats.shape[0] // slices
         merged = merged_token_count(per_slice, ratio)

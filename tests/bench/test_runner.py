@@ -116,3 +116,19 @@ def test_evs_mode(tmp_path: Path, fake_engines: Path, monkeypatch: pytest.Monkey
     markdown = report.markdown(result)
     assert "is_multimodal_pruning_enabled" in markdown and "prompt tok" in markdown
     report.write_outputs(result, tmp_path / "out")
+
+
+@pytest.mark.timeout(120)
+def test_evs_mode_with_encoder_levels(tmp_path: Path, fake_engines: Path) -> None:
+    """--evs-encoder: aim-merge and aim-tokens once more, each with the ViT merging at the keep."""
+    options = _options(
+        tmp_path, evs_rate=0.75, evs_encoder_keep=0.5, media=(MediaSpec("video", 2),), concurrency=(1,)
+    )
+    result = runner.run(options)
+    assert result["levels"]["aim-merge+encoder"] == "merge:0.25,encoder:0.5"
+    assert result["levels"]["aim-tokens+encoder"] == "merge:0.25,prune:3-5,encoder:0.5"
+    cells = {c["level"]: c for c in result["cells"]}
+    assert {"aim-merge+encoder", "aim-tokens+encoder"} <= set(cells)
+    sent = [json.loads(line) for line in fake_engines.read_text().splitlines()]
+    assert {"aim_merge_ratio": 0.25, "aim_prune_l1": 3, "aim_prune_l2": 5, "aim_encoder_keep": 0.5} in sent
+    assert "aim-tokens+encoder" in report.markdown(result)

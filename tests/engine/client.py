@@ -101,7 +101,7 @@ def reference_item(
     reference: ReferencePipeline, media: Media, ratio: float, method: str = "aim", encoder_keep: float = 1.0
 ) -> Any:
     """The reference's item for `media` merged at `ratio` (an embedding, or an architecture's item)."""
-    if encoder_keep < 1.0:  # LLaVA-OneVision's reference only
+    if encoder_keep < 1.0:
         return reference.item(media.kind, media.data, ratio, method, encoder_keep)
     if method == "aim":
         return reference.item(media.kind, media.data, ratio)

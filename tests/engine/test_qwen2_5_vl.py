@@ -128,12 +128,43 @@ def test_concurrent_requests_with_different_levels(qwen_engine, qwen_reference, 
         (image, AimSchedule(0.3, (2, 5))),
         (video, AimSchedule(0.75, (0, 6))),
         (image, AimSchedule(1.0)),
+        (video, AimSchedule(encoder_keep=0.5)),
+        (image, AimSchedule(0.5, encoder_keep=0.25)),
     ]
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(chat, qwen_engine, [m], QUESTION, aim_kwargs(s), 6) for m, s in jobs]
         responses = [f.result() for f in futures]
     for (item, schedule), response in zip(jobs, responses, strict=True):
         assert_matches_reference(qwen_reference, response, [item], schedule)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [AimSchedule(encoder_keep=0.5), AimSchedule(0.5, (1, 4), encoder_keep=0.3)],
+    ids=["encoder", "merge+prune+encoder"],
+)
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_encoder_merging_matches_reference(qwen_engine, qwen_reference, image, video, kind, schedule) -> None:
+    """The ViT merging inside each window (window and full-attention blocks, rotary position of a
+    merged token's first member, proportional attention), copied back before the patch merger:
+    equal to transformers' ViT run the same way (`reference.encoder_merging`), fp32 1e-4."""
+    item = image if kind == "image" else video
+    response = chat(qwen_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=6)
+    assert response["usage"]["aim"]["encoder_keep"] == schedule.encoder_keep
+    assert_matches_reference(qwen_reference, response, [item], schedule)
+
+
+def test_encoder_merging_changes_the_answer_and_is_its_own_cache_entry(qwen_engine, video) -> None:
+    """Not a no-op (logprobs move), and vLLM's encoder cache keys on the level: off, merged, off."""
+
+    def logprobs(aim):
+        response = chat(qwen_engine, [video], QUESTION, aim, max_tokens=4)
+        return [entry["logprob"] for entry in response["choices"][0]["logprobs"]["content"]]
+
+    off = logprobs(None)
+    merged = logprobs(aim_kwargs(AimSchedule(encoder_keep=0.25)))
+    assert max(abs(a - b) for a, b in zip(off, merged, strict=True)) > 1e-4
+    assert logprobs(None) == off
 
 
 def test_budget_level_stays_within_its_flops(qwen_engine, video) -> None:
@@ -150,7 +181,8 @@ def test_budget_level_stays_within_its_flops(qwen_engine, video) -> None:
         {"aim_merge_ratio": 1.5},
         {"aim_merge_ratio": "0.5"},
         {"aim_prune_l1": 1},
-        {"aim_encoder_keep": 0.5},  # merging inside the encoder: LLaVA-OneVision only, for now
+        {"aim_encoder_keep": 0},
+        {"aim_encoder_keep": 1.5},
     ],
 )
 def test_bad_values_are_clear_400s(qwen_engine, image, aim) -> None:
@@ -170,14 +202,15 @@ def test_bad_values_are_clear_400s(qwen_engine, image, aim) -> None:
 def test_two_tensor_parallel_ranks_merge_and_prune_like_the_reference(
     qwen_model_dir, qwen_reference, image, video, tmp_path
 ) -> None:
-    """TP=2: merged slices (M-RoPE by rule) and pruning that ranks with both ranks' heads give the
-    reference's answers, for images and videos."""
+    """TP=2: merged slices (M-RoPE by rule), pruning that ranks with both ranks' heads and the ViT
+    merging per window give the reference's answers, for images and videos."""
     server = servers.start_tensor_parallel(qwen_model_dir, tmp_path / "log.txt")
     try:
         for item, schedule in (
             (video, AimSchedule(0.25)),
             (image, AimSchedule(0.5, (1, 4))),
             (video, AimSchedule(0.3, (0, 6))),
+            (video, AimSchedule(0.5, (1, 4), encoder_keep=0.3)),  # the ViT's heads split over ranks
         ):
             response = chat(server, [item], QUESTION, aim_kwargs(schedule), max_tokens=6, timeout=300)
             assert_matches_reference(qwen_reference, response, [item], schedule)
