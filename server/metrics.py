@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -81,55 +81,45 @@ class GatewayMetrics:
         )
         self._replicas = _ReplicaCollector()
         reg.register(self._replicas)
-        # labelled children by label values (`labels()` validates and locks on every call);
-        # every label here is bounded (routes, statuses, knob labels)
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._aim_children: dict[str, _AimChildren] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # `_labelled`
 
     def track_pool(self, pool: ReplicaPool) -> None:
         """Replica gauges read `pool` at scrape time (its members change under DNS discovery)."""
         self._replicas.pool = pool
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        key = (route, status)
-        if (children := self._request_children.get(key)) is None:
-            children = self._request_children[key] = (
-                self.requests.labels(route, str(status)),
-                self.latency.labels(route),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        self._labelled(self.requests, route, str(status)).inc()
+        self._labelled(self.latency, route).observe(seconds)
 
     def observe_aim(self, label: str, aim: Mapping[str, Any]) -> None:
         """Aggregate one response's `usage.aim` (fields that are missing or not numbers are skipped)."""
-        if (children := self._aim_children.get(label)) is None:
-            children = self._aim_children[label] = _AimChildren(
-                [(self.visual_in.labels(label), "visual_tokens_in"),
-                 (self.visual_merged.labels(label), "visual_tokens_merged"),
-                 (self.flops.labels(label), "llm_prefill_flops"),
-                 (self.flops_off.labels(label), "llm_prefill_flops_off"),
-                 (self.kv_saved.labels(label), "kv_blocks_saved")],
-                self.kv_blocks.labels(label), self.flops_ratio.labels(label),
-            )  # fmt: skip
-        for counter, key in children.counters:
+        for counter, key in (
+            (self.visual_in, "visual_tokens_in"),
+            (self.visual_merged, "visual_tokens_merged"),
+            (self.flops, "llm_prefill_flops"),
+            (self.flops_off, "llm_prefill_flops_off"),
+            (self.kv_saved, "kv_blocks_saved"),
+        ):
             value = _number(aim.get(key))
             if value is not None and value >= 0:
-                counter.inc(value)
+                self._labelled(counter, label).inc(value)
         held = aim.get("kv_blocks_per_layer")
         if isinstance(held, list) and all(_number(v) is not None and v >= 0 for v in held):
-            children.kv_blocks.inc(sum(held))
+            self._labelled(self.kv_blocks, label).inc(sum(held))
         ratio = _number(aim.get("flops_ratio"))
         if ratio is not None:
-            children.flops_ratio.observe(ratio)
+            self._labelled(self.flops_ratio, label).observe(ratio)
+
+    def _labelled(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, cached: `labels()` validates and locks on every call (every
+        label here is bounded: routes, statuses, knob labels)."""
+        key = (id(metric), values)
+        if (child := self._children.get(key)) is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class _AimChildren(NamedTuple):
-    counters: list[tuple[Any, str]]  # (counter child, usage.aim field)
-    kv_blocks: Any
-    flops_ratio: Any
 
 
 class _ReplicaCollector(Collector):

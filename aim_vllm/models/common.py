@@ -19,6 +19,7 @@ from dataclasses import replace
 from aim_vllm.config import default_level
 from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape, VisionShape
+from aim_vllm.core.item_params import ItemParams
 from aim_vllm.core.level import parse_engine_kwargs, schedule_kwargs, without_engine_keys
 from aim_vllm.core.schedule import OFF, VIDEO_ONLY_METHODS, AimSchedule
 from aim_vllm.kv.spec import install_stage_specs
@@ -74,6 +75,13 @@ class AimProcessorMixin:
         num_items = sum(len(items) for items in inputs.mm_data_items.values())
         text_tokens = max(0, len(inputs.prompt) - num_items)  # one placeholder token per item
         return solve_budget(budget, self._aim_llm_shape(), self.aim_layout(inputs.mm_data_items), text_tokens)
+
+
+def item_encoder_keeps(params) -> list[float] | None:
+    """Each item's encoder keep fraction, from its `aim_<modality>` parameters [items, 10]; None
+    when every item keeps all its tokens (the stock vision tower runs)."""
+    keeps = [ItemParams.from_tensor(p).schedule.encoder_keep for p in params]
+    return None if all(keep >= 1.0 for keep in keeps) else keeps
 
 
 def _has_images(inputs) -> bool:

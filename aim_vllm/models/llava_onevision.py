@@ -40,6 +40,7 @@ from aim_vllm.core.token_counts import merged_anyres_image_tokens, merged_video_
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
+    item_encoder_keeps,
     schedule_from_kwargs,
 )
 from aim_vllm.models.encoder_merging import encode_rows
@@ -233,7 +234,6 @@ def _row_keeps(modality: str, inputs, params) -> list[float] | None:
     pixels = inputs.get("pixel_values_videos" if modality == "video" else "pixel_values")
     if params is None or pixels is None:
         return None
-    keeps = [ItemParams.from_tensor(p).schedule.encoder_keep for p in params]
-    if all(keep >= 1.0 for keep in keeps):
+    if (keeps := item_encoder_keeps(params)) is None:
         return None
     return [keep for keep, item in zip(keeps, pixels, strict=True) for _ in range(len(item))]

@@ -53,6 +53,7 @@ from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
+    item_encoder_keeps,
     schedule_from_kwargs,
 )
 from aim_vllm.models.qwen_encoder_merging import encode_items
@@ -278,5 +279,4 @@ def _encoder_keeps(modality: str, inputs, params: torch.Tensor | None) -> list[f
     """Each pixel item's encoder keep fraction (None when all are 1: the stock tower runs)."""
     if params is None or inputs["type"] != _PIXEL_KEYS[modality]:  # embedding inputs: nothing to encode
         return None
-    keeps = [ItemParams.from_tensor(p).schedule.encoder_keep for p in params]
-    return None if all(keep >= 1.0 for keep in keeps) else keeps
+    return item_encoder_keeps(params)

@@ -80,7 +80,7 @@ def segment_lengths(visual, grid_thw: list[list[int]]) -> tuple[list[int], list[
     windows: list[int] = []
     frames: list[int] = []
     for t, h, w in grid_thw:
-        _, cu_windows = visual.get_window_index_thw(t, h, w)  # window ends, in tokens
+        _, _, _, cu_windows, _ = visual.get_rope_by_thw(t, h, w)  # window ends, in tokens (cached)
         ends = [0, *cu_windows.tolist()]
         windows += [b - a for a, b in zip(ends, ends[1:], strict=False)]
         frames += [h * w] * t
