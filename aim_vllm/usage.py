@@ -16,13 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aim_vllm.core.flops import (
-    LLMShape,
-    VisionShape,
-    encoder_flops_ratio,
-    executed_prefill_flops,
-    prefill_flops,
-)
+from aim_vllm.core.flops import LLMShape, executed_prefill_flops, prefill_flops
 from aim_vllm.kv.plan import cdiv
 
 STATS_DIR_ENV = "AIM_VLLM_STATS_DIR"
@@ -49,11 +43,15 @@ class RequestStats:
     kv_block_size: int | None = None
     kv_blocks_per_layer: list[int] | None = None
     kv_blocks_saved: int | None = None
-    # kept fraction inside the vision encoder (`core.encoder_merge`; 1.0: the encoder as it is) and
-    # the encoder FLOPs per frame / crop it leaves (`core.flops.encoder_flops_ratio`; None where
-    # the model's tower has no FLOPs model here)
+    # kept fraction inside the vision encoder (`core.encoder_merge`; 1.0: the encoder as it is); the
+    # FLOPs of the encoder passes behind the request's items at that keep and stock
+    # (`core.encoder_flops` on each item's frames / crops / grid; None where not known), their
+    # ratio (1.0 whenever the stock tower ran), and the whole prefill's: encoder + LLM over AIM off
     encoder_keep: float = 1.0
+    encoder_flops: float | None = None
+    encoder_flops_off: float | None = None
     encoder_flops_ratio: float | None = None
+    prefill_flops_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +71,7 @@ def request_stats(
     kv_blocks_per_layer: list[int] | None = None,
     kv_block_size: int | None = None,
     encoder_keep: float = 1.0,
-    encoder: VisionShape | None = None,
+    encoder_flops: tuple[float, float] | None = None,
 ) -> RequestStats:
     """Stats of a prefill whose per-layer counts are known."""
     text = num_prompt - visual_tokens_merged
@@ -98,9 +96,24 @@ def request_stats(
         llm_prefill_flops_off=off,
         flops_ratio=executed / off,
         **kv_usage(num_prompt, kv_blocks_per_layer, kv_block_size),
-        encoder_keep=encoder_keep,
-        encoder_flops_ratio=None if encoder is None else encoder_flops_ratio(encoder, encoder_keep),
+        **encoder_usage(encoder_keep, encoder_flops, executed, off),
     )
+
+
+def encoder_usage(
+    keep: float, flops: tuple[float, float] | None, llm_executed: float, llm_off: float
+) -> dict[str, Any]:
+    """The `encoder_*` and `prefill_flops_ratio` fields; `flops`: (stock, executed) encoder FLOPs."""
+    if flops is None:
+        return {"encoder_keep": keep, "encoder_flops_ratio": 1.0 if keep >= 1.0 else None}
+    stock, executed = flops
+    return {
+        "encoder_keep": keep,
+        "encoder_flops": executed,
+        "encoder_flops_off": stock,
+        "encoder_flops_ratio": executed / stock,
+        "prefill_flops_ratio": (executed + llm_executed) / (stock + llm_off),
+    }
 
 
 def kv_usage(num_prompt: int, held: list[int] | None, block_size: int | None) -> dict[str, Any]:
@@ -165,8 +178,8 @@ class StatsStore:
 class UsageReporter:
     """Writes the stats of every prefill that starts (worker side)."""
 
-    def __init__(self, shape: LLMShape, store: StatsStore | None, encoder: VisionShape | None = None) -> None:
-        self.shape, self.store, self.encoder = shape, store, encoder
+    def __init__(self, shape: LLMShape, store: StatsStore | None) -> None:
+        self.shape, self.store = shape, store
 
     def report(self, started, counts=None, kv_held=None, kv_block_size: int | None = None) -> None:
         """`started`: (RequestStep, PruneRecord) pairs of prefills starting in this step.
@@ -198,6 +211,6 @@ class UsageReporter:
                 kv_blocks_per_layer=(kv_held or {}).get(req.req_id),
                 kv_block_size=kv_block_size,
                 encoder_keep=schedule.encoder_keep if schedule else 1.0,
-                encoder=self.encoder,
+                encoder_flops=req.encoder_flops,
             )
             self.store.put(external_request_id(req.req_id), stats)

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 import anyio
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from server.chat import ChatService
 from server.config import Settings
@@ -54,7 +56,7 @@ def create_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver = system_resolver,
-) -> FastAPI:
+) -> Starlette:
     """A gateway app; `transport` and `resolver` replace the network and DNS (media URLs and
     `upstream_dns`) in tests."""
     metrics = GatewayMetrics()
@@ -65,7 +67,7 @@ def create_app(
     metrics.track_pool(pool)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         to_replicas = transport or AiohttpTransport()
         async with _client(settings, to_replicas) as client, _client(settings, transport) as media_client:
             gateway = _build_gateway(settings, pool, metrics, to_replicas, client, media_client, resolver)
@@ -76,17 +78,15 @@ def create_app(
                 yield
                 group.cancel_scope.cancel()
 
-    app = FastAPI(
-        title="aim-vllm gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
-        redirect_slashes=False,
-    )  # fmt: skip
-    install_error_handler(app)
-    app.add_middleware(
+    context = Middleware(
         RequestContextMiddleware, metrics=metrics, max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
     )  # fmt: skip
+    app = Starlette(middleware=[context], lifespan=lifespan)  # plain Starlette: no dependency solving
+    app.router.redirect_slashes = False
+    install_error_handler(app)
     for path, endpoint, method in ROUTES:
-        app.add_route(path, endpoint, methods=[method])  # Starlette routes: no dependency solving
+        app.add_route(path, endpoint, methods=[method])
     return app
 
 

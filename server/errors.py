@@ -11,11 +11,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,6 @@ def as_gateway_error(exc: Exception) -> GatewayError:
             return MethodNotAllowedError("method not allowed for this endpoint", headers=headers)
         if exc.status_code < 500:
             return UpstreamStatusError(exc.status_code, str(exc.detail))
-    if isinstance(exc, RequestValidationError):
-        return InvalidRequestError("invalid request")
     logger.error("unhandled %s in the gateway", type(exc).__name__, exc_info=exc)
     return GatewayError("internal gateway error")
 
@@ -194,6 +192,6 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-def install_error_handler(app: FastAPI) -> None:
-    for cls in (GatewayError, StarletteHTTPException, RequestValidationError, Exception):
+def install_error_handler(app: Starlette) -> None:
+    for cls in (GatewayError, StarletteHTTPException, Exception):
         app.add_exception_handler(cls, handle_error)

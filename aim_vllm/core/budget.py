@@ -1,15 +1,17 @@
-"""FLOPs of a schedule on a prompt, and the solver that meets a FLOPs budget.
+"""FLOPs of a schedule on a prompt, and the solvers that meet a FLOPs budget.
 
 "Budget" = the fraction of the baseline (AIM off) LLM prefill FLOPs a request may spend. The
 solver searches merge ratios and pruning windows and returns the schedule whose *executed*
 FLOPs come closest to the budget from below (AIM's "broad range of efficiency requirements").
+A whole-prefill budget (`budget:<b>,encoder:auto`, the project's extension) also counts the
+vision encoder and picks its keep fraction (`solve_prefill_budget`).
 Plain Python (no torch) so the gateway can solve per request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from aim_vllm.core.flops import LLMShape, executed_prefill_flops, prefill_flops
@@ -111,6 +113,33 @@ def _solve(budget: float, shape: LLMShape, layout: VisualLayout, text_tokens: in
     if feasible:
         return max(feasible, key=lambda item: (item[0], item[1].merge_ratio))[1]
     return min(scored, key=lambda item: item[0])[1]
+
+
+EncoderCost = Callable[[float], float]  # the prompt's vision-encoder FLOPs at a keep fraction
+ENCODER_KEEPS = tuple(k / 20 for k in range(20, 0, -1))  # the keeps the prefill solver tries
+
+
+def solve_prefill_budget(
+    budget: float, shape: LLMShape, layout: VisualLayout, text_tokens: int, encoder_cost: EncoderCost
+) -> AimSchedule:
+    """Schedule and encoder keep for `budget` of AIM off's whole prefill (vision encoder + LLM).
+
+    Both parts spend the same fraction of their own AIM-off FLOPs as far as the encoder can go:
+    the largest keep in `ENCODER_KEEPS` whose encoder FLOPs are within `budget` of the stock
+    tower's (the smallest when none is: its stock early layers set a floor), then the LLM
+    schedule of `solve_budget` for what the encoder left. A prompt without encoder FLOPs (no
+    FLOPs model for its tower) leaves the whole budget to the LLM.
+    """
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget must be in (0, 1], got {budget}")
+    stock = encoder_cost(1.0)
+    if stock <= 0.0:
+        return solve_budget(budget, shape, layout, text_tokens)
+    keep = next((k for k in ENCODER_KEEPS if encoder_cost(k) <= budget * stock), ENCODER_KEEPS[-1])
+    llm_off = estimate_flops(AimSchedule(), shape, layout, text_tokens).baseline
+    llm_budget = (budget * (stock + llm_off) - encoder_cost(keep)) / llm_off
+    schedule = solve_budget(min(1.0, max(llm_budget, 1e-9)), shape, layout, text_tokens)
+    return replace(schedule, encoder_keep=keep)
 
 
 def _largest_under_budget(ratios: list[float], cost: Callable[[float], float], budget: float) -> float:

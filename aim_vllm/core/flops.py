@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aim_vllm.core.token_counts import kept_token_count, merge_start_layer
-
 
 @dataclass(frozen=True)
 class LLMShape:
@@ -94,61 +92,3 @@ def _check_layers(tokens_after_layer: Sequence[int], shape: LLMShape) -> None:
         raise ValueError(
             f"need one token count per layer ({shape.num_layers}), got {len(tokens_after_layer)}"
         )
-
-
-@dataclass(frozen=True)
-class VisionShape:
-    """The vision encoder dimensions the FLOPs model needs (a ViT layer: attention + 2-matrix MLP).
-
-    `num_layers`: the layers that run (up to the feature layer the LLM takes); `tokens`: per frame or
-    crop, `protected` of them never merged (CLIP's CLS).
-    """
-
-    hidden_size: int
-    num_layers: int
-    intermediate_size: int
-    num_heads: int
-    tokens: int = 0
-    protected: int = 0
-
-    @classmethod
-    def from_hf_config(cls, config: Mapping[str, Any]) -> VisionShape | None:
-        """The tower of a LLaVA-style HF config (SigLIP or CLIP); None for other towers."""
-        vision = config.get("vision_config") or {}
-        layer = config.get("vision_feature_layer", -1)
-        if vision.get("model_type") not in ("siglip_vision_model", "clip_vision_model") or not isinstance(
-            layer, int
-        ):
-            return None
-        is_clip = vision["model_type"] == "clip_vision_model"
-        return cls(
-            hidden_size=vision["hidden_size"],
-            num_layers=layer % (vision["num_hidden_layers"] + 1),
-            intermediate_size=vision["intermediate_size"],
-            num_heads=vision["num_attention_heads"],
-            tokens=(vision["image_size"] // vision["patch_size"]) ** 2 + is_clip,
-            protected=int(is_clip),
-        )
-
-
-def vision_layer_flops(n: float, shape: VisionShape) -> float:
-    """FLOPs of one ViT layer on n tokens: the decoder formula with full-width K/V and an ungated MLP."""
-    d = shape.hidden_size
-    linear = 2 * n * (4 * d * d + 2 * d * shape.intermediate_size)
-    return linear + 4 * n * n * d + 5 * shape.num_heads * n * n + 17 * d * n
-
-
-def encoder_flops(num_tokens: int, shape: VisionShape, start: int = 0, kept: int | None = None) -> float:
-    """FLOPs of one frame / crop through the encoder: `num_tokens` up to layer `start`, `kept` after
-    (`core.encoder_merge`; the merging and copying back are not counted)."""
-    kept = num_tokens if kept is None else kept
-    return sum(vision_layer_flops(num_tokens if i < start else kept, shape) for i in range(shape.num_layers))
-
-
-def encoder_flops_ratio(shape: VisionShape, keep: float) -> float:
-    """Encoder FLOPs per frame / crop at `keep` (`core.encoder_merge`) over those of the stock tower."""
-    if keep >= 1.0:
-        return 1.0
-    kept = kept_token_count(shape.tokens, keep, shape.protected)
-    merged = encoder_flops(shape.tokens, shape, merge_start_layer(shape.num_layers), kept)
-    return merged / encoder_flops(shape.tokens, shape)

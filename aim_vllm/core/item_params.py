@@ -16,18 +16,22 @@ from aim_vllm.core.schedule import MERGE_METHODS, PRUNE_METHODS, AimSchedule
 
 @dataclass(frozen=True)
 class ItemParams:
-    """Per-item AIM parameters, carried as a float tensor [10] in the item's `aim_<modality>` field.
+    """Per-item AIM parameters, carried as a float64 tensor [12] in the item's `aim_<modality>` field.
 
     Attributes:
         schedule: the request's schedule (the same on every item of a request).
         tokens_in: the item's visual tokens before merging (for usage reports).
         base_tokens, grid_rows: layout of a packed anyres image (0 for videos).
+        encoder_flops_off, encoder_flops: the item's vision-encoder FLOPs as the stock tower runs
+            it and at the schedule's `encoder_keep` (`core.encoder_flops`; 0: no FLOPs model).
     """
 
     schedule: AimSchedule
     tokens_in: int
     base_tokens: int = 0
     grid_rows: int = 0
+    encoder_flops_off: float = 0.0
+    encoder_flops: float = 0.0
 
     def to_tensor(self) -> torch.Tensor:
         s = self.schedule
@@ -35,12 +39,14 @@ class ItemParams:
         values = [s.merge_ratio, l1, l2, self.tokens_in, self.base_tokens, self.grid_rows]
         values += [MERGE_METHODS.index(s.merge_method), PRUNE_METHODS.index(s.prune_method)]
         values.append(-1.0 if s.prune_keep is None else s.prune_keep)
-        values.append(s.encoder_keep)
+        values += [s.encoder_keep, self.encoder_flops_off, self.encoder_flops]
         return torch.tensor(values, dtype=torch.float64)
 
     @classmethod
     def from_tensor(cls, values: torch.Tensor) -> ItemParams:
-        ratio, l1, l2, tokens_in, base, rows, merge, prune_method, keep, encoder_keep = values.tolist()
+        ratio, l1, l2, tokens_in, base, rows, merge, prune_method, keep, encoder_keep, flops_off, flops = (
+            values.tolist()
+        )
         schedule = AimSchedule(
             merge_ratio=ratio,
             prune_layers=(int(l1), int(l2)) if l1 >= 0 else None,
@@ -49,7 +55,7 @@ class ItemParams:
             prune_keep=None if keep < 0 else keep,
             encoder_keep=encoder_keep,
         )
-        return cls(schedule, int(tokens_in), int(base), int(rows))
+        return cls(schedule, int(tokens_in), int(base), int(rows), flops_off, flops)
 
 
 def field_name(modality: str) -> str:

@@ -6,7 +6,7 @@ level is its schedule (`core.schedule.AimSchedule`, which checks its own ranges)
 
 Text form (`X-AIM-Level`, the body field `aim` as a string, `--aim-default`, `--default-aim`,
 the `--levels` of `aim-vllm eval` and `bench`); case-insensitive, blanks around items ignored:
-    level    := preset [",encoder:" number] | budget [",encoder:" number] | explicit
+    level    := preset [",encoder:" number] | budget [",encoder:" (number | "auto")] | explicit
     preset   := "off" | "light" | "balanced" | "max"
     budget   := "budget:" number                   0 < number <= 1 (fraction of AIM-off LLM FLOPs)
     explicit := item ("," item)*                   each key at most once; merge, prune or encoder needed
@@ -19,13 +19,15 @@ the `--levels` of `aim-vllm eval` and `bench`); case-insensitive, blanks around 
     number   := plain decimal digits ("0.25", ".5", "1"; no signs or exponents)
   e.g. `balanced`, `budget:0.2`, `merge:0.25,prune:14-22`, `merge:0.25,method:pool`,
   `merge:0.25,prune:14-22,encoder:0.5`, `balanced,encoder:0.5` (`core.encoder_merge`; the
-  project's extension: a preset or budget resolves as without it, then the encoder merges).
+  project's extension: a preset or budget resolves as without it, then the encoder merges);
+  `budget:0.3,encoder:auto`: the budget is a fraction of the whole prefill's FLOPs (vision encoder
+  + LLM) and the solver picks the encoder keep too (`core.budget.solve_prefill_budget`).
 JSON form (the body field `aim` as an object; the same levels):
-    {"preset": name [, "encoder_keep": e]} | {"budget": b [, "encoder_keep": e]}
+    {"preset": name [, "encoder_keep": e]} | {"budget": b [, "encoder_keep": e | "auto"]}
   | {"merge_ratio": r, "prune_layers": [l1, l2], "merge_method": m, "prune_method": p, "prune_keep": k,
      "encoder_keep": e}   (explicit: merge_ratio, prune_layers or encoder_keep needed, the others optional)
 Engine form (vLLM `mm_processor_kwargs`, what the gateway sends and the processor reads):
-    {"aim_preset": name [, "aim_encoder_keep": e]} | {"aim_budget": b [, "aim_encoder_keep": e]}
+    {"aim_preset": name [, "aim_encoder_keep": e]} | {"aim_budget": b [, "aim_encoder_keep": e | "auto"]}
   | {"aim_merge_ratio": r, "aim_prune_l1": l1, "aim_prune_l2": l2, "aim_merge_method": m,
      "aim_prune_method": p, "aim_prune_keep": k, "aim_encoder_keep": e}
     (l2 may be left out with a keep fraction: l1 + 1)
@@ -49,6 +51,7 @@ PRESET, BUDGET = "aim_preset", "aim_budget"
 MERGE_RATIO, PRUNE_L1, PRUNE_L2 = "aim_merge_ratio", "aim_prune_l1", "aim_prune_l2"
 MERGE_METHOD, PRUNE_METHOD, PRUNE_KEEP = "aim_merge_method", "aim_prune_method", "aim_prune_keep"
 ENCODER_KEEP = "aim_encoder_keep"
+AUTO = "auto"  # encoder_keep of a budget over the whole prefill: the solver picks it
 EXPLICIT_KEYS = (MERGE_RATIO, PRUNE_L1, PRUNE_L2, MERGE_METHOD, PRUNE_METHOD, PRUNE_KEEP, ENCODER_KEEP)
 ENGINE_KEYS = (PRESET, BUDGET, *EXPLICIT_KEYS)
 
@@ -82,21 +85,27 @@ class LevelError(ValueError):
 class AimLevel:
     """One of: a preset name, a budget (fraction of AIM-off LLM prefill FLOPs), an explicit schedule.
 
-    `encoder_keep` goes with a preset or a budget (an explicit schedule holds its own).
+    `encoder_keep` goes with a preset or a budget (an explicit schedule holds its own); with a
+    budget it may be `AUTO`: the budget then covers the whole prefill and the solver picks the keep.
     """
 
     preset: str | None = None
     budget: float | None = None
     schedule: AimSchedule | None = None
-    encoder_keep: float = 1.0
+    encoder_keep: float | str = 1.0
 
     def __post_init__(self) -> None:
         if sum(value is not None for value in (self.preset, self.budget, self.schedule)) != 1:
             raise LevelError("a level is exactly one of a preset, a budget or an explicit schedule")
-        try:  # the schedule owns the rule for encoder_keep
-            AimSchedule(encoder_keep=self.encoder_keep)
-        except (TypeError, ValueError) as exc:
-            raise LevelError(str(exc), "encoder_keep") from None
+        if self.encoder_keep == AUTO:
+            if self.budget is None:
+                raise LevelError("encoder_keep 'auto' goes with a budget (it sizes encoder and LLM together)",
+                                 "encoder_keep")  # fmt: skip
+        else:
+            try:  # the schedule owns the rule for encoder_keep
+                AimSchedule(encoder_keep=self.encoder_keep)
+            except (TypeError, ValueError) as exc:
+                raise LevelError(str(exc), "encoder_keep") from None
         if self.schedule is not None and self.encoder_keep != 1.0:
             raise LevelError("an explicit level carries encoder_keep in its schedule", "encoder_keep")
         if self.preset is not None and self.preset not in PRESETS:
@@ -109,9 +118,20 @@ class AimLevel:
                 raise LevelError(f"budget must be in (0, 1], got {self.budget}", "budget")
 
     @property
+    def whole_prefill(self) -> bool:
+        """A budget over encoder + LLM FLOPs, the encoder keep chosen by the solver."""
+        return self.encoder_keep == AUTO
+
+    def _given_encoder_keep(self) -> float | str | None:
+        """`encoder_keep` when it is not the default (AUTO, or a keep below 1), else None."""
+        keep = self.encoder_keep
+        return keep if keep == AUTO or keep < 1.0 else None  # type: ignore[operator]
+
+    @property
     def text(self) -> str:
         """The canonical text form (parses back to this level)."""
-        encoder = f",encoder:{_decimal(self.encoder_keep)}" if self.encoder_keep < 1.0 else ""
+        keep = self._given_encoder_keep()
+        encoder = "" if keep is None else f",encoder:{keep if keep == AUTO else _decimal(keep)}"
         if self.preset is not None:
             return self.preset + encoder
         if self.budget is not None:
@@ -141,7 +161,8 @@ class AimLevel:
     def engine_kwargs(self) -> dict[str, Any]:
         """The canonical engine form; an explicit level always carries its merge ratio, so an
         explicit AIM-off level stays distinguishable from "no level" (the server default)."""
-        encoder = {ENCODER_KEEP: self.encoder_keep} if self.encoder_keep < 1.0 else {}
+        keep = self._given_encoder_keep()
+        encoder = {} if keep is None else {ENCODER_KEEP: keep}
         if self.preset is not None:
             return {PRESET: self.preset, **encoder}
         if self.budget is not None:
@@ -149,12 +170,18 @@ class AimLevel:
         assert self.schedule is not None
         return {MERGE_RATIO: self.schedule.merge_ratio, **schedule_kwargs(self.schedule)}
 
-    def resolve(self, num_layers: int, solve_budget: Callable[[float], AimSchedule]) -> AimSchedule:
-        """The concrete schedule for a model of `num_layers` layers (LevelError if it does not fit)."""
+    def resolve(self, num_layers: int, solve_budget: Callable[[float, bool], AimSchedule]) -> AimSchedule:
+        """The concrete schedule for a model of `num_layers` layers (LevelError if it does not fit).
+
+        `solve_budget(budget, whole_prefill)`: the schedule of a budget; over encoder + LLM FLOPs
+        with the encoder keep chosen when `whole_prefill`, else over the LLM's.
+        """
         if self.preset is not None:
             return replace(preset_schedule(self.preset, num_layers), encoder_keep=self.encoder_keep)
         if self.budget is not None:
-            return replace(solve_budget(self.budget), encoder_keep=self.encoder_keep)
+            if self.whole_prefill:
+                return solve_budget(self.budget, True)
+            return replace(solve_budget(self.budget, False), encoder_keep=self.encoder_keep)
         assert self.schedule is not None
         try:
             self.schedule.check_depth(num_layers)
@@ -224,12 +251,12 @@ def parse_text(text: str) -> AimLevel:
     return _explicit(fields)
 
 
-def _parse_encoder_item(text: str) -> float:
-    """The ",encoder:<keep>" that may follow a preset or a budget."""
+def _parse_encoder_item(text: str) -> float | str:
+    """The ",encoder:<keep>" (or ",encoder:auto") that may follow a preset or a budget."""
     key, sep, arg = text.strip().partition(":")
     if key.strip() != "encoder" or not sep:
         raise LevelError(f"a preset or budget takes only 'encoder:<0-1>' after it, got {text.strip()!r}")
-    return _parse_number(arg, "encoder_keep")
+    return AUTO if arg.strip() == AUTO else _parse_number(arg, "encoder_keep")
 
 
 def _parse_number(text: str, field: str) -> float:
@@ -257,7 +284,7 @@ def parse_json(value: object) -> AimLevel:
     if "preset" in value or "budget" in value:
         key = "preset" if "preset" in value else "budget"
         _only_key(value, key)
-        encoder_keep = _check_number(value.get("encoder_keep", 1.0), "encoder_keep")
+        encoder_keep = _check_encoder_keep(value.get("encoder_keep", 1.0), "encoder_keep")
         if key == "preset":
             if not isinstance(value[key], str):
                 raise LevelError(f"preset must be a string, got {type(value[key]).__name__}", "preset")
@@ -301,7 +328,7 @@ def parse_engine_kwargs(kwargs: Mapping[str, Any]) -> AimLevel | None:
     kinds = {PRESET: "preset", BUDGET: "budget"}
     if len({kinds.get(key, "explicit") for key in present if key != ENCODER_KEEP}) > 1:
         raise LevelError(f"give one of {PRESET}, {BUDGET} or explicit merge/prune keys, not {present}")
-    encoder_keep = _check_number(kwargs.get(ENCODER_KEEP, 1.0), ENCODER_KEEP)
+    encoder_keep = _check_encoder_keep(kwargs.get(ENCODER_KEEP, 1.0), ENCODER_KEEP)
     if PRESET in kwargs:
         if kwargs[PRESET] not in PRESETS:
             raise LevelError(f"{PRESET} must be one of {', '.join(PRESETS)}, got {kwargs[PRESET]!r}", PRESET)
@@ -368,6 +395,11 @@ def _check_number(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise LevelError(f"{field} must be a number, got {value!r}", field)
     return float(value)
+
+
+def _check_encoder_keep(value: object, field: str) -> float | str:
+    """A keep fraction, or AUTO (valid with a budget only: `AimLevel` checks)."""
+    return AUTO if value == AUTO else _check_number(value, field)
 
 
 def _check_integer(value: object, field: str) -> int:

@@ -15,10 +15,12 @@ Flow (vllm==0.32.0, `BaseMultiModalProcessor.apply`):
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 
 from aim_vllm.config import default_level
-from aim_vllm.core.budget import VisualLayout, solve_budget
-from aim_vllm.core.flops import LLMShape, VisionShape
+from aim_vllm.core.budget import EncoderCost, VisualLayout, solve_budget, solve_prefill_budget
+from aim_vllm.core.encoder_flops import VisionShape
+from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.item_params import ItemParams
 from aim_vllm.core.level import parse_engine_kwargs, schedule_kwargs, without_engine_keys
 from aim_vllm.core.schedule import OFF, VIDEO_ONLY_METHODS, AimSchedule
@@ -49,7 +51,9 @@ class AimProcessorMixin:
         level = parse_engine_kwargs(inputs.hf_processor_mm_kwargs) or default_level()
         kwargs = without_engine_keys(inputs.hf_processor_mm_kwargs)
         if level is not None:
-            schedule = level.resolve(self._aim_llm_shape().num_layers, lambda b: self._solve(b, inputs))
+            schedule = level.resolve(
+                self._aim_llm_shape().num_layers, lambda b, whole: self._solve(b, whole, inputs)
+            )
             if schedule.merges and schedule.merge_method not in self.aim_merge_methods:
                 raise ValueError(
                     f"merge_method {schedule.merge_method!r} is not available for this model "
@@ -71,10 +75,39 @@ class AimProcessorMixin:
     def _aim_llm_shape(self) -> LLMShape:
         return LLMShape.from_hf_config(self.info.get_hf_config().to_dict())
 
-    def _solve(self, budget: float, inputs) -> AimSchedule:
+    @cached_property
+    def _aim_tower(self) -> VisionShape | None:
+        return VisionShape.from_hf_config(self.info.get_hf_config().to_dict())
+
+    def aim_encoder_flops(self, schedule: AimSchedule, passes: int) -> dict[str, float]:
+        """`ItemParams`' encoder FLOPs of an item that is `passes` frames / crops of a LLaVA-style
+        tower (`core.encoder_flops`), stock and at the schedule's keep; {} for other towers."""
+        tower = self._aim_tower
+        if tower is None:
+            return {}
+        return {
+            "encoder_flops_off": passes * tower.pass_flops(),
+            "encoder_flops": passes * tower.pass_flops(schedule.encoder_keep),
+        }
+
+    def _solve(self, budget: float, whole_prefill: bool, inputs) -> AimSchedule:
         num_items = sum(len(items) for items in inputs.mm_data_items.values())
         text_tokens = max(0, len(inputs.prompt) - num_items)  # one placeholder token per item
-        return solve_budget(budget, self._aim_llm_shape(), self.aim_layout(inputs.mm_data_items), text_tokens)
+        shape, layout = self._aim_llm_shape(), self.aim_layout(inputs.mm_data_items)
+        if whole_prefill:
+            cost = self.aim_encoder_cost(inputs.mm_data_items)
+            return solve_prefill_budget(budget, shape, layout, text_tokens, cost)
+        return solve_budget(budget, shape, layout, text_tokens)
+
+    def aim_encoder_cost(self, mm_items) -> EncoderCost:
+        """The prompt's vision-encoder FLOPs at a keep: its frames / crops through a LLaVA-style
+        tower (`aim_encoder_passes`); 0 where the tower has no FLOPs model."""
+        tower, passes = self._aim_tower, self.aim_encoder_passes(mm_items)
+        return lambda keep: 0.0 if tower is None else passes * tower.pass_flops(keep)
+
+    def aim_encoder_passes(self, mm_items) -> int:
+        """Frames and crops the tower encodes for these items (model specific)."""
+        raise NotImplementedError
 
 
 def item_encoder_keeps(params) -> list[float] | None:
@@ -110,7 +143,7 @@ class AimModelMixin:
             install_stage_specs(layers, vllm_config, announce=parallel.is_reporter)
         self.aim_pruner = PruningDecoder(shape.num_layers, parallel, unsupported)
         store = StatsStore.from_env() if parallel.is_reporter else None
-        self.aim_reporter = UsageReporter(shape, store, VisionShape.from_hf_config(self.config.to_dict()))
+        self.aim_reporter = UsageReporter(shape, store)
 
     def get_model_state_cls(self) -> type:
         """Model Runner V2's per-model state (`model_state.py`); the V1 runner never asks."""

@@ -66,6 +66,9 @@ class AimLlavaMultiModalProcessor(AimProcessorMixin, LlavaMultiModalProcessor):
 
     aim_encoder_merging = True
 
+    def aim_encoder_passes(self, mm_items) -> int:
+        return len(list(_sizes(mm_items)))  # one CLIP pass per image
+
     def aim_layout(self, mm_items) -> VisualLayout:
         return VisualLayout(
             tuple(self.info.get_num_image_tokens(image_width=w, image_height=h) for w, h in _sizes(mm_items))
@@ -84,10 +87,9 @@ class AimLlavaMultiModalProcessor(AimProcessorMixin, LlavaMultiModalProcessor):
             return processed
         if schedule.merges or schedule.merges_in_encoder:
             self._check_mergeable()
-        params = [
-            ItemParams(schedule, self.info.get_num_image_tokens(image_width=w, image_height=h)).to_tensor()
-            for w, h in _sizes(mm_items)
-        ]
+        flops = self.aim_encoder_flops(schedule, passes=1)  # one CLIP pass per image
+        tokens = [self.info.get_num_image_tokens(image_width=w, image_height=h) for w, h in _sizes(mm_items)]
+        params = [ItemParams(schedule, n, **flops).to_tensor() for n in tokens]
         processed[field_name(IMAGE)] = torch.stack(params)
         return processed
 

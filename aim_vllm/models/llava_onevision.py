@@ -69,6 +69,13 @@ class AimLlavaOnevisionProcessingInfo(LlavaOnevisionProcessingInfo):
         base = self.get_num_image_tokens(image_width=width, image_height=height) - grid_tokens - rows
         return base, grid_tokens, rows
 
+    def image_crops(self, width: int, height: int) -> int:
+        """Crops of an anyres image the tower encodes: the base view and every grid crop."""
+        config = self.get_hf_config()
+        size = self.get_vision_encoder_info().get_image_size()
+        rows, cols = get_anyres_image_grid_shape((height, width), config.image_grid_pinpoints, size)
+        return 1 + rows * cols
+
     def frame_tokens(self, width: int, height: int) -> int:
         return self._get_num_frame_tokens(image_width=width, image_height=height)
 
@@ -78,6 +85,10 @@ class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMult
 
     aim_merge_methods = ("aim", "pool", "random", "evs")  # AIM and the equal-count baselines
     aim_encoder_merging = True
+
+    def aim_encoder_passes(self, mm_items) -> int:
+        frames = sum(f for _, _, f in _video_sizes(mm_items))
+        return frames + sum(self.info.image_crops(w, h) for w, h in _image_sizes(mm_items))
 
     def aim_layout(self, mm_items) -> VisualLayout:
         groups, extra = [], 0
@@ -103,7 +114,11 @@ class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMult
         if schedule.is_off:
             return processed
         videos = [
-            ItemParams(schedule, self.info.get_num_video_tokens(image_width=w, image_height=h, num_frames=f))
+            ItemParams(
+                schedule,
+                self.info.get_num_video_tokens(image_width=w, image_height=h, num_frames=f),
+                **self.aim_encoder_flops(schedule, passes=f),
+            )
             for w, h, f in _video_sizes(mm_items)
         ]
         images = [self._image_params(schedule, w, h) for w, h in _image_sizes(mm_items)]
@@ -114,7 +129,8 @@ class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMult
 
     def _image_params(self, schedule, width: int, height: int) -> ItemParams:
         base, grid, rows = self.info.image_parts(width, height)
-        return ItemParams(schedule, base + grid + rows, base_tokens=base, grid_rows=rows)
+        flops = self.aim_encoder_flops(schedule, passes=self.info.image_crops(width, height))
+        return ItemParams(schedule, base + grid + rows, base_tokens=base, grid_rows=rows, **flops)
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptUpdate]:
         schedule = schedule_from_kwargs(dict(hf_processor_mm_kwargs))

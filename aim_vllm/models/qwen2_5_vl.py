@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -45,7 +46,8 @@ from aim_vllm.compat import (
     Qwen2_5_VLProcessingInfo,
     VideoProcessorItems,
 )
-from aim_vllm.core.budget import VisualLayout
+from aim_vllm.core.budget import EncoderCost, VisualLayout
+from aim_vllm.core.encoder_flops import WindowedVisionShape
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import without_engine_keys
 from aim_vllm.core.merge import merge_frames, spread_indices
@@ -80,11 +82,29 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
 
     aim_encoder_merging = True
 
+    @cached_property
+    def _aim_vit(self) -> WindowedVisionShape:
+        shape = WindowedVisionShape.from_hf_config(self.info.get_hf_config().to_dict())
+        assert shape is not None, "a Qwen2.5-VL config names its ViT's windows"
+        return shape
+
     def aim_layout(self, mm_items) -> VisualLayout:
         """One merge group per temporal slice (server-default processor sizes)."""
+        merge = self._aim_vit.merge
+        groups = [(h // merge) * (w // merge) for t, h, w in self._aim_grids(mm_items) for _ in range(t)]
+        return VisualLayout(tuple(groups))
+
+    def aim_encoder_cost(self, mm_items) -> EncoderCost:
+        grids = self._aim_grids(mm_items)
+        return lambda keep: sum(self._aim_vit.item_flops(grid, keep) for grid in grids)
+
+    def _aim_grids(self, mm_items) -> list[tuple[int, int, int]]:
+        """Each item's (temporal slices, height, width) in patches, as the HF processor will size it
+        (server-default processor settings)."""
         hf_processor = self.info.get_hf_processor()
         processors = {"image": hf_processor.image_processor, "video": hf_processor.video_processor}
-        groups: list[int] = []
+        vision = self.info.get_hf_config().vision_config
+        grids = []
         for modality, (width, height, frames) in _pixel_item_sizes(mm_items):
             size, _ = self.info._get_vision_info(
                 image_width=width,
@@ -94,12 +114,9 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
                 mm_kwargs={},
                 modality=modality,
             )
-            vision = self.info.get_hf_config().vision_config
-            temporal = vision.temporal_patch_size
-            slices = max(1, -(-frames // temporal))
-            unit = vision.patch_size * vision.spatial_merge_size
-            groups += [(size.height // unit) * (size.width // unit)] * slices
-        return VisualLayout(tuple(groups))
+            slices = max(1, -(-frames // vision.temporal_patch_size))
+            grids.append((slices, size.height // vision.patch_size, size.width // vision.patch_size))
+        return grids
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
@@ -120,9 +137,13 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
             if _PIXEL_KEYS[modality] not in processed:  # embedding inputs are never merged
                 continue
             params = []
-            for grid in processed[f"{modality}_grid_thw"]:
-                t, n = slice_shape(grid.tolist(), merge_size)
-                params.append(ItemParams(schedule, t * n).to_tensor())
+            for grid in processed[f"{modality}_grid_thw"].tolist():
+                t, n = slice_shape(grid, merge_size)
+                flops = {
+                    "encoder_flops_off": self._aim_vit.item_flops(grid),
+                    "encoder_flops": self._aim_vit.item_flops(grid, schedule.encoder_keep),
+                }
+                params.append(ItemParams(schedule, t * n, **flops).to_tensor())
             processed[field_name(modality)] = torch.stack(params)
         return processed
 

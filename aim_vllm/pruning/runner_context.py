@@ -65,7 +65,10 @@ def request_step(req_id: str, num_prompt: int, mm_features, sampling_params) -> 
         else ""
     )
     schedule = known[0].schedule if known else None
-    return RequestStep(req_id, num_prompt, schedule, tuple(spans), tokens_in, skip)
+    encoder_flops = None  # (stock, executed), known when every item carries its count
+    if known and len(known) == len(params) and all(p.encoder_flops_off > 0 for p in known):
+        encoder_flops = (sum(p.encoder_flops_off for p in known), sum(p.encoder_flops for p in known))
+    return RequestStep(req_id, num_prompt, schedule, tuple(spans), tokens_in, skip, encoder_flops)
 
 
 def exit_if_peers_would_hang(vllm_config) -> None:

@@ -34,6 +34,7 @@ class RequestStep:
     visual_spans: tuple[tuple[int, int], ...] = ()  # (offset, length) of visual placeholders
     visual_tokens_in: int = 0  # visual tokens before merging
     skip_reason: str = ""  # a request option that rules pruning out (e.g. prompt_logprobs)
+    encoder_flops: tuple[float, float] | None = None  # its items' (stock, executed) encoder FLOPs
 
     @property
     def num_visual(self) -> int:

@@ -1,9 +1,10 @@
-"""The FLOPs-budget solver lands within 5% of the asked budget."""
+"""The FLOPs-budget solvers land within 5% of the asked budget (LLM, or whole prefill with the encoder)."""
 
 import pytest
 
 from aim_vllm.core.architectures import ARCHITECTURES
-from aim_vllm.core.budget import estimate_flops, solve_budget
+from aim_vllm.core.budget import ENCODER_KEEPS, estimate_flops, solve_budget, solve_prefill_budget
+from aim_vllm.core.encoder_flops import VisionShape
 from aim_vllm.core.schedule import AimSchedule
 
 
@@ -38,3 +39,35 @@ def test_invalid_budget(budget: float) -> None:
     spec = ARCHITECTURES["llava-onevision-7b"]
     with pytest.raises(ValueError, match="budget"):
         solve_budget(budget, spec.llm, spec.layout(frames=8), 50)
+
+
+SIGLIP = VisionShape(hidden_size=1152, num_layers=26, intermediate_size=4304, num_heads=16, tokens=729)
+
+
+@pytest.mark.parametrize("budget", [0.8, 0.5, 0.35])
+def test_prefill_budget_counts_the_encoder(budget: float) -> None:
+    """LLaVA-OV-0.5B with 16 frames: the encoder is most of the prefill; encoder + LLM land at the
+    budget, the encoder at the largest keep within the budget's fraction of its own FLOPs."""
+    spec = ARCHITECTURES["llava-onevision-0.5b"]
+    layout = spec.layout(frames=16)
+    cost = lambda keep: 16 * SIGLIP.pass_flops(keep)  # noqa: E731
+    schedule = solve_prefill_budget(budget, spec.llm, layout, 60, cost)
+    llm = estimate_flops(schedule, spec.llm, layout, 60)
+    whole = (cost(schedule.encoder_keep) + llm.executed) / (cost(1.0) + llm.baseline)
+    assert whole <= budget and whole == pytest.approx(budget, rel=0.05)
+    assert cost(schedule.encoder_keep) <= budget * cost(1.0)
+    assert all(cost(keep) > budget * cost(1.0) for keep in ENCODER_KEEPS if keep > schedule.encoder_keep)
+    assert llm.executed_ratio >= budget  # the LLM gets what the encoder's grid step left over
+
+
+def test_prefill_budget_below_the_encoder_floor_and_without_an_encoder_model() -> None:
+    """Below what the tower's stock early layers cost, the encoder goes to its smallest keep and the
+    LLM takes the rest; a prompt without encoder FLOPs is the LLM budget."""
+    spec = ARCHITECTURES["llava-onevision-0.5b"]
+    layout = spec.layout(frames=8)
+    cost = lambda keep: 8 * SIGLIP.pass_flops(keep)  # noqa: E731
+    schedule = solve_prefill_budget(0.1, spec.llm, layout, 60, cost)
+    assert schedule.encoder_keep == ENCODER_KEEPS[-1] and cost(ENCODER_KEEPS[-1]) / cost(1.0) > 0.1
+    no_encoder = solve_prefill_budget(0.3, spec.llm, layout, 60, lambda keep: 0.0)
+    assert no_encoder == solve_budget(0.3, spec.llm, layout, 60)
+    assert solve_prefill_budget(1.0, spec.llm, layout, 60, cost) == AimSchedule()

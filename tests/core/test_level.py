@@ -62,6 +62,11 @@ BASELINE = AimSchedule(1.0, (2, 3), prune_method="fastv", prune_keep=0.3)
             {"aim_preset": "balanced", "aim_encoder_keep": 0.5},
         ),
         ("budget:0.2,encoder:.25", "budget:0.2,encoder:0.25", {"aim_budget": 0.2, "aim_encoder_keep": 0.25}),
+        (
+            "Budget:0.3, encoder:AUTO",
+            "budget:0.3,encoder:auto",
+            {"aim_budget": 0.3, "aim_encoder_keep": "auto"},
+        ),
     ],
 )
 def test_text_form_round_trips_through_every_form(text: str, canonical: str, engine: dict) -> None:
@@ -77,7 +82,8 @@ def test_text_form_round_trips_through_every_form(text: str, canonical: str, eng
      "merge:0.5,merge:0.4", "prune:22-14", "prune:14-14", "prune:14", "prune:1-99999", "merge:٠.٥",
      "merge:0.5;prune:1-2", "x" * 100, "keep:0.3", "merge:0.5,method:median", "merge:0.5,importance:random",
      "prune:1-2000", "encoder:0", "encoder:1.5", "encoder:half", "merge:0.5,encoder:0.5,encoder:0.4",
-     "balanced,merge:0.5", "budget:0.2,encoder:0", "max,encoder:0.5,encoder:0.4", "balanced,"],
+     "balanced,merge:0.5", "budget:0.2,encoder:0", "max,encoder:0.5,encoder:0.4", "balanced,",
+     "balanced,encoder:auto", "merge:0.5,encoder:auto", "encoder:auto", "budget:0.3,encoder:autox"],
 )  # fmt: skip
 def test_bad_text_is_a_level_error(text: str) -> None:
     with pytest.raises(LevelError):
@@ -121,6 +127,8 @@ def test_json_form(value: object, expected: AimLevel) -> None:
         ({"encoder_keep": 0}, "encoder_keep"),
         ({"encoder_keep": "0.5"}, "encoder_keep"),
         ({"budget": 0.2, "encoder_keep": 2}, "encoder_keep"),
+        ({"preset": "max", "encoder_keep": "auto"}, "encoder_keep"),
+        ({"merge_ratio": 0.5, "encoder_keep": "auto"}, "encoder_keep"),
         ({"preset": "max", "merge_ratio": 0.5}, "merge_ratio"),
     ],
 )
@@ -145,6 +153,7 @@ def test_bad_json_names_the_field(value: object, field: str | None) -> None:
         ),
         ({"aim_encoder_keep": 0.5}, AimLevel(schedule=AimSchedule(encoder_keep=0.5))),
         ({"aim_budget": 0.2, "aim_encoder_keep": 0.5}, AimLevel(budget=0.2, encoder_keep=0.5)),
+        ({"aim_budget": 0.2, "aim_encoder_keep": "auto"}, AimLevel(budget=0.2, encoder_keep="auto")),
     ],
 )
 def test_engine_form(kwargs: dict, expected: AimLevel | None) -> None:
@@ -177,11 +186,11 @@ def test_bad_engine_form_names_the_problem(kwargs: dict, message: str) -> None:
 def test_resolution_against_a_model() -> None:
     """Presets follow the model's depth; budgets go to the solver; explicit windows must fit."""
 
-    def never(budget: float) -> AimSchedule:
+    def never(budget: float, whole_prefill: bool) -> AimSchedule:
         raise AssertionError("no budget here")
 
     assert AimLevel(preset="balanced").resolve(28, never) == preset_schedule("balanced", 28)
-    assert AimLevel(budget=0.5).resolve(28, lambda b: AimSchedule(b)) == AimSchedule(0.5)
+    assert AimLevel(budget=0.5).resolve(28, lambda b, whole: AimSchedule(b)) == AimSchedule(0.5)
     with pytest.raises(LevelError, match="l2 <= 6"):
         AimLevel(schedule=AimSchedule(1.0, (2, 9))).resolve(6, never)
 
@@ -204,9 +213,10 @@ def test_presets_and_labels() -> None:
 def test_preset_and_budget_resolve_with_their_encoder_keep() -> None:
     """A preset or budget resolves as without `encoder`, then carries the encoder keep fraction."""
     level = parse_text("balanced,encoder:0.5")
-    assert level.resolve(28, lambda b: AimSchedule(b)) == AimSchedule(0.25, (14, 22), encoder_keep=0.5)
-    assert parse_text("budget:0.3,encoder:0.25").resolve(28, lambda b: AimSchedule(b)) == AimSchedule(
-        0.3, encoder_keep=0.25
-    )
+    llm_only = lambda b, whole: AimSchedule(b, encoder_keep=0.9 if whole else 1.0)  # noqa: E731
+    assert level.resolve(28, llm_only) == AimSchedule(0.25, (14, 22), encoder_keep=0.5)
+    assert parse_text("budget:0.3,encoder:0.25").resolve(28, llm_only) == AimSchedule(0.3, encoder_keep=0.25)
+    # encoder:auto: the budget covers the whole prefill and the solver's encoder keep stands
+    assert parse_text("budget:0.3,encoder:auto").resolve(28, llm_only) == AimSchedule(0.3, encoder_keep=0.9)
     with pytest.raises(LevelError, match="explicit level carries"):
         AimLevel(schedule=AimSchedule(0.5), encoder_keep=0.5)

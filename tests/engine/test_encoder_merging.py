@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from aim_vllm.core.flops import VisionShape, encoder_flops_ratio
+from aim_vllm.core.encoder_flops import VisionShape, encoder_flops_ratio
 from aim_vllm.core.schedule import AimSchedule
 from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, video_item
 
@@ -46,7 +46,13 @@ def test_encoder_level_is_its_own_encoder_cache_entry(aim_engine, reference, vid
     assert merged["prompt_token_ids"] == off["prompt_token_ids"]
     assert merged["usage"]["aim"]["encoder_keep"] == 0.25
     tower = VisionShape.from_hf_config(json.loads((tiny_model_dir / "config.json").read_text()))
-    assert merged["usage"]["aim"]["encoder_flops_ratio"] == pytest.approx(encoder_flops_ratio(tower, 0.25))
+    usage = merged["usage"]["aim"]
+    assert usage["encoder_flops_ratio"] == pytest.approx(encoder_flops_ratio(tower, 0.25))
+    assert usage["encoder_flops_off"] == pytest.approx(4 * tower.pass_flops())  # one pass per frame
+    assert usage["encoder_flops"] == pytest.approx(4 * tower.pass_flops(0.25))
+    llm_off = usage["llm_prefill_flops_off"]  # the LLM part is untouched: the whole prefill in between
+    whole = (usage["encoder_flops"] + llm_off) / (usage["encoder_flops_off"] + llm_off)
+    assert usage["flops_ratio"] == 1.0 and usage["prefill_flops_ratio"] == pytest.approx(whole)
     assert off["usage"]["aim"]["encoder_flops_ratio"] == 1.0
     logprobs = [[e["logprob"] for e in r["choices"][0]["logprobs"]["content"]] for r in (off, merged)]
     assert logprobs[0] != logprobs[1]
@@ -68,3 +74,14 @@ def test_batched_items_with_different_keeps(aim_engine, reference) -> None:
         responses = [f.result() for f in futures]
     for (item, schedule), response in zip(jobs, responses, strict=True):
         assert_matches_reference(reference, response, [item], schedule)
+
+
+def test_whole_prefill_budget_picks_the_encoder_keep(aim_engine, reference, video) -> None:
+    """`budget:<b>,encoder:auto`: the engine's solver sizes encoder and LLM together; the request
+    lands within the budget of the whole prefill and runs exactly the schedule it reports."""
+    response = chat(aim_engine, [video], QUESTION, {"aim_budget": 0.7, "aim_encoder_keep": "auto"})
+    usage = response["usage"]["aim"]
+    assert usage["encoder_keep"] < 1.0 and usage["prefill_flops_ratio"] <= 0.7
+    prune = tuple(usage["prune_layers"]) if usage["prune_layers"] else None
+    schedule = AimSchedule(usage["merge_ratio"], prune, encoder_keep=usage["encoder_keep"])
+    assert_matches_reference(reference, response, [video], schedule)

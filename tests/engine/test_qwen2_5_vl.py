@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from aim_vllm.core.encoder_flops import WindowedVisionShape
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.reference.qwen2_5_vl import Qwen2_5_VLReference
@@ -144,14 +146,22 @@ def test_concurrent_requests_with_different_levels(qwen_engine, qwen_reference, 
     ids=["encoder", "merge+prune+encoder"],
 )
 @pytest.mark.parametrize("kind", ["image", "video"])
-def test_encoder_merging_matches_reference(qwen_engine, qwen_reference, image, video, kind, schedule) -> None:
+def test_encoder_merging_matches_reference(
+    qwen_engine, qwen_reference, qwen_model_dir, image, video, kind, schedule
+) -> None:
     """The ViT merging inside each window (window and full-attention blocks, rotary position of a
     merged token's first member, proportional attention), copied back before the patch merger:
     equal to transformers' ViT run the same way (`reference.encoder_merging`), fp32 1e-4."""
     item = image if kind == "image" else video
     response = chat(qwen_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=6)
-    assert response["usage"]["aim"]["encoder_keep"] == schedule.encoder_keep
     assert_matches_reference(qwen_reference, response, [item], schedule)
+    usage = response["usage"]["aim"]
+    vit = WindowedVisionShape.from_hf_config(json.loads((qwen_model_dir / "config.json").read_text()))
+    grid = (1, 22, 28) if kind == "image" else (VIDEO_SLICES, 14, 14)  # in patches
+    assert usage["encoder_keep"] == schedule.encoder_keep
+    assert usage["encoder_flops_off"] == pytest.approx(vit.item_flops(grid))
+    assert usage["encoder_flops"] == pytest.approx(vit.item_flops(grid, schedule.encoder_keep))
+    assert usage["encoder_flops_ratio"] < 1.0 and usage["prefill_flops_ratio"] < 1.0
 
 
 def test_encoder_merging_changes_the_answer_and_is_its_own_cache_entry(qwen_engine, video) -> None:

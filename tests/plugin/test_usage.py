@@ -14,7 +14,7 @@ from aim_vllm.usage_middleware import AimUsageMiddleware
 SHAPE = ARCHITECTURES["llava-onevision-7b"].llm
 
 
-def _stats(prune=(14, 22)):
+def _stats(prune=(14, 22), **encoder):
     merged = 32 * 49 + 1
     kept = visual_kept_after_layer(merged, 28, prune)
     entering = [merged, *kept[:-1]]
@@ -28,6 +28,7 @@ def _stats(prune=(14, 22)):
         kept_after_layer=kept,
         rows_per_layer=[100 + v for v in entering],
         shape=SHAPE,
+        **encoder,
     )
 
 
@@ -39,6 +40,44 @@ def test_stats_match_the_flops_model() -> None:
     assert stats.visual_tokens_kept["21"] == 0
     assert "13" not in stats.visual_tokens_kept
     assert 1 / stats.flops_ratio == pytest.approx(6.71, rel=5e-3)
+
+
+def test_encoder_flops_join_the_whole_prefill() -> None:
+    """With its items' encoder FLOPs known, the request reports them and encoder + LLM over AIM off;
+    without them only the ratio when the stock tower ran (1.0) is known."""
+    stats = _stats(encoder_keep=0.5, encoder_flops=(20e12, 12e12))  # (stock, executed)
+    assert (stats.encoder_flops, stats.encoder_flops_off, stats.encoder_flops_ratio) == (12e12, 20e12, 0.6)
+    whole = (12e12 + stats.llm_prefill_flops) / (20e12 + stats.llm_prefill_flops_off)
+    assert stats.prefill_flops_ratio == pytest.approx(whole)
+    assert stats.flops_ratio < stats.prefill_flops_ratio < 0.6
+    unknown = _stats(encoder_keep=0.5)
+    assert unknown.encoder_flops_ratio is None and unknown.prefill_flops_ratio is None
+    stock = _stats()
+    assert stock.encoder_flops_ratio == 1.0 and stock.encoder_flops is None
+
+
+def test_request_step_sums_its_items_encoder_flops() -> None:
+    """The runner's view of a request: encoder FLOPs summed over its items, unknown if one lacks them."""
+    from types import SimpleNamespace
+
+    from aim_vllm.core.item_params import ItemParams, field_name
+    from aim_vllm.core.schedule import AimSchedule
+    from aim_vllm.pruning.runner_context import request_step
+
+    schedule = AimSchedule(0.5, encoder_keep=0.5)
+
+    def feature(offset: int, flops: tuple[float, float] | None):
+        params = ItemParams(schedule, 40, 0, 0, *flops) if flops else None
+        data = {field_name("image"): SimpleNamespace(data=params.to_tensor())} if params else {}
+        position = SimpleNamespace(offset=offset, length=20)
+        return SimpleNamespace(mm_position=position, data=data, modality="image")
+
+    both = request_step("r", 100, [feature(0, (4.0, 3.0)), feature(30, (6.0, 2.0))], None)
+    assert both.encoder_flops == (10.0, 5.0) and both.visual_tokens_in == 80
+    one_unknown = request_step("r", 100, [feature(0, (4.0, 3.0)), feature(30, None)], None)
+    assert one_unknown.encoder_flops is None
+    params = ItemParams(schedule, 40, 0, 0, 4.0, 3.0)
+    assert ItemParams.from_tensor(params.to_tensor()) == params
 
 
 def test_engine_ids_map_to_response_ids() -> None:
