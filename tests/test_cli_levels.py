@@ -19,6 +19,9 @@ def test_flops_takes_a_level(capsys) -> None:
     ):
         assert main([*args, *level]) == 0
         assert check(json.loads(capsys.readouterr().out)), level
+    with pytest.raises(SystemExit) as exited:  # a whole-prefill budget needs the tower: one line, exit 2
+        main([*args, "--level", "budget:0.3,encoder:auto"])
+    assert exited.value.code == 2 and "counts the LLM" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import json
 
 from aim_vllm.core.architectures import ARCHITECTURES
 from aim_vllm.core.budget import estimate_flops, solve_budget
-from aim_vllm.core.level import parse_text
+from aim_vllm.core.level import LevelError, parse_text
+from aim_vllm.core.schedule import AimSchedule
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = ARCHITECTURES[args.arch]
     layout = spec.layout(frames=args.frames or 0, images=args.images or 0)
-    solve = lambda budget: solve_budget(budget, spec.llm, layout, args.text_tokens)  # noqa: E731
+
+    def solve(budget: float, whole_prefill: bool) -> AimSchedule:
+        if whole_prefill:
+            raise LevelError(
+                "encoder:auto needs the vision encoder's FLOPs; this command counts the LLM only"
+            )
+        return solve_budget(budget, spec.llm, layout, args.text_tokens)
+
     schedule = parse_text(args.level).resolve(spec.llm.num_layers, solve)
     est = estimate_flops(schedule, spec.llm, layout, args.text_tokens)
     result = {
