@@ -99,8 +99,8 @@ class AimLevel:
             raise LevelError("a level is exactly one of a preset, a budget or an explicit schedule")
         if self.encoder_keep == AUTO:
             if self.budget is None:
-                raise LevelError("encoder_keep 'auto' goes with a budget (it sizes encoder and LLM together)",
-                                 "encoder_keep")  # fmt: skip
+                message = "encoder_keep 'auto' goes with a budget (it sizes encoder and LLM together)"
+                raise LevelError(message, "encoder_keep")
         else:
             try:  # the schedule owns the rule for encoder_keep
                 AimSchedule(encoder_keep=self.encoder_keep)
