@@ -82,13 +82,7 @@ class AimProcessorMixin:
     def aim_encoder_flops(self, schedule: AimSchedule, passes: int) -> dict[str, float]:
         """`ItemParams`' encoder FLOPs of an item that is `passes` frames / crops of a LLaVA-style
         tower (`core.encoder_flops`), stock and at the schedule's keep; {} for other towers."""
-        tower = self._aim_tower
-        if tower is None:
-            return {}
-        return {
-            "encoder_flops_off": passes * tower.pass_flops(),
-            "encoder_flops": passes * tower.pass_flops(schedule.encoder_keep),
-        }
+        return encoder_flops_fields(self._aim_tower_cost(passes), schedule.encoder_keep)
 
     def _solve(self, budget: float, whole_prefill: bool, inputs) -> AimSchedule:
         num_items = sum(len(items) for items in inputs.mm_data_items.values())
@@ -102,12 +96,22 @@ class AimProcessorMixin:
     def aim_encoder_cost(self, mm_items) -> EncoderCost:
         """The prompt's vision-encoder FLOPs at a keep: its frames / crops through a LLaVA-style
         tower (`aim_encoder_passes`); 0 where the tower has no FLOPs model."""
-        tower, passes = self._aim_tower, self.aim_encoder_passes(mm_items)
+        return self._aim_tower_cost(self.aim_encoder_passes(mm_items))
+
+    def _aim_tower_cost(self, passes: int) -> EncoderCost:
+        tower = self._aim_tower
         return lambda keep: 0.0 if tower is None else passes * tower.pass_flops(keep)
 
     def aim_encoder_passes(self, mm_items) -> int:
         """Frames and crops the tower encodes for these items (model specific)."""
         raise NotImplementedError
+
+
+def encoder_flops_fields(cost: EncoderCost, keep: float) -> dict[str, float]:
+    """`ItemParams`' `encoder_flops_off` / `encoder_flops` of an item whose encoder FLOPs at a keep
+    are `cost(keep)`; {} (unknown) when it costs nothing, i.e. the tower has no FLOPs model."""
+    stock = cost(1.0)
+    return {"encoder_flops_off": stock, "encoder_flops": cost(keep)} if stock > 0 else {}
 
 
 def item_encoder_keeps(params) -> list[float] | None:

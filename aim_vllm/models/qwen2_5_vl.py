@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
+    encoder_flops_fields,
     item_encoder_keeps,
     schedule_from_kwargs,
 )
@@ -139,10 +140,7 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
             params = []
             for grid in processed[f"{modality}_grid_thw"].tolist():
                 t, n = slice_shape(grid, merge_size)
-                flops = {
-                    "encoder_flops_off": self._aim_vit.item_flops(grid),
-                    "encoder_flops": self._aim_vit.item_flops(grid, schedule.encoder_keep),
-                }
+                flops = encoder_flops_fields(partial(self._aim_vit.item_flops, grid), schedule.encoder_keep)
                 params.append(ItemParams(schedule, t * n, **flops).to_tensor())
             processed[field_name(modality)] = torch.stack(params)
         return processed
