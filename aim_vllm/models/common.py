@@ -114,10 +114,16 @@ def encoder_flops_fields(cost: EncoderCost, keep: float) -> dict[str, float]:
     return {"encoder_flops_off": stock, "encoder_flops": cost(keep)} if stock > 0 else {}
 
 
-def item_encoder_keeps(params) -> list[float] | None:
-    """Each item's encoder keep fraction, from its `aim_<modality>` parameters [items, 10]; None
-    when every item keeps all its tokens (the stock vision tower runs)."""
-    keeps = [ItemParams.from_tensor(p).schedule.encoder_keep for p in params]
+def decode_items(params) -> list[ItemParams] | None:
+    """Each item's `ItemParams` from its modality's `aim_<modality>` field [items, 12], decoded once
+    per batch for the tower and the merge (None: the field is absent)."""
+    return None if params is None else [ItemParams.from_tensor(values) for values in params]
+
+
+def item_encoder_keeps(items: list[ItemParams]) -> list[float] | None:
+    """Each item's encoder keep fraction; None when every item keeps all its tokens (the stock
+    vision tower runs)."""
+    keeps = [item.schedule.encoder_keep for item in items]
     return None if all(keep >= 1.0 for keep in keeps) else keeps
 
 

@@ -40,6 +40,7 @@ from aim_vllm.core.token_counts import merged_anyres_image_tokens, merged_video_
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
+    decode_items,
     item_encoder_keeps,
     schedule_from_kwargs,
 )
@@ -195,7 +196,7 @@ class AimLlavaOnevisionForConditionalGeneration(AimModelMixin, LlavaOnevisionFor
 
     def embed_multimodal(self, **kwargs: object):
         # Adapted from LlavaOnevisionForConditionalGeneration.embed_multimodal @ vllm==0.32.0
-        params = {m: kwargs.pop(field_name(m), None) for m in ("image", "video")}
+        params = {m: decode_items(kwargs.pop(field_name(m), None)) for m in ("image", "video")}
         by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
         embeddings: tuple[torch.Tensor, ...] = ()
         for modality, inputs in by_modality.items():
@@ -227,11 +228,12 @@ class AimLlavaOnevisionForConditionalGeneration(AimModelMixin, LlavaOnevisionFor
         features = encode_rows(vision_tower, pixel_values, self._aim_row_keeps, strategy)
         return self.apply_pooling(self.multi_modal_projector(features))
 
-    def _merge(self, modality: str, inputs, items: list[torch.Tensor], params) -> list[torch.Tensor]:
+    def _merge(
+        self, modality: str, inputs, items: list[torch.Tensor], params: list[ItemParams]
+    ) -> list[torch.Tensor]:
         """Each item reduced per its `ItemParams` (AIM merging or a baseline of the same count)."""
         merged = []
-        for i, embeds in enumerate(items):
-            item = ItemParams.from_tensor(params[i])
+        for i, (embeds, item) in enumerate(zip(items, params, strict=True)):
             ratio, method = item.schedule.merge_ratio, item.schedule.merge_method
             if ratio >= 1.0:
                 merged.append(embeds)
@@ -245,7 +247,7 @@ class AimLlavaOnevisionForConditionalGeneration(AimModelMixin, LlavaOnevisionFor
         return merged
 
 
-def _row_keeps(modality: str, inputs, params) -> list[float] | None:
+def _row_keeps(modality: str, inputs, params: list[ItemParams] | None) -> list[float] | None:
     """Encoder keep fraction of each frame / crop the tower encodes (None: all 1, the stock tower)."""
     pixels = inputs.get("pixel_values_videos" if modality == "video" else "pixel_values")
     if params is None or pixels is None:

@@ -55,6 +55,7 @@ from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
+    decode_items,
     encoder_flops_fields,
     item_encoder_keeps,
     schedule_from_kwargs,
@@ -260,7 +261,7 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
 
     def embed_multimodal(self, **kwargs: object):
         # Adapted from Qwen2_5_VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0
-        params = {m: kwargs.pop(field_name(m), None) for m in MODALITIES}
+        params = {m: decode_items(kwargs.pop(field_name(m), None)) for m in MODALITIES}
         if all(p is None for p in params.values()):
             return super().embed_multimodal(**kwargs)
         if self.is_multimodal_pruning_enabled:
@@ -279,11 +280,11 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
             embeddings += tuple(items)
         return embeddings
 
-    def _merge(self, items, grid_thw: torch.Tensor, params: torch.Tensor) -> list[torch.Tensor]:
+    def _merge(self, items, grid_thw: torch.Tensor, params: list[ItemParams]) -> list[torch.Tensor]:
         # AIM: begin
         merged = []
-        for embeds, grid, values in zip(items, grid_thw.tolist(), params, strict=True):
-            ratio = ItemParams.from_tensor(values).schedule.merge_ratio
+        for embeds, grid, item in zip(items, grid_thw.tolist(), params, strict=True):
+            ratio = item.schedule.merge_ratio
             t, _ = slice_shape(grid, self.visual.spatial_merge_size)
             merged.append(embeds if ratio >= 1.0 else merge_item(embeds, t, ratio))
         return merged
@@ -294,7 +295,7 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
         return replace(super().get_encoder_cudagraph_config(), modalities=[])
 
 
-def _encoder_keeps(modality: str, inputs, params: torch.Tensor | None) -> list[float] | None:
+def _encoder_keeps(modality: str, inputs, params: list[ItemParams] | None) -> list[float] | None:
     """Each pixel item's encoder keep fraction (None when all are 1: the stock tower runs)."""
     if params is None or inputs["type"] != _PIXEL_KEYS[modality]:  # embedding inputs: nothing to encode
         return None
