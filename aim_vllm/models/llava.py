@@ -54,6 +54,7 @@ from aim_vllm.core.token_counts import merge_start_layer, merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
+    decode_items,
     schedule_from_kwargs,
 )
 from aim_vllm.models.encoder_merging import merge_for_tower, merged_layer, rows_by_keep
@@ -146,9 +147,9 @@ class AimLlavaForConditionalGeneration(AimModelMixin, LlavaForConditionalGenerat
 
     def embed_multimodal(self, **kwargs: object):
         # Adapted from LlavaForConditionalGeneration.embed_multimodal @ vllm==0.32.0
-        params = kwargs.pop(field_name(IMAGE), None)
+        params = decode_items(kwargs.pop(field_name(IMAGE), None)) or []
         image_input = self._parse_and_validate_image_input(**kwargs)
-        schedules = [] if params is None else [ItemParams.from_tensor(p).schedule for p in params]
+        schedules = [item.schedule for item in params]
         if (
             image_input is None
             or image_input["type"] != "pixel_values"
