@@ -4,10 +4,12 @@ Run: .venv/bin/python bench/pagerank_cost.py [--tokens 1668 6372] [--shape llava
 For each shape and prompt length, interleaved in one run: one decoder layer of the shape without
 pruning (`bench.gpu_prefill.layer_forward`: RMSNorm, QKV, RoPE, causal SDPA, o_proj, SwiGLU MLP;
 random weights) and `aim_vllm.core.importance.pagerank_importance` at its defaults on rotated
-Q/K of the same size. 6,372 tokens = 32 frames x 196 + 100 text tokens; 1,668 = the same after
-merging to 25%. The scores are checked against the definition computed one head at a time on the
-whole N x N (`pagerank_importance_masked`, every token active). Prints one JSON line per row:
-median seconds of each, importance / layer, the largest absolute difference of the scores.
+Q/K of the same size, and the floor of any importance that recomputes the scores (AIM spec: the
+paged kernels return no weights): the causal Q K^T alone (`causal_logits_only`). 6,372 tokens =
+32 frames x 196 + 100 text tokens; 1,668 = the same after merging to 25%. The scores are checked
+against the definition computed one head at a time on the whole N x N
+(`pagerank_importance_masked`, every token active). Prints one JSON line per row: median seconds
+of each, importance / layer, Q K^T floor / layer, the largest absolute difference of the scores.
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ def dense_reference(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.stack(per_head).square().mean(dim=0).sqrt()
 
 
+def causal_logits_only(q: torch.Tensor, k: torch.Tensor, row_block: int = 64) -> None:
+    """The causal Q K^T that `pagerank_importance` recomputes, and nothing else (its time floor).
+
+    Per row block, one product of a key head's keys against all its query heads' rows (keys x
+    queries): the fastest of the arrangements timed on this CPU. The logits are dropped.
+    """
+    num_tokens, num_heads, head_size = q.shape
+    group = num_heads // k.shape[1]
+    for kv_head in range(k.shape[1]):
+        queries = q[:, kv_head * group : (kv_head + 1) * group].transpose(0, 1).contiguous()  # (g, N, D)
+        keys = k[:, kv_head].contiguous()  # (N, D)
+        for r0 in range(0, num_tokens, row_block):
+            r1 = min(r0 + row_block, num_tokens)
+            keys[:r1] @ queries[:, r0:r1].reshape(-1, head_size).T
+
+
 @torch.no_grad()
 def compare(shape_name: str, tokens: int, repeats: int, check: bool) -> dict:
     """Median seconds of one layer and of its importance, interleaved, on random inputs."""
@@ -50,6 +68,7 @@ def compare(shape_name: str, tokens: int, repeats: int, check: bool) -> dict:
     timed = {
         "layer": lambda: layer_forward(layer, rows, shape, None),
         "importance": lambda: pagerank_importance(q, k),
+        "qk_floor": lambda: causal_logits_only(q, k),
     }
     times: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(repeats):
@@ -57,13 +76,15 @@ def compare(shape_name: str, tokens: int, repeats: int, check: bool) -> dict:
             began = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - began)
-    layer_s, importance_s = (statistics.median(times[name]) for name in timed)
+    layer_s, importance_s, floor_s = (statistics.median(times[name]) for name in timed)
     row = {
         "shape": shape_name,
         "tokens": tokens,
         "layer_s": layer_s,
         "importance_s": importance_s,
         "importance_over_layer": importance_s / layer_s,
+        "qk_floor_s": floor_s,
+        "qk_floor_over_layer": floor_s / layer_s,
     }
     if check:
         row["max_abs_diff"] = (pagerank_importance(q, k) - dense_reference(q, k)).abs().max().item()

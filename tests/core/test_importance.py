@@ -35,13 +35,18 @@ def _naive(q: torch.Tensor, k: torch.Tensor, tau: float = 0.1, iters: int = 5) -
 
 
 @pytest.mark.parametrize(
-    ("head_chunk", "row_block"), [(1, 1024), (3, 1024), (4, 1024), (3, 5), (4, 1), (4, 12)]
+    ("kv_heads", "heads_per_chunk", "row_block"),
+    [(2, 8, 1024), (2, 1, 1024), (1, 8, 1024), (4, 2, 1024), (4, 8, 5), (2, 4, 1), (1, 1, 12), (2, 2, 64)],
 )
-def test_pagerank_matches_naive_loop(head_chunk: int, row_block: int) -> None:
-    """Row blocks (causal: keys up to the block's last row) and head chunks change nothing."""
-    q, k = _qk()
+def test_pagerank_matches_naive_loop(kv_heads: int, heads_per_chunk: int, row_block: int) -> None:
+    """Row blocks (causal: keys up to the block's last row) and head chunks change nothing.
+
+    4 query heads over 1, 2 or 4 key heads: one chunk sharing one key head, chunks of one or
+    several key-head groups, and multi-head attention (a group of one).
+    """
+    q, k = _qk(kv_heads=kv_heads)
     expected = _naive(q, k)
-    got = pagerank_importance(q, k, head_chunk=head_chunk, row_block=row_block)
+    got = pagerank_importance(q, k, heads_per_chunk=heads_per_chunk, row_block=row_block)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
 
 
