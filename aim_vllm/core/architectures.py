@@ -22,6 +22,9 @@ _QWEN2_7B = LLMShape(
 _QWEN2_0_5B = LLMShape(
     hidden_size=896, num_layers=24, intermediate_size=4864, num_heads=14, num_kv_heads=2, head_dim=64
 )
+_QWEN2_5_3B = LLMShape(  # Qwen2.5-VL-3B's LLM
+    hidden_size=2048, num_layers=36, intermediate_size=11008, num_heads=16, num_kv_heads=2, head_dim=128
+)
 _LLAMA_7B = LLMShape(
     hidden_size=4096, num_layers=32, intermediate_size=11008, num_heads=32, num_kv_heads=32, head_dim=128
 )
@@ -53,6 +56,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec("llava-onevision-7b", _QWEN2_7B, 196, 1, 1, (729, 729), 27),
         ArchSpec("llava-onevision-0.5b", _QWEN2_0_5B, 196, 1, 1, (729, 729), 27),
         ArchSpec("llava-1.5-7b", _LLAMA_7B, 576, 1, 0, (576,), 0),
+        ArchSpec("qwen2.5-vl-3b", _QWEN2_5_3B, 256, 2, 0, (256,), 0),
         ArchSpec("qwen2.5-vl-7b", _QWEN2_7B, 256, 2, 0, (256,), 0),
     )
 }
