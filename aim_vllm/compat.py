@@ -55,6 +55,8 @@ __all__ = [
     "cast_overflow_tensors",
     "ModelRegistry",
     "run_api_server",
+    "default_step_budget",
+    "on_cuda",
     "DefaultModelState",
     "FullAttentionManager",
     "FullAttentionSpec",
@@ -87,6 +89,21 @@ __all__ = [
     "build_llava_or_pixtral_processor",
     "tensor_model_parallel_all_reduce",
 ]
+
+
+def default_step_budget(world_size: int) -> int:
+    """vLLM's default `max_num_batched_tokens` of an OpenAI API server over `world_size` ranks
+    (`EngineArgs.get_batch_defaults`: 2048 per rank on the CPU)."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    return EngineArgs.get_batch_defaults(world_size)[0][UsageContext.OPENAI_API_SERVER]
+
+
+def on_cuda() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cuda()
 
 
 def run_api_server() -> None:

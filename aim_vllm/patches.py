@@ -12,6 +12,17 @@ Ledger (vllm==0.32.0):
    executor sees a dead worker and shuts the engine down at once (requests fail instead of hang).
    Remove when: vLLM passes request metadata to models (Model Runner V2's `ModelState` does;
    `models/model_state.py`) and fails an engine whose rank raised.
+2. The `cache_blocks` of the KV-cache coordinator that AIM's scheduler owns (an instance attribute,
+   set in `kv.scheduler.AimScheduler.__init__`; no class is changed).
+   Why: a pruned request's blocks hold compacted layers, not the tokens their hashes name; no
+   other request may ever hit them. vLLM caches every request's full blocks.
+   How: requests with AIM's `WHOLE` verdict are passed by; every other request is cached as before.
+   Remove when: vLLM lets a request opt out of writing the prefix cache (it has
+   `skip_reading_prefix_cache` for reading only).
+AIM's scheduler also overrides two of `Scheduler`'s own methods (`schedule`, to give a pruning
+prefill one step of up to --max-num-batched-tokens; `_reserve_prefill_lookahead`, vLLM's last say
+on a request's tokens in a step, to defer rather than split it): private vLLM API, pinned with
+the rest by `plugin.SUPPORTED_VLLM` and covered by `tests/kv/test_scheduler.py`.
 Attention backends are not patched: the AIM model wraps its own layers' backends
 (`attention/backends.py`), so other models in the process see vLLM's backends unchanged.
 KV memory (Design C) patches nothing either: the AIM model's own layers report a stage spec

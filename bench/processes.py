@@ -1,9 +1,10 @@
 """The processes a benchmark talks to: AIM engine, plain vLLM engine, and the gateway.
 
 - AIM engine: `aim-vllm engine` (through `commands.serve.start_replica`), AIM's defaults included.
-- Plain engine: vLLM's own API server entry with `AIM_VLLM_DISABLE=1` and exactly the flags
-  `aim-vllm engine` would pass, minus AIM's usage middleware and AIM's scheduler: the same engine
-  without the plugin.
+- Plain engine: stock vLLM as a user runs it: vLLM's own API server entry with
+  `AIM_VLLM_DISABLE=1`, the run's model flags and vLLM's own defaults for everything else (prefix
+  caching, chunked prefill and its step budget, compilation, its scheduler), at the context
+  length the AIM engine uses, so both admit the same requests.
 - Gateway: `aim-vllm gateway` in its own process (as deployed), with timeouts long enough for
   CPU prefills of queued videos.
 Every process gets its own process group and a log file in the run's log directory.
@@ -24,8 +25,7 @@ from aim_vllm.commands.serve import Replica, free_port, start_replica, stop_repl
 
 PLAIN_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 DISABLE_ENV = "AIM_VLLM_DISABLE"
-_MIDDLEWARE_FLAG = "--middleware"
-_SCHEDULER_FLAG = "--scheduler-cls"
+_LENGTH_FLAG = "--max-model-len"
 _GATEWAY_START_S = 60.0
 # vLLM kills the engine when one model step takes longer (default 300 s); a CPU prefill of a
 # batch of videos (or any prefill on a loaded machine) can. Set for the engines we start, unless
@@ -46,19 +46,15 @@ def start_aim_engine(model: str, flags: list[str], log_dir: Path, index: int = 0
 
 
 def plain_engine_argv(model: str, flags: list[str], port: int) -> list[str]:
-    """vLLM's arguments of the AIM engine for the same flags, without AIM's usage middleware and
-    (unless `flags` name one) without AIM's scheduler: vLLM then picks its own, as it would."""
-    argv = engine_argv(["--model", model, *flags, "--port", str(port), "--host", "127.0.0.1"], None)
-    drop = {_MIDDLEWARE_FLAG} | ({_SCHEDULER_FLAG} if _SCHEDULER_FLAG not in flags else set())
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in drop:
-            skip = True
-        elif not any(arg.startswith(flag + "=") for flag in drop):
-            out.append(arg)
-    return out
+    """Stock vLLM's arguments: the model, `flags`, and the AIM engine's context length unless
+    `flags` set one (`aim-vllm engine` derives it from the checkpoint; vLLM's own default may be
+    longer); nothing else of AIM's."""
+    argv = ["--model", model, *flags, "--port", str(port), "--host", "127.0.0.1"]
+    if not any(arg.split("=", 1)[0] == _LENGTH_FLAG for arg in flags):
+        aim = engine_argv(["--model", model, *flags], None)
+        if _LENGTH_FLAG in aim:
+            argv += [_LENGTH_FLAG, aim[aim.index(_LENGTH_FLAG) + 1]]
+    return argv
 
 
 def start_plain_engine(

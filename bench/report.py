@@ -16,6 +16,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PLUGIN_GOAL = 0.98  # issue 8: the plugin with AIM off keeps >= 98% of plain vLLM's throughput
+# issue 27: ordinary traffic on the AIM engine against stock vLLM with its defaults (ratio bounds)
+SERVING_GOALS = {"requests_per_s": (">=", 0.97), "second_ttft_s": ("<=", 1.2), "longest_gap_s": ("<=", 1.2)}
 
 _LOAD_COLUMNS = (
     # (header, cell key or ("ratio", metric), format)
@@ -80,6 +82,39 @@ def split_table(result: dict[str, Any]) -> str:
     return _table(rows, ("media", "level"), _SPLIT_COLUMNS, result["reference"])
 
 
+def serving_table(result: dict[str, Any]) -> str:
+    """One row per `bench.serving` figure: each engine's value and the ratio to the reference."""
+    reference = result["reference"]
+    engines = [e for e in result["levels"] if e != reference]
+    lines = [
+        f"| figure | {reference} | "
+        + " | ".join(engines)
+        + " | "
+        + " | ".join(f"x{reference}" for _ in engines)
+        + " |",
+        "|---|" + "---:|" * (1 + 2 * len(engines)),
+    ]
+    for row in result["serving"]:
+        values = [_format(row.get(e), "{:.3f}") for e in [reference, *engines]]
+        ratios = [_format(row["ratio"].get(e), "{:.2f}") for e in engines]
+        lines.append(f"| {row['label']} | " + " | ".join(values + ratios) + " |")
+    return "\n".join(lines)
+
+
+def serving_verdict(result: dict[str, Any]) -> str:
+    """The issue-27 goals, each met or missed by the measured ratio."""
+    rows = {row["figure"]: row for row in result["serving"]}
+    parts = []
+    for figure, (sense, bound) in SERVING_GOALS.items():
+        ratios = [r for r in rows.get(figure, {}).get("ratio", {}).values() if r is not None]
+        if not ratios:
+            continue
+        worst = min(ratios) if sense == ">=" else max(ratios)
+        met = worst >= bound if sense == ">=" else worst <= bound
+        parts.append(f"{figure} x{worst:.2f} ({'meets' if met else 'misses'} {sense} {bound})")
+    return "goals: " + "; ".join(parts) if parts else "goals: not measured"
+
+
 def plugin_verdict(result: dict[str, Any]) -> str:
     """One line: the smallest aim-off/plain throughput ratio over the cells, against the goal."""
     ratios = [
@@ -127,6 +162,13 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     if result["mode"] == "plugin-overhead":
         parts += ["", plugin_verdict(result)]
+    if result.get("serving"):
+        parts += [
+            "",
+            "## Ordinary traffic: AIM off on the AIM engine vs stock vLLM (medians over rounds)",
+            "",
+        ]
+        parts += [serving_table(result), "", serving_verdict(result)]
     if result["mode"] == "evs":
         levels = "; ".join(f"`{label}`: {text}" for label, text in result["levels"].items())
         parts += ["", f"levels: {levels}", "", f"Note: {result['evs_cpu_fix']}."]

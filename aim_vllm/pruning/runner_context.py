@@ -18,7 +18,14 @@ import sys
 import numpy as np
 
 from aim_vllm.core.item_params import ItemParams, field_name
-from aim_vllm.pruning.state import SKIPPED_PROMPT_LOGPROBS, KVBlocks, RequestStep, StepContext
+from aim_vllm.pruning.state import (
+    ITEMS_KEY,
+    PREFILL_KEY,
+    SKIPPED_PROMPT_LOGPROBS,
+    KVBlocks,
+    RequestStep,
+    StepContext,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +55,23 @@ def _cached_request_step(req_id: str, state) -> RequestStep:
 
 
 def request_step(req_id: str, num_prompt: int, mm_features, sampling_params) -> RequestStep:
-    """A request's spans and AIM parameters (from its items' `aim_<modality>` fields).
+    """A request's spans and AIM parameters (from its items' `aim_<modality>` fields), and AIM's
+    scheduler's verdict (`state.PREFILL_KEY` in its `SamplingParams.extra_args`).
 
-    Both runners hold the same request data (V1 `CachedRequestState`, V2 `NewRequestData`).
+    Both runners hold the same request data (V1 `CachedRequestState`, V2 `NewRequestData`), and so
+    does the scheduler (`vllm.v1.request.Request`).
     """
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    copies = extra.get(ITEMS_KEY) or []
     spans, params = [], []
-    for feature in mm_features:
+    for index, feature in enumerate(mm_features):
         spans.append((feature.mm_position.offset, feature.mm_position.length))
         item, name = feature.data, field_name(feature.modality)
-        params.append(ItemParams.from_tensor(item[name].data) if item is not None and name in item else None)
+        if item is not None and name in item:
+            params.append(ItemParams.from_tensor(item[name].data))
+        else:  # vLLM leaves an item covered by a prefix cache hit without its data (the copy then)
+            copy = copies[index] if index < len(copies) else None
+            params.append(ItemParams.from_values(copy) if copy else None)
     known = [p for p in params if p is not None]
     tokens_in = sum(p.tokens_in if p else length for p, (_, length) in zip(params, spans, strict=True))
     skip = (
@@ -68,7 +83,26 @@ def request_step(req_id: str, num_prompt: int, mm_features, sampling_params) -> 
     encoder_flops = None  # (stock, executed), known when every item carries its count
     if known and len(known) == len(params) and all(p.encoder_flops_off > 0 for p in known):
         encoder_flops = (sum(p.encoder_flops_off for p in known), sum(p.encoder_flops for p in known))
-    return RequestStep(req_id, num_prompt, schedule, tuple(spans), tokens_in, skip, encoder_flops)
+    verdict = extra.get(PREFILL_KEY)
+    return RequestStep(
+        req_id,
+        num_prompt,
+        schedule,
+        tuple(spans),
+        tokens_in,
+        skip,
+        encoder_flops,
+        verdict if isinstance(verdict, str) else None,
+    )
+
+
+def item_values(mm_features) -> list[list[float]]:
+    """Each item's `ItemParams` values ([] where it has none), for `state.ITEMS_KEY`."""
+    values = []
+    for feature in mm_features:
+        item, name = feature.data, field_name(feature.modality)
+        values.append(item[name].data.tolist() if item is not None and name in item else [])
+    return values
 
 
 def exit_if_peers_would_hang(vllm_config) -> None:

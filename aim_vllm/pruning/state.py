@@ -5,6 +5,12 @@ starting at the number of tokens it already has cached. Pruning happens only in 
 holds a request's whole prompt (AIM ranks visual tokens with the text that follows them);
 afterwards the request's `PruneRecord` says, for every layer, how many prompt tokens that
 layer's KV cache lacks, which is all decoding needs (compacted KV keeps the original order).
+
+One decider: AIM's scheduler (`kv.scheduler`) gives every request that asks to prune a verdict
+when it arrives (`scheduler_verdict`), and keeps a `WHOLE` request's prefill in one step and out
+of the prefix cache. The verdict travels to the worker in the request's own
+`SamplingParams.extra_args[PREFILL_KEY]`; scheduler (KV blocks) and worker (rows) then both
+derive the request's record from it with `decide`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from aim_vllm.core.schedule import AimSchedule
 PRUNED, NOT_PRUNED = "pruned", "not requested"
 SKIPPED_SPLIT = "skipped: prompt not prefilled in one step (chunked prefill or prefix cache hit)"
 SKIPPED_PROMPT_LOGPROBS = "skipped: prompt_logprobs need every prompt row at the last layer"
+SKIPPED_TRAILING_VISUAL = "skipped: the prompt ends with visual tokens (AIM ranks them by later text)"
+PREFILL_KEY = "aim_vllm_prefill"  # `SamplingParams.extra_args` key of AIM's scheduler's verdict
+# ... and of its copy of each item's `ItemParams` values (vLLM sends the worker no data for an item
+# that a prefix cache hit covers: `multimodal.utils.strip_covered_mm_data`)
+ITEMS_KEY = "aim_vllm_items"
+WHOLE = "whole"  # the verdict: its prefill runs in one step, outside the prefix cache; it may prune
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,7 @@ class RequestStep:
     visual_tokens_in: int = 0  # visual tokens before merging
     skip_reason: str = ""  # a request option that rules pruning out (e.g. prompt_logprobs)
     encoder_flops: tuple[float, float] | None = None  # its items' (stock, executed) encoder FLOPs
+    verdict: str | None = None  # AIM's scheduler's: WHOLE or "skipped: why" (None: no such verdict)
 
     @property
     def num_visual(self) -> int:
@@ -46,6 +59,10 @@ class RequestStep:
 
     def is_visual(self, position: int) -> bool:
         return any(offset <= position < offset + length for offset, length in self.visual_spans)
+
+    @property
+    def ends_with_visual(self) -> bool:
+        return any(offset + length >= self.num_prompt for offset, length in self.visual_spans)
 
 
 @dataclass(frozen=True)
@@ -119,13 +136,45 @@ class PruneRecord:
         )
 
 
+def request_reason(req: RequestStep) -> str:
+    """'' when `req` asks to prune and nothing about the request itself rules it out, else
+    NOT_PRUNED (it does not ask) or "skipped: why" (prompt_logprobs, a prompt ending in visual rows)."""
+    if req.prune_layers is None or req.num_visual == 0:
+        return NOT_PRUNED
+    if req.skip_reason:
+        return req.skip_reason
+    return SKIPPED_TRAILING_VISUAL if req.ends_with_visual else ""
+
+
+def scheduler_verdict(req: RequestStep, longest: int, step_budget: int) -> str | None:
+    """AIM's scheduler's verdict on a new request (None: it does not prune, nothing to decide).
+
+    `longest`: the most tokens a prefill of it can hold (its prompt plus max_tokens: a recompute
+    after preemption carries the generated tokens); `step_budget`: the most tokens one step holds.
+    """
+    if request_reason(req):
+        return None
+    if longest > step_budget:
+        return (
+            f"skipped: its prompt with max_tokens ({longest} tokens) exceeds what one step may "
+            f"prefill ({step_budget}: --max-num-batched-tokens, --long-prefill-token-threshold)"
+        )
+    return WHOLE
+
+
 def decide(
     req: RequestStep, computed: int, scheduled: int, disabled_reason: str, num_layers: int
 ) -> PruneRecord:
-    """What a request's prefill does; called on its first step (computed > 0 means a prefix cache hit)."""
-    if req.prune_layers is None or req.num_visual == 0:
+    """What a request's prefill does; called on its first step (computed > 0 means a prefix cache hit).
+
+    `disabled_reason`: why this engine cannot prune at all ('' when it can). Scheduler and worker
+    call it with the same request, verdict and step, so they agree on every count.
+    """
+    own = request_reason(req)
+    if own == NOT_PRUNED:
         return PruneRecord.unpruned(NOT_PRUNED, req, num_layers)
-    reason = disabled_reason or req.skip_reason
+    verdict = req.verdict if req.verdict != WHOLE else ""
+    reason = disabled_reason or own or verdict or ""
     if reason:
         return PruneRecord.unpruned(
             reason if reason.startswith("skipped") else f"skipped: {reason}", req, num_layers

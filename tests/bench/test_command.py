@@ -70,18 +70,19 @@ def test_bench_is_a_cli_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--plugin-overhead" in capsys.readouterr().out
 
 
-def test_plain_engine_gets_the_aim_engine_flags_without_the_middleware(tmp_path: Path) -> None:
-    """Plain vLLM = same flags as `aim-vllm engine` would pass, minus AIM's usage middleware."""
+def test_plain_engine_is_stock_vllm_with_its_defaults(tmp_path: Path) -> None:
+    """Plain vLLM = the run's flags and the AIM engine's context length, vLLM's own defaults for the
+    rest: nothing of AIM's (middleware, scheduler, step budgets), nothing switched off."""
     (tmp_path / "config.json").write_text('{"max_position_embeddings": 32768}')
     argv = processes.plain_engine_argv(str(tmp_path), ["--dtype", "float32"], 1234)
-    assert argv[:2] == ["--model", str(tmp_path)] and "--middleware" not in argv
-    assert not any("usage_middleware" in arg for arg in argv)
-    for flag in ("--enforce-eager", "--no-enable-prefix-caching", "--no-enable-chunked-prefill", "--port"):
-        assert flag in argv
-    assert argv[argv.index("--max-num-batched-tokens") + 1] == argv[argv.index("--max-model-len") + 1]
-    assert "--scheduler-cls" not in argv  # vLLM's own scheduler, unless the flags name one
-    named = processes.plain_engine_argv(str(tmp_path), ["--scheduler-cls", "my.Scheduler"], 1234)
-    assert named[named.index("--scheduler-cls") + 1] == "my.Scheduler"
+    assert argv == [
+        "--model", str(tmp_path), "--dtype", "float32", "--port", "1234", "--host", "127.0.0.1",
+        "--max-model-len", "8192",
+    ]  # fmt: skip
+    named = processes.plain_engine_argv(
+        str(tmp_path), ["--max-model-len", "4096", "--scheduler-cls", "my.S"], 1
+    )
+    assert named.count("--max-model-len") == 1 and named[named.index("--scheduler-cls") + 1] == "my.S"
 
 
 def test_gateway_command_raises_timeouts() -> None:

@@ -78,6 +78,12 @@ def test_plugin_overhead_mode(tmp_path: Path, fake_engines: Path) -> None:
     assert result["meta"]["settings"]["levels"] == ["plain", "aim-off"]
     assert result["meta"]["settings"]["split_pairs"] == 0
     assert "plugin cost" in report.markdown(result)
+    serving = {row["figure"]: row for row in result["serving"]}
+    for figure in ("startup_s", "requests_per_s", "second_ttft_s", "longest_gap_s"):
+        assert serving[figure]["plain"] > 0 and serving[figure]["aim-off"] > 0, figure
+        assert serving[figure]["ratio"]["aim-off"] is not None, figure
+    assert [len(rounds) for rounds in result["serving_rounds"].values()] == [2, 2]
+    assert "second turn" in report.markdown(result) and "goals: requests_per_s" in report.markdown(result)
     logs = sorted(path.name for path in (tmp_path / "logs").iterdir())
     assert logs == ["plain-0.log", "plain-3.log", "replica-1.log", "replica-2.log"]
     assert cells["plain"]["requests"] == cells["aim-off"]["requests"] == 2 * 2  # 2 rounds x 1 wave x c=2

@@ -38,6 +38,10 @@ def video_item(seed: int, frames: int) -> Media:
     return Media("video", {"type": "video_url", "video_url": {"url": url}}, decoded)
 
 
+def user_message(media: list[Media], text: str) -> dict:
+    return {"role": "user", "content": [*(m.part for m in media), {"type": "text", "text": text}]}
+
+
 def chat(
     server,
     media: list[Media],
@@ -45,12 +49,16 @@ def chat(
     aim: dict | None = None,
     max_tokens: int = 5,
     timeout: float = 600,
+    history: list[dict] = (),
     **extra,
 ) -> dict:
-    """Greedy chat completion with logprobs and token ids; raises on non-200 or after `timeout` s."""
+    """Greedy chat completion with logprobs and token ids; raises on non-200 or after `timeout` s.
+
+    `history`: earlier messages of the conversation, before this user turn.
+    """
     body = {
         "model": server.model,
-        "messages": [{"role": "user", "content": [*(m.part for m in media), {"type": "text", "text": text}]}],
+        "messages": [*history, user_message(media, text)],
         "max_tokens": max_tokens,
         "temperature": 0,
         "logprobs": True,

@@ -13,8 +13,9 @@ from tests.engine import servers
 
 @pytest.fixture(scope="session")
 def aim_engine(tiny_model_dir, tmp_path_factory):
-    """`aim-vllm engine` on the embedded tiny model with AIM's defaults."""
-    server = servers.start(tiny_model_dir, tmp_path_factory.mktemp("aim-engine") / "log.txt")
+    """`aim-vllm engine` on the embedded tiny model with AIM's defaults (vLLM's own: compiled, prefix
+    caching, chunked prefill)."""
+    server = servers.start(tiny_model_dir, tmp_path_factory.mktemp("aim-engine") / "log.txt", compiled=True)
     yield server
     server.stop()
 

@@ -1,7 +1,13 @@
 """Starting vLLM servers for engine tests: the AIM engine, and plain vLLM for comparison.
 
 Uses `aim-vllm serve`'s replica helpers; plain vLLM is vLLM's own API server entry with the
-plugin disabled (`AIM_VLLM_DISABLE=1`) and the flags `aim-vllm engine` would add.
+plugin disabled (`AIM_VLLM_DISABLE=1`) and vLLM's own defaults (prefix caching, chunked prefill),
+at the AIM engine's context length.
+Compilation: the session's AIM engine and the plain engine it is compared with run compiled, as
+vLLM and `aim-vllm engine` do by default (most engine tests use them); every other engine
+(per-architecture, tensor-parallel, special-purpose) runs `--enforce-eager`: each compiles its own
+graph on start-up otherwise, about a minute for the tiny model and several for published widths
+on two cores, and the forward paths under test are the same.
 """
 
 from __future__ import annotations
@@ -27,14 +33,7 @@ __all__ = ["Server", "free_port", "start", "start_tensor_parallel", "with_test_s
 TEST_SITE = Path(__file__).resolve().parents[1] / "vllm_site"
 STARTUP_TIMEOUT_S = 900  # two cores shared with other tests: vLLM start-up can take minutes
 PLAIN_VLLM = f"{sys.executable} -m vllm.entrypoints.launchers.api_server.entry"
-PLAIN_FLAGS = [
-    "--dtype",
-    "float32",
-    "--enforce-eager",
-    "--no-enable-prefix-caching",
-    "--max-model-len",
-    "8192",
-]
+PLAIN_FLAGS = ["--dtype", "float32", "--max-model-len", "8192"]
 
 
 @dataclass
@@ -48,17 +47,24 @@ class Server:
 
 
 def start(
-    model_dir: Path, log: Path, *extra: str, plain: bool = False, env: dict[str, str | None] | None = None
+    model_dir: Path,
+    log: Path,
+    *extra: str,
+    plain: bool = False,
+    env: dict[str, str | None] | None = None,
+    compiled: bool = False,
 ) -> Server:
     """Start `aim-vllm engine` (or plain vLLM) on `model_dir`, logging into `log`'s folder.
 
-    `env`: variables to set (value) or remove (None) for the server, applied last.
+    `env`: variables to set (value) or remove (None) for the server, applied last; `compiled`:
+    vLLM's torch.compile as by default (else `--enforce-eager`, module docstring).
     """
     overrides: dict[str, str | None] = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    flags = ["--dtype", "float32", *extra]
+    eager = [] if compiled else ["--enforce-eager"]
+    flags = ["--dtype", "float32", *eager, *extra]
     if plain:
         overrides |= {"AIM_VLLM_DISABLE": "1", ENGINE_CMD_ENV: PLAIN_VLLM}
-        flags = [*PLAIN_FLAGS, *extra]
+        flags = [*PLAIN_FLAGS, *eager, *extra]
     overrides |= env or {}
     log.parent.mkdir(parents=True, exist_ok=True)
     with _environment(overrides):

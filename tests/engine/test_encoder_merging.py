@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from aim_vllm.core.encoder_flops import VisionShape, encoder_flops_ratio
@@ -57,8 +58,10 @@ def test_encoder_level_is_its_own_encoder_cache_entry(aim_engine, reference, vid
     logprobs = [[e["logprob"] for e in r["choices"][0]["logprobs"]["content"]] for r in (off, merged)]
     assert logprobs[0] != logprobs[1]
     assert_matches_reference(reference, merged, [video], schedule)
-    again = chat(aim_engine, [video], QUESTION)
-    assert again["choices"][0]["logprobs"] == off["choices"][0]["logprobs"]
+    again = chat(aim_engine, [video], QUESTION)  # a prefix cache hit: float rounding of the rest only
+    assert again["choices"][0]["token_ids"] == off["choices"][0]["token_ids"]
+    again_logprobs = [e["logprob"] for e in again["choices"][0]["logprobs"]["content"]]
+    np.testing.assert_allclose(again_logprobs, logprobs[0], atol=1e-4, rtol=0)
 
 
 def test_batched_items_with_different_keeps(aim_engine, reference) -> None:

@@ -2,7 +2,10 @@
 
 The CPU suite checks the compaction mechanism on the FLASH_ATTN / TRITON_ATTN builders themselves
 (tests/attention/test_backends.py); here the same engine checks as tests/engine/test_pruning.py
-run with their kernels, through `aim-vllm engine` (V1 runner, eager: no CUDA graphs).
+run with their kernels, through `aim-vllm engine` with its defaults (V1 runner, torch.compile with
+piecewise CUDA graphs, prefix caching, chunked prefill): the decodes of pruned requests replay the
+compiled pieces around attention that reads AIM's per-layer metadata, and a short pruning prefill
+is padded to a captured size, which the eager pruning loop must cut off and restore.
 TRITON_ATTN computes in float32 like the CPU engine (the reference's 1e-4); FlashAttention has no
 float32 kernels, so FLASH_ATTN runs bfloat16 against the float32 reference with a bf16 tolerance,
 and against plain vLLM on the same backend exactly.
@@ -42,7 +45,9 @@ def backend(request) -> str:
 def gpu_engine(backend, tiny_model_dir, tmp_path_factory):
     dtype = BACKENDS[backend][0]
     log = tmp_path_factory.mktemp(f"gpu-{backend}") / "log.txt"
-    server = servers.start(tiny_model_dir, log, "--attention-backend", backend, "--dtype", dtype)
+    server = servers.start(
+        tiny_model_dir, log, "--attention-backend", backend, "--dtype", dtype, compiled=True
+    )
     yield server
     server.stop()
 
@@ -67,6 +72,17 @@ def test_pruning_matches_reference(gpu_engine, backend, reference, image, video,
     assert_matches_reference(reference, response, [item], schedule, BACKENDS[backend][1])
 
 
+def test_a_short_pruning_prefill_padded_for_cuda_graphs(gpu_engine, backend, reference) -> None:
+    """Two frames at merge 0.125: a prompt well under the largest captured size, so the runner pads
+    the step's rows; 16 decode steps replay the piecewise graphs over compacted KV."""
+    short = video_item(6, 2)
+    schedule = AimSchedule(0.125, (1, 4))
+    response = chat(gpu_engine, [short], QUESTION, aim_kwargs(schedule), max_tokens=16)
+    assert response["usage"]["aim"]["pruning"] == "pruned"
+    assert response["usage"]["prompt_tokens"] < 512
+    assert_matches_reference(reference, response, [short], schedule, BACKENDS[backend][1])
+
+
 def test_mixed_batch(gpu_engine, backend, reference, image, video) -> None:
     jobs = [
         ([video], AimSchedule()),
@@ -89,7 +105,14 @@ def test_off_is_identical_to_plain_vllm_on_the_same_backend(
 ) -> None:
     dtype = BACKENDS[backend][0]
     plain = servers.start(
-        tiny_model_dir, tmp_path / "plain.txt", "--attention-backend", backend, "--dtype", dtype, plain=True
+        tiny_model_dir,
+        tmp_path / "plain.txt",
+        "--attention-backend",
+        backend,
+        "--dtype",
+        dtype,
+        plain=True,
+        compiled=True,
     )
     try:
         stock = chat(plain, [video], QUESTION)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -26,8 +27,10 @@ def video() -> Media:
 
 @pytest.fixture(scope="module")
 def plain_engine(tiny_model_dir, tmp_path_factory):
-    """Stock vLLM (plugin disabled) on the same model, for the AIM-off comparison."""
-    server = servers.start(tiny_model_dir, tmp_path_factory.mktemp("plain") / "log.txt", plain=True)
+    """Stock vLLM (plugin disabled, its own defaults: compiled) on the same model, for the AIM-off
+    comparison with the session's engine."""
+    log = tmp_path_factory.mktemp("plain") / "log.txt"
+    server = servers.start(tiny_model_dir, log, plain=True, compiled=True)
     yield server
     server.stop()
 
@@ -36,13 +39,17 @@ def plain_engine(tiny_model_dir, tmp_path_factory):
     "aim", [None, {"aim_merge_ratio": 1.0}, {"aim_preset": "off"}], ids=["absent", "1.0", "off"]
 )
 def test_off_is_identical_to_plain_vllm(aim_engine, plain_engine, image, video, aim) -> None:
-    """AIM off must cost nothing in correctness: same prompt, tokens and logprobs as stock vLLM."""
+    """AIM off must cost nothing in correctness: same prompt, tokens and logprobs as stock vLLM, on a
+    prompt neither engine has cached, then on its repeat, a prefix cache hit in both (a hit computes
+    the rest of the prompt alone, which moves logprobs by float rounding: compare like with like)."""
+    question = f"{QUESTION} Answer {json.dumps(aim)}."  # new to both engines' prefix caches
     for item in (image, video):
-        ours = chat(aim_engine, [item], QUESTION, aim)
-        plain = chat(plain_engine, [item], QUESTION)
-        assert ours["prompt_token_ids"] == plain["prompt_token_ids"]
-        assert ours["choices"][0]["token_ids"] == plain["choices"][0]["token_ids"]
-        assert ours["choices"][0]["logprobs"] == plain["choices"][0]["logprobs"]
+        for _ in ("cold", "cached"):
+            ours = chat(aim_engine, [item], question, aim)
+            plain = chat(plain_engine, [item], question)
+            assert ours["prompt_token_ids"] == plain["prompt_token_ids"]
+            assert ours["choices"][0]["token_ids"] == plain["choices"][0]["token_ids"]
+            assert ours["choices"][0]["logprobs"] == plain["choices"][0]["logprobs"]
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.3])

@@ -114,33 +114,70 @@ def test_prompt_logprobs_fall_back_to_unpruned(aim_engine, reference, image) -> 
         assert abs(entry[str(token)]["logprob"] - want) < 1e-4, position
 
 
-@pytest.fixture(scope="module")
-def caching_engine(tiny_model_dir, tmp_path_factory):
-    """Prefix caching on: pruning must step aside for every request."""
-    log = tmp_path_factory.mktemp("caching-engine") / "log.txt"
-    server = servers.start(tiny_model_dir, log, "--enable-prefix-caching")
-    yield server
-    server.stop()
+def _metric(server, name: str) -> float:
+    metrics = httpx.get(server.url + "/metrics", timeout=30).text
+    (line,) = [
+        line for line in metrics.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")
+    ]
+    return float(line.split()[-1])
 
 
-def test_prefix_caching_falls_back_without_wrong_output(caching_engine, reference, video) -> None:
-    """With prefix caching the engine reports the fallback and stays exact; a repeated prompt with
-    another schedule never reuses another schedule's KV."""
-    for schedule in (AimSchedule(0.5, (1, 4)), AimSchedule(0.5, (2, 5)), AimSchedule(0.5, (1, 4))):
-        response = chat(caching_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=6)
-        assert response["usage"]["aim"]["pruning"].startswith("skipped: prefix caching")
-        assert_matches_reference(reference, response, [video], AimSchedule(schedule.merge_ratio))
-    merged = chat(caching_engine, [video], QUESTION, {"aim_merge_ratio": 0.25}, max_tokens=6)
-    assert_matches_reference(reference, merged, [video], AimSchedule(0.25))
+def _cache_hits(server) -> float:
+    return _metric(server, "vllm:prefix_cache_hits_total")
+
+
+@pytest.mark.parametrize("schedule", [AimSchedule(), AimSchedule(0.25)], ids=["off", "merge-0.25"])
+def test_a_second_turn_reads_the_prefix_cache(aim_engine, reference, image, schedule) -> None:
+    """vLLM's prefix caching stays on for requests that do not prune: a conversation's second turn
+    reuses the first turn's prompt blocks (vLLM's own counter) and answers as the reference does."""
+    aim = aim_kwargs(schedule)
+    first = chat(aim_engine, [image], QUESTION, aim, max_tokens=4)
+    assert first["usage"]["aim"]["pruning"] == "not requested"
+    reply = {"role": "assistant", "content": first["choices"][0]["message"]["content"]}
+    history = [{"role": "user", "content": [image.part, {"type": "text", "text": QUESTION}]}, reply]
+    before = _cache_hits(aim_engine)
+    second = chat(aim_engine, [], "And how many blue ones?", aim, max_tokens=6, history=history)
+    hits = _cache_hits(aim_engine) - before
+    assert hits >= first["usage"]["prompt_tokens"] - 128  # every full block of the first prompt
+    assert_matches_reference(reference, second, [image], schedule)
+    # vLLM sends the worker no data for the cached image: usage still knows its AIM parameters
+    for key in ("merge_ratio", "visual_tokens_in", "visual_tokens_merged"):
+        assert second["usage"]["aim"][key] == first["usage"]["aim"][key], key
+
+
+def test_pruned_requests_next_to_cached_ones_stay_exact(aim_engine, reference, image, video) -> None:
+    """Repeated (cache-hitting) AIM-off and merge-only requests run in the same batches as pruned
+    requests of the same media; every answer equals its reference."""
+    jobs = [
+        ([video], AimSchedule()),
+        ([video], AimSchedule(0.5, (1, 4))),
+        ([video], AimSchedule()),
+        ([image], AimSchedule(0.25)),
+        ([image], AimSchedule(0.25, (2, 5))),
+        ([image], AimSchedule(0.25)),
+        ([video], AimSchedule(0.5, (1, 4))),
+    ]
+    before = _cache_hits(aim_engine)
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [
+            pool.submit(chat, aim_engine, items, QUESTION, aim_kwargs(s), max_tokens=6) for items, s in jobs
+        ]
+        responses = [f.result() for f in futures]
+    assert _cache_hits(aim_engine) > before
+    for (items, schedule), response in zip(jobs, responses, strict=True):
+        expected = "pruned" if schedule.prune_layers else "not requested"
+        assert response["usage"]["aim"]["pruning"] == expected
+        assert_matches_reference(reference, response, items, schedule)
 
 
 @pytest.fixture(scope="module")
 def small_engine(tiny_model_dir, tmp_path_factory):
-    """7 KV blocks of 128 tokens and a 512-token step budget with chunked prefill: long prompts are
-    split, and concurrent decodes run out of blocks (preemption + recompute)."""
+    """7 KV blocks of 128 tokens and a 512-token step budget (vLLM's defaults otherwise: chunked
+    prefill, prefix caching): long prompts cannot prune, and concurrent decodes run out of blocks
+    (preemption + recompute)."""
     log = tmp_path_factory.mktemp("small-engine") / "log.txt"
     block_bytes = 128 * 6 * 2 * 2 * 32 * 4  # tokens x layers x (k, v) x kv heads x head size x fp32
-    flags = ["--enable-chunked-prefill", "--max-num-batched-tokens", "512", "--max-model-len", "768"]
+    flags = ["--max-num-batched-tokens", "512", "--max-model-len", "768"]
     flags += ["--kv-cache-memory-bytes", str(7 * block_bytes)]
     server = servers.start(tiny_model_dir, log, *flags, env={"VLLM_CPU_KVCACHE_SPACE": None})
     yield server
@@ -151,8 +188,36 @@ def test_split_prompt_falls_back_and_stays_exact(small_engine, reference, video)
     """A prompt longer than the step budget is prefilled in chunks: pruning is skipped, reported."""
     schedule = AimSchedule(0.4, (1, 4))  # 8 x 78 + 1 visual + text: over 512, under 768
     response = chat(small_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=4)
-    assert response["usage"]["aim"]["pruning"].startswith("skipped: prompt not prefilled in one step")
+    assert response["usage"]["aim"]["pruning"].startswith("skipped: its prompt with max_tokens")
     assert_matches_reference(reference, response, [video], AimSchedule(0.4))
+
+
+def test_no_request_reads_a_pruned_requests_blocks(small_engine, reference, video) -> None:
+    """A pruned request leaves no blocks in the prefix cache: the same prompt and level again, now
+    unable to prune (max_tokens beyond the step budget) and so free to read the cache, finds none
+    of its blocks and answers unpruned; its own repeat then does hit (caching is on)."""
+    schedule = AimSchedule(0.25, (1, 4))
+    pruned = chat(small_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=4)
+    assert pruned["usage"]["aim"]["pruning"] == "pruned"
+    assert pruned["usage"]["prompt_tokens"] > 256  # two full blocks that could be hit
+    before = _cache_hits(small_engine)
+    longest = 768 - pruned["usage"]["prompt_tokens"]  # prompt + max_tokens fill the context: > 512
+    reader = chat(small_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=longest)
+    assert reader["usage"]["aim"]["pruning"].startswith("skipped: its prompt with max_tokens")
+    assert _cache_hits(small_engine) == before
+    assert_matches_reference(reference, _first_tokens(reader, 4), [video], AimSchedule(0.25))
+    again = chat(small_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=longest)
+    assert _cache_hits(small_engine) > before
+    assert again["choices"][0]["token_ids"] == reader["choices"][0]["token_ids"]
+
+
+def _first_tokens(response: dict, count: int) -> dict:
+    """`response` cut to its first `count` generated tokens (greedy: each step depends only on
+    the ones before it)."""
+    choice = response["choices"][0]
+    logprobs = {**choice["logprobs"], "content": choice["logprobs"]["content"][:count]}
+    cut = {**choice, "token_ids": choice["token_ids"][:count], "logprobs": logprobs}
+    return {**response, "choices": [cut]}
 
 
 PREEMPT_SCHEDULES = [
@@ -164,9 +229,7 @@ SMALL_POOL = 7 * 6  # blocks of one layer in `small_engine`'s cache (Design C: o
 
 
 def _preemptions(server) -> float:
-    metrics = httpx.get(server.url + "/metrics", timeout=30).text
-    (line,) = [line for line in metrics.splitlines() if line.startswith("vllm:num_preemptions_total")]
-    return float(line.split()[-1])
+    return _metric(server, "vllm:num_preemptions_total")
 
 
 def _concurrently(server, video, max_tokens: int) -> list[dict]:

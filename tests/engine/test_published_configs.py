@@ -3,7 +3,8 @@
 Each config keeps its published widths, vocabulary, processors and length limits (LLaVA-1.5: 4096
 positions; Qwen2.5-VL: 128k; LLaVA-OneVision: 32k) but only one LLM layer
 (`model_builders.shrink_checkpoint`), and is served with dummy weights through `aim-vllm serve`
-with no other flag: the engine's defaults must fit the checkpoint (`--max-model-len` from it).
+with no other flag than `--enforce-eager` (compiling a published width's graph takes minutes on
+two cores): the engine's defaults must fit the checkpoint (`--max-model-len` from it).
 One image and, where the architecture has them, one video, each through the gateway at
 `balanced`; the answers are random tokens, what counts is that they come with AIM's usage.
 """
@@ -50,7 +51,7 @@ def test_serve_answers_an_image_and_a_video(arch: str, size: str, parts, tmp_pat
     model = default_model_dir(arch, size, layers=1)
     port = servers.free_port()
     command = [sys.executable, "-m", "aim_vllm.cli", "serve", "--model", str(model), "--port", str(port)]
-    command += ["--log-dir", str(tmp_path), "--", "--load-format", "dummy"]
+    command += ["--log-dir", str(tmp_path), "--", "--load-format", "dummy", "--enforce-eager"]
     with (tmp_path / "serve.log").open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -24,19 +24,38 @@ def _checkpoint(root: Path, max_positions: int, tokenizer_max: int | None = None
 
 
 def test_defaults_for_the_embedded_model(tmp_path) -> None:
+    """vLLM's own defaults stay: no eager mode, prefix caching and chunked prefill untouched; a
+    step may hold a whole prompt (a pruned one), other prefills are chunked at vLLM's budget."""
     model = _checkpoint(tmp_path / "tiny", 32768)
-    args = engine_argv(["--port", "9000"], model)
+    args = engine_argv(["--port", "9000"], model, chunk_tokens=2048)
     assert _flag(args, "--model") == model
     assert _flag(args, "--dtype") == "float32"
-    for flag in (
-        "--trust-request-mm-kwargs",
-        "--enforce-eager",
-        "--no-enable-prefix-caching",
-        "--no-enable-chunked-prefill",
-    ):
-        assert flag in args
+    assert "--trust-request-mm-kwargs" in args
+    assert _flag(args, "--scheduler-cls") == "aim_vllm.kv.scheduler.AimScheduler"
+    for flag in ("--enforce-eager", "prefix-caching", "chunked-prefill", "--compilation-config"):
+        assert not any(flag in arg for arg in args), flag
     assert _flag(args, "--max-num-batched-tokens") == _flag(args, "--max-model-len") == "8192"
+    assert _flag(args, "--max-num-scheduled-tokens") == "2048"
     assert _flag(args, "--middleware") == "aim_vllm.usage_middleware.AimUsageMiddleware"
+
+
+def test_cuda_keeps_compilation_with_piecewise_graphs(tmp_path) -> None:
+    model = _checkpoint(tmp_path / "m", 4096)
+    args = engine_argv(["--model", model], None, cuda=True)
+    assert json.loads(_flag(args, "--compilation-config")) == {"cudagraph_mode": "PIECEWISE"}
+    for own in (["-cc.cudagraph_mode=FULL"], ["--compilation-config", "{}"], ["--enforce-eager"]):
+        assert "PIECEWISE" not in " ".join(engine_argv(["--model", model, *own], None, cuda=True))
+
+
+def test_chunk_budget_only_where_vllm_would_chunk(tmp_path) -> None:
+    """No chunk budget with chunked prefill off (vLLM would refuse any longer prompt) or with the
+    user's own --max-num-batched-tokens; never above the length."""
+    model = _checkpoint(tmp_path / "m", 1024)
+    assert _flag(engine_argv(["--model", model], None, 2048), "--max-num-scheduled-tokens") == "1024"
+    off = engine_argv(["--model", model, "--no-enable-chunked-prefill"], None, 2048)
+    assert "--max-num-scheduled-tokens" not in off
+    own = engine_argv(["--model", model, "--max-num-batched-tokens", "512"], None, 2048)
+    assert "--max-num-scheduled-tokens" not in own and own.count("--max-num-batched-tokens") == 1
 
 
 @pytest.mark.parametrize(
@@ -52,17 +71,18 @@ def test_length_follows_the_checkpoint(tmp_path, max_positions, tokenizer_max, e
 
 
 def test_a_model_that_is_not_a_local_checkpoint_gets_vllms_own_length() -> None:
-    args = engine_argv(["--model", "org/some-hub-model"], None)
+    args = engine_argv(["--model", "org/some-hub-model"], None, 2048)
     assert "--max-model-len" not in args and "--max-num-batched-tokens" not in args
-    assert "--no-enable-chunked-prefill" in args  # vLLM then sizes the step budget to the length
+    assert "--max-num-scheduled-tokens" not in args  # vLLM's own budget, for every request
 
 
 def test_user_flags_win(tmp_path) -> None:
     model = _checkpoint(tmp_path / "m", 32768)
     args = engine_argv(
-        ["--model", model, "--enable-prefix-caching", "--max-model-len=4096", "--dtype", "bfloat16"], None
+        ["--model", model, "--no-enable-prefix-caching", "--max-model-len=4096", "--dtype", "bfloat16"],
+        None,
     )
-    assert "--no-enable-prefix-caching" not in args
+    assert args.count("--no-enable-prefix-caching") == 1
     assert args.count("--dtype") == 1
     assert _flag(args, "--max-num-batched-tokens") == "4096"
 
