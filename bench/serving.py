@@ -28,7 +28,7 @@ import httpx
 
 from bench.client import CHAT_PATH
 
-LONG_PROMPT_WORDS = 2600  # about 3,200 tokens with a Qwen2 tokenizer
+LONG_PROMPT_TOKENS = 3200  # the long prompt of `decode_stall`: over vLLM's 2048-token chunk on a CPU
 
 
 @dataclass
@@ -95,6 +95,20 @@ def long_text(words: int, seed: int) -> str:
     return " ".join(f"w{seed}x{i * 7919 % 10007}" for i in range(words))
 
 
+async def text_of_tokens(client: httpx.AsyncClient, url: str, model: str, tokens: int, seed: int) -> str:
+    """A `long_text` of about `tokens` tokens of the engine's tokenizer (vLLM's /tokenize)."""
+    words = tokens
+    for _ in range(3):  # tokens per word differ between tokenizers: scale twice, then trust it
+        text = long_text(words, seed)
+        response = await client.post(url + "/tokenize", json={"model": model, "prompt": text})
+        response.raise_for_status()
+        count = response.json()["count"]
+        if abs(count - tokens) <= tokens // 50:
+            break
+        words = max(1, round(words * tokens / count))
+    return text
+
+
 async def text_decode(
     client: httpx.AsyncClient,
     url: str,
@@ -151,10 +165,11 @@ async def decode_stall(
     extra: dict[str, Any],
     seed: int,
     streams: int = 3,
-    words: int = LONG_PROMPT_WORDS,
+    tokens: int = LONG_PROMPT_TOKENS,
     max_tokens: int = 256,
 ) -> dict[str, Any]:
     """The streams' longest gap between two tokens while a long prompt is prefilled."""
+    long_prompt = await text_of_tokens(client, url, model, tokens, seed)
     bodies = [
         text_body(model, f"Stream {seed}-{i}: count slowly.", max_tokens, extra) for i in range(streams)
     ]
@@ -163,9 +178,15 @@ async def decode_stall(
         asyncio.create_task(stream(client, url, body, event, after=4))
         for body, event in zip(bodies, decoding, strict=True)
     ]
-    await asyncio.gather(*(event.wait() for event in decoding))  # a few decode steps in every stream
-    arrived = time.perf_counter()
-    long = await stream(client, url, text_body(model, long_text(words, seed), 1, extra))
+    try:
+        await asyncio.gather(*(event.wait() for event in decoding))  # a few decode steps in each
+        arrived = time.perf_counter()
+        long = await stream(client, url, text_body(model, long_prompt, 1, extra))
+    except BaseException:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
     prefilled = long.token_times[0]
     results = await asyncio.gather(*running)
     gaps, before = [], []

@@ -1,9 +1,10 @@
 """A stand-in for a vLLM engine that streams chat completions (stdlib only), for bench tests.
 
-Takes `--port`/`--host` (ignores other flags); serves /health, /v1/models and streaming chat
-completions: a role chunk, `max_tokens` token chunks (text and `token_ids`), a usage chunk and
-`[DONE]`. `usage.aim` mimics the AIM engine from the request's `mm_processor_kwargs` (none when
-the request has none, like plain vLLM): `balanced` reports merge 0.25 and pruning layers [3, 5].
+Takes `--port`/`--host` (ignores other flags); serves /health, /v1/models, /tokenize (a token per
+word) and streaming chat completions: a role chunk, `max_tokens` token chunks (text and
+`token_ids`), a usage chunk and `[DONE]`. `usage.aim` mimics the AIM engine from the request's
+`mm_processor_kwargs` (none when the request has none, like plain vLLM): `balanced` reports merge
+0.25 and pruning layers [3, 5].
 With $FAKE_ENGINE_LOG set, appends one JSON line per chat request: its `mm_processor_kwargs`.
 """
 
@@ -42,6 +43,14 @@ class Handler(trivial_upstream.Handler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if self.path == "/tokenize":
+            answer = json.dumps({"count": len(body["prompt"].split())}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
         if os.environ.get("FAKE_ENGINE_LOG"):
             with open(os.environ["FAKE_ENGINE_LOG"], "a") as log:
                 log.write(json.dumps(body.get("mm_processor_kwargs")) + "\n")
