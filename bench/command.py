@@ -10,8 +10,8 @@ one engine serves them all): streaming chat requests with a fresh random image o
 (fresh media: vLLM would reuse the encoder output of media it saw before). Phases of `waves x
 concurrency` requests per (media, concurrency, level) run with the levels interleaved, in ABBA
 order over pairs of rounds (a linear drift cancels). At concurrency 1 each level also gets
-`--split-pairs` fresh+repeat pairs: the repeat reuses the encoder output, so it times the LLM
-part alone.
+`--split-pairs` fresh+repeat pairs: the repeat reuses the encoder output but, with a prefix-cache
+salt of its own, none of the fresh request's KV, so it times the LLM part alone.
 
 Reports TTFT (first streamed token), TPOT, end-to-end latency, requests/s and output tokens/s per
 cell with their ratios to `off` of the same media and concurrency, the executed FLOPs ratio from
@@ -22,9 +22,11 @@ Levels: `off`, `light`, `balanced`, `max`, `budget:<0-1>`, `merge:<r>,prune:<l1>
 shorthands: `merge` (the balanced merge ratio alone) and `prune` (the balanced pruning window
 alone, as the engine resolves them for the model).
 
---plugin-overhead: plain vLLM (plugin disabled, same flags) against the AIM engine with AIM off,
+--plugin-overhead: stock vLLM as users start it (plugin disabled, vLLM's defaults: compiled,
+prefix caching, chunked prefill; the same --max-model-len) against the AIM engine with AIM off,
 each engine up alone for its turn of every round, same workload sent to each engine directly;
-reports the throughput ratio (goal >= 0.98).
+reports the throughput ratio (goal >= 0.98) and ordinary traffic (`bench/serving.py`: text
+decode, an image chat's second turn, decode streams during a long prefill, start-up).
 --evs RATE: stock vLLM with its own video pruning (EVS, `--video-pruning-rate RATE`, plugin
 disabled) against the AIM engine at `off`, merging to 1 - RATE (as many tokens as EVS in every
 layer), the same merge plus pruning (as many tokens entering the LLM) and `budget:` EVS's FLOPs;

@@ -81,24 +81,29 @@ def estimate_flops(
     )
 
 
-def solve_budget(budget: float, shape: LLMShape, layout: VisualLayout, text_tokens: int) -> AimSchedule:
+def solve_budget(
+    budget: float, shape: LLMShape, layout: VisualLayout, text_tokens: int, prune: bool = True
+) -> AimSchedule:
     """Schedule whose executed FLOPs ratio is the largest not above `budget`.
 
     Candidates: no pruning, or the paper's pruning window (its width) starting at any layer,
     each with the merge ratio found by bisection over per-frame token counts (FLOPs grow
     monotonically with it). Ties go to less merging. When nothing fits, the cheapest schedule.
+    `prune=False`: merging alone (an engine that cannot prune).
     """
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
-    return _solve(budget, shape, layout, text_tokens)
+    return _solve(budget, shape, layout, text_tokens, prune)
 
 
 @lru_cache(maxsize=4096)
-def _solve(budget: float, shape: LLMShape, layout: VisualLayout, text_tokens: int) -> AimSchedule:
+def _solve(
+    budget: float, shape: LLMShape, layout: VisualLayout, text_tokens: int, prune: bool
+) -> AimSchedule:
     if budget >= 1.0 or not layout.frame_tokens:
         return AimSchedule()
     l1, l2 = paper_prune_layers(shape.num_layers)
-    windows = [None] + [(s, min(shape.num_layers, s + l2 - l1)) for s in range(shape.num_layers)]
+    windows = [None] + [(s, min(shape.num_layers, s + l2 - l1)) for s in range(shape.num_layers) if prune]
     largest = max(layout.frame_tokens)
     ratios = [k / largest for k in range(1, largest + 1)]
 
@@ -120,7 +125,12 @@ ENCODER_KEEPS = tuple(k / 20 for k in range(20, 0, -1))  # the keeps the prefill
 
 
 def solve_prefill_budget(
-    budget: float, shape: LLMShape, layout: VisualLayout, text_tokens: int, encoder_cost: EncoderCost
+    budget: float,
+    shape: LLMShape,
+    layout: VisualLayout,
+    text_tokens: int,
+    encoder_cost: EncoderCost,
+    prune: bool = True,
 ) -> AimSchedule:
     """Schedule and encoder keep for `budget` of AIM off's whole prefill (vision encoder + LLM).
 
@@ -128,17 +138,17 @@ def solve_prefill_budget(
     the largest keep in `ENCODER_KEEPS` whose encoder FLOPs are within `budget` of the stock
     tower's (the smallest when none is: its stock early layers set a floor), then the LLM
     schedule of `solve_budget` for what the encoder left. A prompt without encoder FLOPs (no
-    FLOPs model for its tower) leaves the whole budget to the LLM.
+    FLOPs model for its tower) leaves the whole budget to the LLM. `prune`: as in `solve_budget`.
     """
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
     stock = encoder_cost(1.0)
     if stock <= 0.0:
-        return solve_budget(budget, shape, layout, text_tokens)
+        return solve_budget(budget, shape, layout, text_tokens, prune)
     keep = next((k for k in ENCODER_KEEPS if encoder_cost(k) <= budget * stock), ENCODER_KEEPS[-1])
     llm_off = estimate_flops(AimSchedule(), shape, layout, text_tokens).baseline
     llm_budget = (budget * (stock + llm_off) - encoder_cost(keep)) / llm_off
-    schedule = solve_budget(min(1.0, max(llm_budget, 1e-9)), shape, layout, text_tokens)
+    schedule = solve_budget(min(1.0, max(llm_budget, 1e-9)), shape, layout, text_tokens, prune)
     return replace(schedule, encoder_keep=keep)
 
 

@@ -54,6 +54,10 @@ ENCODER_KEEP = "aim_encoder_keep"
 AUTO = "auto"  # encoder_keep of a budget over the whole prefill: the solver picks it
 EXPLICIT_KEYS = (MERGE_RATIO, PRUNE_L1, PRUNE_L2, MERGE_METHOD, PRUNE_METHOD, PRUNE_KEEP, ENCODER_KEEP)
 ENGINE_KEYS = (PRESET, BUDGET, *EXPLICIT_KEYS)
+# Written by the engine's processor next to a budget level's resolved schedule, never by clients:
+# the budget it was solved for, "llm:<b>" or "prefill:<b>" (`budget_of`), so `usage.aim` can say
+# whether the prefill stayed within it.
+BUDGET_OF = "aim_budget_of"
 
 MAX_TEXT_CHARS = 64
 MAX_LAYER = 1024  # sanity bound; the engine checks the model's real depth
@@ -213,7 +217,23 @@ def schedule_kwargs(schedule: AimSchedule) -> dict[str, Any]:
 
 def without_engine_keys(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """`kwargs` minus AIM's keys (what the HF processor may see)."""
-    return {key: value for key, value in kwargs.items() if key not in ENGINE_KEYS}
+    return {key: value for key, value in kwargs.items() if key not in ENGINE_KEYS and key != BUDGET_OF}
+
+
+def budget_note(level: AimLevel) -> dict[str, str]:
+    """The `BUDGET_OF` entry of a budget level ({} for other levels)."""
+    if level.budget is None:
+        return {}
+    return {BUDGET_OF: f"{'prefill' if level.whole_prefill else 'llm'}:{level.budget!r}"}
+
+
+def budget_of(kwargs: Mapping[str, Any]) -> tuple[float, bool] | None:
+    """(budget, over the whole prefill) from canonical kwargs, None without a budget level."""
+    note = kwargs.get(BUDGET_OF)
+    if not isinstance(note, str) or ":" not in note:
+        return None
+    scope, budget = note.split(":", 1)
+    return float(budget), scope == "prefill"
 
 
 # -- text form ---------------------------------------------------------------------------------

@@ -22,7 +22,13 @@ from aim_vllm.core.budget import EncoderCost, VisualLayout, solve_budget, solve_
 from aim_vllm.core.encoder_flops import VisionShape
 from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.item_params import ItemParams
-from aim_vllm.core.level import parse_engine_kwargs, schedule_kwargs, without_engine_keys
+from aim_vllm.core.level import (
+    BUDGET_OF,
+    budget_note,
+    parse_engine_kwargs,
+    schedule_kwargs,
+    without_engine_keys,
+)
 from aim_vllm.core.schedule import OFF, VIDEO_ONLY_METHODS, AimSchedule
 from aim_vllm.kv.spec import install_stage_specs
 from aim_vllm.pruning.decoder import PruningDecoder
@@ -48,6 +54,8 @@ class AimProcessorMixin:
         raise NotImplementedError
 
     def apply(self, inputs, timing_ctx):  # overrides BaseMultiModalProcessor.apply
+        if BUDGET_OF in inputs.hf_processor_mm_kwargs:
+            raise ValueError(f"{BUDGET_OF} is written by the engine; send aim_budget instead")
         level = parse_engine_kwargs(inputs.hf_processor_mm_kwargs) or default_level()
         kwargs = without_engine_keys(inputs.hf_processor_mm_kwargs)
         if level is not None:
@@ -70,6 +78,8 @@ class AimProcessorMixin:
                     "(available for LLaVA-OneVision, LLaVA-1.5 and Qwen2.5-VL)"
                 )
             kwargs.update(schedule_kwargs(schedule))
+            if not schedule.is_off:
+                kwargs.update(budget_note(level))
         return super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
 
     def _aim_llm_shape(self) -> LLMShape:
@@ -85,13 +95,18 @@ class AimProcessorMixin:
         return encoder_flops_fields(self._aim_tower_cost(passes), schedule.encoder_keep)
 
     def _solve(self, budget: float, whole_prefill: bool, inputs) -> AimSchedule:
+        """The budget's schedule; with merging alone where the engine cannot prune (its reason,
+        written by the model at start-up: `usage.StatsStore.engine_pruning_off`), so the request
+        stays within the budget whenever merging alone can reach it."""
         num_items = sum(len(items) for items in inputs.mm_data_items.values())
         text_tokens = max(0, len(inputs.prompt) - num_items)  # one placeholder token per item
         shape, layout = self._aim_llm_shape(), self.aim_layout(inputs.mm_data_items)
+        store = StatsStore.from_env()
+        prune = not (store is not None and store.engine_pruning_off())
         if whole_prefill:
             cost = self.aim_encoder_cost(inputs.mm_data_items)
-            return solve_prefill_budget(budget, shape, layout, text_tokens, cost)
-        return solve_budget(budget, shape, layout, text_tokens)
+            return solve_prefill_budget(budget, shape, layout, text_tokens, cost, prune)
+        return solve_budget(budget, shape, layout, text_tokens, prune)
 
     def aim_encoder_cost(self, mm_items) -> EncoderCost:
         """The prompt's vision-encoder FLOPs at a keep: its frames / crops through a LLaVA-style
@@ -115,7 +130,7 @@ def encoder_flops_fields(cost: EncoderCost, keep: float) -> dict[str, float]:
 
 
 def decode_items(params) -> list[ItemParams] | None:
-    """Each item's `ItemParams` from its modality's `aim_<modality>` field [items, 12], decoded once
+    """Each item's `ItemParams` from its modality's `aim_<modality>` field [items, 14], decoded once
     per batch for the tower and the merge (None: the field is absent)."""
     return None if params is None else [ItemParams.from_tensor(values) for values in params]
 
@@ -155,6 +170,8 @@ class AimModelMixin:
             install_stage_specs(layers, vllm_config, announce=parallel.is_reporter)
         self.aim_pruner = PruningDecoder(shape.num_layers, parallel, unsupported)
         store = StatsStore.from_env() if parallel.is_reporter else None
+        if store is not None:  # for the processor's budget solver
+            store.put_engine_pruning_off(unsupported)
         self.aim_reporter = UsageReporter(shape, store)
 
     def get_model_state_cls(self) -> type:

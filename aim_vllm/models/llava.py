@@ -48,7 +48,7 @@ from aim_vllm.compat import (
 from aim_vllm.core.budget import VisualLayout
 from aim_vllm.core.encoder_merge import proportional_attention, unmerge_tokens
 from aim_vllm.core.item_params import ItemParams, field_name
-from aim_vllm.core.level import without_engine_keys
+from aim_vllm.core.level import budget_of, without_engine_keys
 from aim_vllm.core.merge import merge_frames
 from aim_vllm.core.token_counts import merge_start_layer, merged_token_count
 from aim_vllm.models.common import (
@@ -90,7 +90,8 @@ class AimLlavaMultiModalProcessor(AimProcessorMixin, LlavaMultiModalProcessor):
             self._check_mergeable()
         flops = self.aim_encoder_flops(schedule, passes=1)  # one CLIP pass per image
         tokens = [self.info.get_num_image_tokens(image_width=w, image_height=h) for w, h in _sizes(mm_items)]
-        params = [ItemParams(schedule, n, **flops).to_tensor() for n in tokens]
+        budget = budget_of(hf_kwargs)
+        params = [ItemParams(schedule, n, **flops).with_budget(budget).to_tensor() for n in tokens]
         processed[field_name(IMAGE)] = torch.stack(params)
         return processed
 

@@ -34,7 +34,7 @@ from aim_vllm.compat import (
 )
 from aim_vllm.core.budget import VisualLayout
 from aim_vllm.core.item_params import ItemParams, field_name
-from aim_vllm.core.level import without_engine_keys
+from aim_vllm.core.level import budget_of, without_engine_keys
 from aim_vllm.core.packing import merge_anyres_image_embedding, merge_video_embedding
 from aim_vllm.core.token_counts import merged_anyres_image_tokens, merged_video_tokens
 from aim_vllm.models.common import (
@@ -123,9 +123,11 @@ class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMult
             for w, h, f in _video_sizes(mm_items)
         ]
         images = [self._image_params(schedule, w, h) for w, h in _image_sizes(mm_items)]
+        budget = budget_of(hf_kwargs)
         for modality, params in (("video", videos), ("image", images)):
             if params:
-                processed[field_name(modality)] = torch.stack([p.to_tensor() for p in params])
+                values = [p.with_budget(budget).to_tensor() for p in params]
+                processed[field_name(modality)] = torch.stack(values)
         return processed
 
     def _image_params(self, schedule, width: int, height: int) -> ItemParams:

@@ -49,7 +49,7 @@ from aim_vllm.compat import (
 from aim_vllm.core.budget import EncoderCost, VisualLayout
 from aim_vllm.core.encoder_flops import WindowedVisionShape
 from aim_vllm.core.item_params import ItemParams, field_name
-from aim_vllm.core.level import without_engine_keys
+from aim_vllm.core.level import budget_of, without_engine_keys
 from aim_vllm.core.merge import merge_frames, spread_indices
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
@@ -135,6 +135,7 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
         if self.info.ctx.get_mm_config().is_multimodal_pruning_enabled():
             raise ValueError("AIM levels cannot be combined with the server's --video-pruning-rate (EVS)")
         merge_size = self.info.get_hf_config().vision_config.spatial_merge_size
+        budget = budget_of(hf_kwargs)
         for modality in MODALITIES:
             if _PIXEL_KEYS[modality] not in processed:  # embedding inputs are never merged
                 continue
@@ -142,7 +143,7 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
             for grid in processed[f"{modality}_grid_thw"].tolist():
                 t, n = slice_shape(grid, merge_size)
                 flops = encoder_flops_fields(partial(self._aim_vit.item_flops, grid), schedule.encoder_keep)
-                params.append(ItemParams(schedule, t * n, **flops).to_tensor())
+                params.append(ItemParams(schedule, t * n, **flops).with_budget(budget).to_tensor())
             processed[field_name(modality)] = torch.stack(params)
         return processed
 

@@ -46,7 +46,8 @@ class BatchPlan:
     step_rows: StepRows | None  # what each row of the step is (None: no prefill prunes in this step)
     started: list[tuple[RequestStep, PruneRecord]]  # prefills that start in this step
     seq_lens: torch.Tensor  # [R] the step's sequence lengths (CPU)
-    kv_held: dict[str, list[int]] = field(default_factory=dict)  # started request -> blocks per layer
+    # started request -> (tokens its blocks are for: this step's sequence length, blocks per layer)
+    kv_held: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
     kv_block_size: int | None = None  # tokens per block of `kv_held` (None: the runner does not say)
 
     def changes_layout(self) -> bool:
@@ -91,6 +92,8 @@ class PruningDecoder:
         for r, req in enumerate(step.requests):
             if req.req_id not in self.records or computed[r] == 0:  # a (re)started prefill decides
                 record = decide(req, computed[r], scheduled[r], self.unsupported, self.num_layers)
+                earlier = self.records.get(req.req_id)  # a recompute after preemption
+                record.prefills = 1 if earlier is None else earlier.prefills + 1
                 self.records[req.req_id] = record
                 started.append((req, record))
         kv = KVHeld.of(step.kv, layer_names, step.requests, seq_lens)
@@ -315,5 +318,8 @@ def _started_kv(kv: KVHeld | None, started) -> tuple[dict[str, list[int]], int |
     if kv is None:
         return {}, None
     index = {req.req_id: r for r, req in enumerate(kv.requests)}
-    held = {req.req_id: kv.held[:, index[req.req_id]].tolist() for req, _ in started}
+    held = {
+        req.req_id: (int(kv.seq_lens[index[req.req_id]]), kv.held[:, index[req.req_id]].tolist())
+        for req, _ in started
+    }
     return held, int(kv.block_size[0])

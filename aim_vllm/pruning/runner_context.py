@@ -93,6 +93,7 @@ def request_step(req_id: str, num_prompt: int, mm_features, sampling_params) -> 
         skip,
         encoder_flops,
         verdict if isinstance(verdict, str) else None,
+        known[0].budget_of if known else None,
     )
 
 

@@ -48,6 +48,7 @@ class RequestStep:
     skip_reason: str = ""  # a request option that rules pruning out (e.g. prompt_logprobs)
     encoder_flops: tuple[float, float] | None = None  # its items' (stock, executed) encoder FLOPs
     verdict: str | None = None  # AIM's scheduler's: WHOLE or "skipped: why" (None: no such verdict)
+    budget: tuple[float, bool] | None = None  # a budget level's (budget, over the whole prefill)
 
     @property
     def num_visual(self) -> int:
@@ -98,6 +99,8 @@ class PruneRecord:
         kept_after_layer: visual tokens leaving each layer.
         rows_per_layer: rows each layer's attention processed in the prefill (= its KV entries).
         missing: per layer, prompt tokens absent from that layer's KV cache.
+        prefills: how many times its prefill started (more than 1: recomputed after preemption;
+            the counts are those of the latest).
     """
 
     status: str
@@ -105,6 +108,7 @@ class PruneRecord:
     kept_after_layer: list[int] = field(default_factory=list)
     rows_per_layer: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
+    prefills: int = 1
 
     @property
     def pruned(self) -> bool:

@@ -99,6 +99,20 @@ async def test_run_phase_respects_concurrency() -> None:
 
 
 async def test_run_split_sends_each_body_twice() -> None:
-    async with httpx.AsyncClient(transport=_streaming_transport()) as client:
-        pairs = await run_split(client, "http://engine", [{"i": 0}, {"i": 1}])
+    """Fresh as given, then the repeat with a prefix-cache salt of its own (the LLM part is timed
+    on a computed prompt, not a cache hit); the caller's bodies are left as they were."""
+    sent: list[dict] = []
+    transport = _streaming_transport()
+
+    async def record(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return await transport.handle_async_request(request)
+
+    bodies = [{"i": 0}, {"i": 1}]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(record)) as client:
+        pairs = await run_split(client, "http://engine", bodies)
     assert len(pairs) == 2 and all(fresh.ok and repeat.ok for fresh, repeat in pairs)
+    assert [body["i"] for body in sent] == [0, 0, 1, 1] and bodies == [{"i": 0}, {"i": 1}]
+    salts = [body.get("cache_salt") for body in sent]
+    assert salts[0] is None and salts[2] is None
+    assert salts[1] and salts[3] and salts[1] != salts[3]

@@ -71,3 +71,21 @@ def test_prefill_budget_below_the_encoder_floor_and_without_an_encoder_model() -
     no_encoder = solve_prefill_budget(0.3, spec.llm, layout, 60, lambda keep: 0.0)
     assert no_encoder == solve_budget(0.3, spec.llm, layout, 60)
     assert solve_prefill_budget(1.0, spec.llm, layout, 60, cost) == AimSchedule()
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.3, 0.15])
+def test_merging_alone_meets_a_budget_where_the_engine_cannot_prune(budget: float) -> None:
+    """`prune=False`: no pruning window, and still within the budget whenever merging can reach it
+    (the schedule with pruning would exceed it once pruning is skipped)."""
+    spec = ARCHITECTURES["llava-onevision-7b"]
+    layout = spec.layout(frames=16)
+    with_pruning = solve_budget(budget, spec.llm, layout, 60)
+    assert with_pruning.prune_layers is not None
+    unpruned = estimate_flops(AimSchedule(with_pruning.merge_ratio), spec.llm, layout, 60).executed_ratio
+    assert unpruned > budget  # what the engine would run, pruning skipped
+    merge_only = solve_budget(budget, spec.llm, layout, 60, prune=False)
+    assert merge_only.prune_layers is None
+    ratio = estimate_flops(merge_only, spec.llm, layout, 60).executed_ratio
+    assert ratio <= budget and ratio == pytest.approx(budget, rel=0.05)
+    cost = lambda keep: 16 * SIGLIP.pass_flops(keep)  # noqa: E731
+    assert solve_prefill_budget(budget, spec.llm, layout, 60, cost, prune=False).prune_layers is None

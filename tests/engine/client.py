@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from aim_vllm.core.budget import VisualLayout, solve_budget
+from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.level import AimLevel
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.reference.pipeline import ReferencePipeline
@@ -114,3 +118,20 @@ def reference_item(
     if method == "aim":
         return reference.item(media.kind, media.data, ratio)
     return reference.item(media.kind, media.data, ratio, method)
+
+
+def assert_budget_resolved(model_dir, usage: dict[str, Any], budget: float, groups: tuple[int, ...]) -> None:
+    """The engine resolved `budget` to the schedule the budget solver picks for this model's layers
+    and this prompt's merge groups (`groups`: visual tokens of each frame / image, counted by the
+    test), within the budget; the request pruned where that schedule prunes."""
+    aim = usage["aim"]
+    assert sum(groups) == aim["visual_tokens_in"]
+    shape = LLMShape.from_hf_config(json.loads((Path(model_dir) / "config.json").read_text()))
+    text = usage["prompt_tokens"] - aim["visual_tokens_merged"]
+    want = solve_budget(budget, shape, VisualLayout(groups), text)
+    assert (aim["merge_ratio"], aim["prune_layers"]) == (
+        want.merge_ratio,
+        list(want.prune_layers) if want.prune_layers else None,
+    )
+    assert aim["flops_ratio"] <= budget
+    assert aim["pruning"] == ("pruned" if want.prune_layers else "not requested")

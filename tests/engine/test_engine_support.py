@@ -31,7 +31,8 @@ def test_backend_without_compaction_skips_pruning_and_answers_unpruned(
     tiny_model_dir, reference, video, tmp_path
 ) -> None:
     """Pruning is reported skipped with the backend's name, merging still applies, the answer is
-    the merge-only reference's; the worker said so once at start-up."""
+    the merge-only reference's; the worker said so once at start-up. A budget level is solved with
+    merging alone there, so it stays within its budget (`usage.aim.budget_met`)."""
     env = servers.with_test_site(AIM_TEST_UNLISTED_BACKEND="1")
     server = servers.start(tiny_model_dir, tmp_path / "log.txt", env=env)
     try:
@@ -42,6 +43,9 @@ def test_backend_without_compaction_skips_pruning_and_answers_unpruned(
         assert aim["visual_tokens_merged"] < aim["visual_tokens_in"]
         assert_matches_reference(reference, response, [video], AimSchedule(0.5))
         assert _log(server).count("pruning is off in this engine") == 1
+        budget = chat(server, [video], QUESTION, {"aim_budget": 0.3}, max_tokens=1)["usage"]["aim"]
+        assert budget["prune_layers"] is None and budget["merge_ratio"] < 1.0
+        assert (budget["budget"], budget["budget_met"]) == (0.3, True) and budget["flops_ratio"] <= 0.3
     finally:
         server.stop()
 

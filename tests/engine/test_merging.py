@@ -109,6 +109,7 @@ def test_processor_cache_never_mixes_levels(aim_engine, image) -> None:
         {"aim_prune_l1": 3, "aim_prune_l2": 2},
         {"aim_prune_l1": 1, "aim_prune_l2": 99},
         {"aim_preset": "max", "aim_budget": 0.5},
+        {"aim_merge_ratio": 0.5, "aim_budget_of": "llm:0.9"},  # the engine's own note
     ],
 )
 def test_bad_values_are_clear_400s(aim_engine, image, aim) -> None:

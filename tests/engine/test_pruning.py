@@ -264,10 +264,13 @@ def test_pruned_requests_fit_where_their_full_kv_would_not(small_engine, referen
 def test_preempted_pruned_requests_recompute_exactly(small_engine, reference, video) -> None:
     """Decoding long enough exhausts even the pruned footprint: the preempted requests free every
     group, are recomputed from scratch (pruning decided again by scheduler and worker alike) and
-    still equal the reference."""
+    still equal the reference. `usage.aim` says a recomputed request's prefill ran again
+    (`prefills`) and counts its blocks saved against what its layers hold, never below 0."""
     before = _preemptions(small_engine)
     responses = _concurrently(small_engine, video, max_tokens=200)
     for schedule, response in zip(PREEMPT_SCHEDULES, responses, strict=True):
-        assert response["usage"]["aim"]["pruning"] == "pruned"
+        aim = response["usage"]["aim"]
+        assert aim["pruning"] == "pruned" and aim["kv_blocks_saved"] > 0
         assert_matches_reference(reference, response, [video], schedule)
     assert _preemptions(small_engine) > before, "the test did not cause a preemption"
+    assert max(response["usage"]["aim"]["prefills"] for response in responses) >= 2

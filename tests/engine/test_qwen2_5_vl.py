@@ -16,6 +16,7 @@ from tests.engine import servers
 from tests.engine.client import (
     Media,
     aim_kwargs,
+    assert_budget_resolved,
     assert_matches_reference,
     chat,
     image_item,
@@ -177,11 +178,13 @@ def test_encoder_merging_changes_the_answer_and_is_its_own_cache_entry(qwen_engi
     assert logprobs(None) == off
 
 
-def test_budget_level_stays_within_its_flops(qwen_engine, video) -> None:
-    """`aim_budget` resolves on the engine (this model's layout) to a schedule within the budget."""
-    aim = chat(qwen_engine, [video], QUESTION, {"aim_budget": 0.3}, max_tokens=1)["usage"]["aim"]
-    assert aim["flops_ratio"] <= 0.3
-    assert aim["merge_ratio"] < 1.0 or aim["prune_layers"] is not None
+def test_budget_level_stays_within_its_flops(qwen_engine, qwen_model_dir, video) -> None:
+    """`aim_budget` resolves on the engine (this model's layout: one merge group per temporal slice,
+    8 frames in slices of 2) to the solver's schedule, within the budget."""
+    usage = chat(qwen_engine, [video], QUESTION, {"aim_budget": 0.3}, max_tokens=1)["usage"]
+    per_slice, rest = divmod(usage["aim"]["visual_tokens_in"], 4)
+    assert rest == 0
+    assert_budget_resolved(qwen_model_dir, usage, 0.3, (per_slice,) * 4)
 
 
 @pytest.mark.parametrize(

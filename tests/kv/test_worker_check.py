@@ -34,7 +34,7 @@ def _plan(held_per_layer: list[int]):
 def test_blocks_for_what_each_layer_keeps_pass_and_are_reported() -> None:
     needed = blocks_needed(PruneRecord.planned(REQ, LAYERS).rows_per_layer, BLOCK)
     plan = _plan(needed)
-    assert plan.kv_held == {"r": needed} and plan.kv_block_size == BLOCK
+    assert plan.kv_held == {"r": (120, needed)} and plan.kv_block_size == BLOCK
 
 
 def test_a_layer_short_of_blocks_fails_loudly() -> None:
@@ -47,3 +47,15 @@ def test_a_layer_short_of_blocks_fails_loudly() -> None:
     step = StepContext((unpruned,), frozenset({"r"}), _step([8, 8, 8, 7]).kv)
     with pytest.raises(RuntimeError, match="disagree"):
         PruningDecoder(LAYERS).plan(step, torch.tensor([0, 120]), torch.tensor([120]), NAMES)
+
+
+def test_a_recomputed_prefill_is_counted() -> None:
+    """After a preemption the request's prefill starts again (nothing computed): decided again, and
+    its record says it is the second prefill (`usage.aim.prefills`)."""
+    needed = blocks_needed(PruneRecord.planned(REQ, LAYERS).rows_per_layer, BLOCK)
+    decoder = PruningDecoder(LAYERS)
+    for expected in (1, 2):
+        plan = decoder.plan(_step(needed), torch.tensor([0, 120]), torch.tensor([120]), NAMES)
+        assert [record.prefills for _, record in plan.started] == [expected]
+    decoder.plan(_step(needed), torch.tensor([0, 1]), torch.tensor([121]), NAMES)  # a decode step
+    assert decoder.records["r"].prefills == 2 and decoder.records["r"].pruned

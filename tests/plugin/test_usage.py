@@ -156,3 +156,133 @@ async def test_other_routes_pass_through(store) -> None:
     body = json.dumps({"id": "chatcmpl-1", "usage": {}}).encode()
     _, out = await _run(AimUsageMiddleware(_upstream(b"application/json", [body])), path="/v1/models")
     assert out == body
+
+
+class _Counts:
+    """`pruning.rows.RowCounts` as the reporter reads it: what each request's layers computed."""
+
+    def __init__(self, by_request: dict[str, tuple[list[int], list[int]]]) -> None:
+        self.by_request = by_request
+
+    def of_request(self, req_id: str) -> tuple[list[int], list[int]]:
+        return self.by_request[req_id]
+
+
+def _reported(tmp_path, started, counts=None, kv_held=None) -> dict[str, dict]:
+    from aim_vllm.usage import UsageReporter
+
+    store = StatsStore(tmp_path)
+    UsageReporter(SHAPE, store).report(started, counts, kv_held, 16 if kv_held else None)
+    return {external_request_id(req.req_id): store.pop(external_request_id(req.req_id)) for req, _ in started}
+
+
+def _pruning_request(req_id: str):
+    from aim_vllm.core.schedule import AimSchedule
+    from aim_vllm.pruning.state import RequestStep
+
+    # 28 layers (the 7B shape), 400 visual tokens at offset 10, 60 text tokens after them
+    return RequestStep(f"{req_id}-abcdefgh", 470, AimSchedule(1.0, (14, 22)), ((10, 400),), 400)
+
+
+def test_reporter_reports_the_counted_rows_of_a_pruned_request(tmp_path) -> None:
+    """What the layers computed is what `usage.aim` says; an unpruned request reports its whole
+    prompt at every layer; a request without visual tokens reports nothing."""
+    from aim_vllm.pruning.state import PruneRecord, RequestStep
+
+    pruned_req, unpruned_req = _pruning_request("cmpl-p"), _pruning_request("cmpl-u")
+    text_req = RequestStep("cmpl-t-abcdefgh", 30)
+    plan = PruneRecord.planned(pruned_req, 28)
+    skipped = PruneRecord.unpruned("skipped: test", unpruned_req, 28)
+    counts = _Counts({pruned_req.req_id: (plan.rows_per_layer, plan.kept_after_layer)})
+    kv = {pruned_req.req_id: (470, [20] * 14 + [5] * 14), unpruned_req.req_id: (470, [30] * 28)}
+    started = [
+        (pruned_req, plan),
+        (unpruned_req, skipped),
+        (text_req, PruneRecord.unpruned("x", text_req, 28)),
+    ]
+    got = _reported(tmp_path, started, counts, kv)
+    assert got["cmpl-p"]["pruning"] == "pruned" and got["cmpl-p"]["rows_per_layer"] == plan.rows_per_layer
+    assert got["cmpl-p"]["visual_tokens_kept"]["21"] == 0 and got["cmpl-p"]["flops_ratio"] < 0.7
+    assert got["cmpl-p"]["kv_blocks_per_layer"] == kv[pruned_req.req_id][1]
+    assert got["cmpl-p"]["kv_blocks_saved"] == 28 * 30 - (14 * 20 + 14 * 5)
+    assert got["cmpl-u"]["pruning"] == "skipped: test" and got["cmpl-u"]["rows_per_layer"] == [470] * 28
+    assert got["cmpl-u"]["flops_ratio"] == pytest.approx(1.0) and got["cmpl-u"]["kv_blocks_saved"] == 0
+    assert got["cmpl-t"] is None
+    assert got["cmpl-p"]["prefills"] == got["cmpl-u"]["prefills"] == 1
+
+
+def test_reporter_counts_blocks_saved_against_the_tokens_held(tmp_path) -> None:
+    """A recompute after preemption holds its generated tokens as well, the first chunk of a
+    chunked prefill only that chunk: blocks saved are counted against the step's tokens, never
+    below 0 for an unpruned request; `prefills` says the figures are a recompute's."""
+    from aim_vllm.pruning.state import PruneRecord
+
+    pruned_req, unpruned_req = _pruning_request("cmpl-p"), _pruning_request("cmpl-u")
+    recompute = PruneRecord.planned(pruned_req, 28)
+    recompute.prefills = 2
+    counts = _Counts({pruned_req.req_id: (recompute.rows_per_layer, recompute.kept_after_layer)})
+    # 470 prompt + 200 generated tokens = 42 blocks of 16 where the whole sequence is held
+    kv = {pruned_req.req_id: (670, [42] * 14 + [17] * 14), unpruned_req.req_id: (256, [16] * 28)}
+    started = [(pruned_req, recompute), (unpruned_req, PruneRecord.unpruned("off", unpruned_req, 28))]
+    got = _reported(tmp_path, started, counts, kv)
+    assert got["cmpl-p"]["kv_blocks_saved"] == 14 * (42 - 17) and got["cmpl-p"]["prefills"] == 2
+    assert got["cmpl-p"]["pruning"] == "pruned"
+    assert got["cmpl-u"]["kv_blocks_saved"] == 0  # its first chunk: 256 tokens, 16 blocks
+
+
+@pytest.mark.parametrize("layer", [0, 14, 27])
+def test_reporter_catches_counts_that_differ_from_the_plan(tmp_path, layer, caplog) -> None:
+    """A layer that computed other rows, or kept other visual tokens, than the plan its KV blocks
+    were sized by is reported in `usage.aim.pruning` and logged, with the counts that ran."""
+    from aim_vllm.pruning.state import PruneRecord
+
+    req = _pruning_request("cmpl-p")
+    plan = PruneRecord.planned(req, 28)
+    rows, kept = list(plan.rows_per_layer), list(plan.kept_after_layer)
+    rows[layer] += 1
+    got = _reported(tmp_path, [(req, plan)], _Counts({req.req_id: (rows, kept)}))["cmpl-p"]
+    assert got["pruning"].startswith(f"error: layer {layer} computed {rows[layer]} rows")
+    assert got["rows_per_layer"] == rows and f"request {req.req_id}" in caplog.text
+    kept[layer] -= 1
+    rows[layer] -= 1
+    got = _reported(tmp_path, [(req, plan)], _Counts({req.req_id: (rows, kept)}))["cmpl-p"]
+    assert got["pruning"] == (
+        f"error: layer {layer} computed {rows[layer]} rows and kept {kept[layer]} visual tokens, "
+        f"its plan {plan.rows_per_layer[layer]} and {plan.kept_after_layer[layer]}"
+    )
+    short = _reported(tmp_path, [(req, plan)], _Counts({req.req_id: (rows[:-1], kept[:-1])}))["cmpl-p"]
+    assert short["pruning"] == "error: 27 layers counted, 28 planned"
+
+
+def test_item_params_carry_the_budget_they_were_solved_for() -> None:
+    from aim_vllm.core.item_params import ItemParams
+    from aim_vllm.core.level import AimLevel, budget_note, budget_of, without_engine_keys
+    from aim_vllm.core.schedule import AimSchedule
+
+    note = budget_note(AimLevel(budget=0.3))
+    assert budget_of(note) == (0.3, False) and without_engine_keys({**note, "x": 1}) == {"x": 1}
+    assert budget_of(budget_note(AimLevel(budget=0.25, encoder_keep="auto"))) == (0.25, True)
+    assert budget_note(AimLevel(preset="balanced")) == {} and budget_of({}) is None
+    params = ItemParams(AimSchedule(0.5, (1, 3)), 40).with_budget((0.25, True))
+    assert ItemParams.from_tensor(params.to_tensor()) == params and params.budget_of == (0.25, True)
+    assert ItemParams(AimSchedule(0.5), 40).budget_of is None
+
+
+@pytest.mark.parametrize(
+    ("budget", "met"), [((0.1, False), False), ((0.2, False), True), ((0.2, True), False), (None, None)]
+)
+def test_budget_met_compares_the_ratio_of_the_budget(budget, met) -> None:
+    """Over the LLM (`flops_ratio`) or the whole prefill (`prefill_flops_ratio`, where known)."""
+    stats = _stats(encoder_keep=1.0, encoder_flops=(20e12, 20e12), budget=budget)
+    assert 0.1 < stats.flops_ratio < 0.2 < stats.prefill_flops_ratio
+    assert (stats.budget, stats.budget_met) == ((budget[0], met) if budget else (None, None))
+
+
+def test_engine_note_is_read_and_never_swept(tmp_path) -> None:
+    store = StatsStore(tmp_path)
+    assert store.engine_pruning_off() == ""  # not written: the solver may prune
+    store.put_engine_pruning_off("attention backend X cannot rebuild metadata")
+    old = time.time() - 3600
+    os.utime(tmp_path / StatsStore.ENGINE_FILE, (old, old))
+    store.sweep(max_age_s=1.0)
+    assert store.engine_pruning_off() == "attention backend X cannot rebuild metadata"
