@@ -178,19 +178,17 @@ class StatsStore:
         return self.root / f"{safe}.json"
 
     def put(self, request_id: str, stats: RequestStats) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(request_id)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one writer per file name, even across processes
-        tmp.write_text(json.dumps(stats.to_dict()))
-        tmp.replace(path)  # readers never see a partial file
+        self._write(self._path(request_id), stats.to_dict())
 
     def put_engine_pruning_off(self, reason: str) -> None:
         """Written once by the model (rank 0) when it is built, before the server takes requests."""
+        self._write(self.root / self.ENGINE_FILE, {"pruning_off": reason})
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / self.ENGINE_FILE
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"pruning_off": reason}))
-        tmp.replace(path)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one writer per file name, even across processes
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)  # readers never see a partial file
 
     def engine_pruning_off(self) -> str:
         """Why the engine cannot prune ('' when it can, or when it has not said)."""
