@@ -43,7 +43,8 @@ class RequestStats:
     flops_ratio: float
     prefills: int = 1  # times the prefill ran: 2 or more after preemption (the figures: the last)
     # KV blocks each layer held once the prefill was scheduled (the runner's block tables; None
-    # where the runner does not say), and blocks saved against every layer holding the prompt
+    # where the runner does not say), and blocks saved against every layer holding all the tokens
+    # of that step (`kv_usage`)
     kv_block_size: int | None = None
     kv_blocks_per_layer: list[int] | None = None
     kv_blocks_saved: int | None = None
