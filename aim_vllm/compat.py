@@ -6,6 +6,8 @@ parent classes below) is what changes. `plugin.SUPPORTED_VLLM` lists the version
 
 from __future__ import annotations
 
+import argparse
+
 from vllm import ModelRegistry
 from vllm.distributed.communication_op import tensor_model_parallel_all_reduce
 from vllm.distributed.parallel_state import get_tp_group
@@ -46,6 +48,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu.model_states.default import DefaultModelState
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
@@ -64,6 +67,7 @@ __all__ = [
     "Scheduler",
     "AsyncScheduler",
     "GPUModelRunner",
+    "CPUModelRunner",
     "get_forward_context",
     "get_tp_group",
     "ImageProcessorItems",
@@ -104,6 +108,15 @@ def on_cuda() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cuda()
+
+
+def api_server_parser(prog: str) -> argparse.ArgumentParser:
+    """vLLM's own API-server argument parser (the flags of `vllm serve`), to check a command line
+    before anything is built; `run_api_server` parses the same flags again."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return make_arg_parser(FlexibleArgumentParser(prog=prog))
 
 
 def run_api_server() -> None:

@@ -1,15 +1,20 @@
 """Every change aim-vllm makes to vLLM objects it does not own, applied from `plugin.register_all`.
 
 Ledger (vllm==0.32.0):
-1. `GPUModelRunner._model_forward` (V1 runner; `CPUModelRunner` inherits it).
+1. `GPUModelRunner._model_forward` and `GPUModelRunner.execute_model` (V1 runner;
+   `CPUModelRunner` inherits both).
    Why: the decoder forward needs, per request of the batch, its pruning schedule and visual
-   spans; vLLM passes no request information to `model.forward`. And a tensor-parallel rank
+   spans, and the pruning records AIM's scheduler decided for the prefills this step starts
+   (`SchedulerOutput.aim_prefill_records`); vLLM passes no request information to
+   `model.forward`, and keeps no reference to the step's `SchedulerOutput`. And a tensor-parallel rank
    whose forward raises leaves the other ranks waiting in a collective forever (vLLM's
    `WorkerProc` logs the exception of a non-output rank and carries on).
    How: for models that set `aim_accepts_step = True` only, a wrapper adds the keyword
    `aim_step` (`pruning.state.StepContext`); dummy/profile runs call the model directly and get
-   none. If the forward raises in an engine of several ranks, the worker exits, so vLLM's
-   executor sees a dead worker and shuts the engine down at once (requests fail instead of hang).
+   none; `execute_model` keeps the step's records on the runner (`aim_prefill_records`, an
+   empty dict when the scheduler is not AIM's) for it. If the forward raises in an engine of
+   several ranks, the worker exits, so vLLM's executor sees a dead worker and shuts the engine
+   down at once (requests fail instead of hang).
    Remove when: vLLM passes request metadata to models (Model Runner V2's `ModelState` does;
    `models/model_state.py`) and fails an engine whose rank raised.
 2. The `cache_blocks` of the KV-cache coordinator that AIM's scheduler owns (an instance attribute,
@@ -19,6 +24,17 @@ Ledger (vllm==0.32.0):
    How: requests with AIM's `WHOLE` verdict are passed by; every other request is cached as before.
    Remove when: vLLM lets a request opt out of writing the prefix cache (it has
    `skip_reading_prefix_cache` for reading only).
+3. `load_model` of `GPUModelRunner` and `CPUModelRunner` (V1 runners; the CPU one does not call
+   its parent's).
+   Why: Qwen2.5-VL M-RoPE positions of merged tokens follow the merge plan, known only after the
+   encoder. vLLM recomputes positions after the encoder for EVS only, behind the runner's
+   `is_multimodal_pruning_enabled`, which the GPU runner sets from `--video-pruning-rate` and the
+   CPU runner never sets.
+   How: for models with `aim_positions_after_encoder` only, after loading, the runner's flag is set
+   as the GPU runner sets it for EVS, and the model is told so (it then appends its position
+   channels, `models/qwen2_5_vl.py`); without it the model keeps count-based positions. Other
+   models, and AIM-off requests (embeddings without channels pass through), are unchanged.
+   Remove when: vLLM lets a model recompute positions after its encoder without EVS.
 AIM's scheduler also overrides two of `Scheduler`'s own methods (`schedule`, to give a pruning
 prefill one step of up to --max-num-batched-tokens; `_reserve_prefill_lookahead`, vLLM's last say
 on a request's tokens in a step, to defer rather than split it): private vLLM API, pinned with
@@ -55,9 +71,12 @@ def patch_method(owner: type, name: str, make_wrapper: Callable[[Callable], Call
 
 def apply_all() -> None:
     """Apply the ledger's patches (idempotent)."""
-    from aim_vllm.compat import GPUModelRunner
+    from aim_vllm.compat import CPUModelRunner, GPUModelRunner
 
     patch_method(GPUModelRunner, "_model_forward", _with_step_context)
+    patch_method(GPUModelRunner, "execute_model", _keeping_prefill_records)
+    for runner in (GPUModelRunner, CPUModelRunner):
+        patch_method(runner, "load_model", _with_positions_after_encoder)
 
 
 def _with_step_context(original: Callable) -> Callable:
@@ -74,3 +93,25 @@ def _with_step_context(original: Callable) -> Callable:
             raise
 
     return _model_forward
+
+
+def _keeping_prefill_records(original: Callable) -> Callable:
+    from aim_vllm.pruning.state import RECORDS_ATTR
+
+    def execute_model(self, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+        self.aim_prefill_records = getattr(scheduler_output, RECORDS_ATTR, None) or {}
+        return original(self, scheduler_output, *args, **kwargs)
+
+    return execute_model
+
+
+def _with_positions_after_encoder(original: Callable) -> Callable:
+    def load_model(self, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        model = self.get_model()
+        if hasattr(model, "aim_positions_after_encoder") and self.uses_mrope:
+            self.is_multimodal_pruning_enabled = True  # as GPUModelRunner.load_model does for EVS
+            model.aim_positions_after_encoder = True
+        return result
+
+    return load_model

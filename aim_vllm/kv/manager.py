@@ -16,17 +16,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from aim_vllm.compat import FullAttentionManager
-from aim_vllm.kv.plan import group_missing, missing_per_layer
+from aim_vllm.kv.plan import group_missing, prefill_record
 from aim_vllm.pruning.runner_context import request_step
+from aim_vllm.pruning.state import PruneRecord
 
 
 class KVPlans:
-    """Per request: the prompt tokens absent from each layer's KV, decided when its prefill starts
-    (nothing cached yet: new, or recomputed after preemption) and kept until it is freed."""
+    """Per request: its prefill's `PruneRecord` (what each layer's KV lacks), decided when its
+    prefill starts (nothing cached yet: new, or recomputed after preemption) and kept until it is
+    freed. The record travels to the workers with the step (`kv.scheduler`, one decider)."""
 
     def __init__(self, requests: Mapping[str, Any]) -> None:
         self.requests = requests  # the scheduler's request id -> vLLM `Request`
-        self._missing: dict[str, tuple[tuple[int, int], list[int]]] = {}
+        self._records: dict[str, tuple[tuple[int, int], PruneRecord]] = {}
 
     def decide(self, request_id: str, computed: int, scheduled: int, num_layers: int) -> None:
         """Record what a step that computes `scheduled` tokens after `computed` cached ones prunes."""
@@ -34,19 +36,24 @@ class KVPlans:
         if request is None or request.num_computed_tokens != 0:
             return  # decided at its prefill (or unknown: `missing` then says 0)
         key = (computed, scheduled)
-        if self._missing.get(request_id, (None,))[0] == key:
+        if self._records.get(request_id, (None,))[0] == key:
             return
         step = request_step(
             request_id, request.num_prompt_tokens, request.mm_features, request.sampling_params
         )
-        self._missing[request_id] = (key, missing_per_layer(step, computed, scheduled, num_layers))
+        self._records[request_id] = (key, prefill_record(step, computed, scheduled, num_layers))
+
+    def record(self, request_id: str) -> PruneRecord | None:
+        """The request's latest prefill record (None: not decided here)."""
+        entry = self._records.get(request_id)
+        return entry[1] if entry else None
 
     def missing(self, request_id: str, layers: tuple[int, int]) -> int:
-        entry = self._missing.get(request_id)
-        return group_missing(entry[1], layers) if entry else 0
+        entry = self._records.get(request_id)
+        return group_missing(entry[1].missing, layers) if entry else 0
 
     def drop(self, request_id: str) -> None:
-        self._missing.pop(request_id, None)
+        self._records.pop(request_id, None)
 
 
 class AimManager(FullAttentionManager):

@@ -4,16 +4,17 @@ A pruned layer l stores its KV compacted: `seq_len - missing[l]` tokens at the f
 table (`attention.compaction`), where `missing[l]` are the visual tokens pruned before l
 (`pruning.state.PruneRecord.missing`). Layers are grouped into KV-cache groups of equal
 contiguous stages (`kv.spec`); a group's blocks serve all its layers, so it needs room for its
-fullest layer: `seq_len - min(missing[lo:hi])`. The scheduler (`kv.manager`) and the worker
-(`pruning.decoder`) call the same `decide`, so both sides agree on what a request prunes; when
-the scheduler cannot tell, it allocates for every token (over-allocating is always safe).
+fullest layer: `seq_len - min(missing[lo:hi])`. The scheduler (`kv.manager`) decides each
+prefill's record here and sends it to the workers with the step, which prune exactly that
+(`pruning.decoder`); when the scheduler cannot tell, it allocates for every token
+(over-allocating is always safe).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aim_vllm.pruning.state import RequestStep, decide
+from aim_vllm.pruning.state import PruneRecord, RequestStep, decide
 
 
 def cdiv(a: int, b: int) -> int:
@@ -28,13 +29,18 @@ def stages(num_layers: int, layers_per_group: int) -> list[tuple[int, int]]:
     return [(lo, lo + layers_per_group) for lo in range(0, num_layers, layers_per_group)]
 
 
-def missing_per_layer(req: RequestStep, computed: int, scheduled: int, num_layers: int) -> list[int]:
-    """Prompt tokens absent from each layer's KV once this step runs (zeros: nothing pruned).
+def prefill_record(req: RequestStep, computed: int, scheduled: int, num_layers: int) -> PruneRecord:
+    """What a prefill step prunes, as the scheduler decides it for Design C's allocation (an
+    engine with Design C can prune, so no engine reason rules it out).
 
     `computed`: tokens the request already has cached; `scheduled`: tokens this step computes.
-    The worker's `PruningDecoder.plan` makes the same decision with the same function.
     """
-    return decide(req, computed, scheduled, "", num_layers).missing
+    return decide(req, computed, scheduled, "", num_layers)
+
+
+def missing_per_layer(req: RequestStep, computed: int, scheduled: int, num_layers: int) -> list[int]:
+    """Prompt tokens absent from each layer's KV once this step runs (zeros: nothing pruned)."""
+    return prefill_record(req, computed, scheduled, num_layers).missing
 
 
 def group_missing(missing: Sequence[int], layers: tuple[int, int]) -> int:

@@ -15,7 +15,11 @@ compacts its KV per layer:
    returns 0), and when it heads the queue and does not fit the step budget
    (`--max-num-scheduled-tokens`, vLLM's chunk), that one step may hold up to
    `--max-num-batched-tokens` tokens. Every other request is chunked and cached as in stock vLLM;
-4. Design C: the AIM stage managers (`kv.manager`) allocate what each layer group keeps.
+4. Design C: the AIM stage managers (`kv.manager`) allocate what each layer group keeps, from the
+   record the scheduler decides when the request's prefill starts;
+5. one decider: that record travels to the workers with the step that starts the prefill
+   (`SchedulerOutput.aim_prefill_records`, pickled with the output), and the workers prune
+   exactly it (`pruning.decoder`), so the blocks a layer holds always fit what it stores.
 The asynchronous variant is built when the engine schedules asynchronously (vLLM's default on
 GPUs; the CPU platform turns it off): vLLM builds whatever class `--scheduler-cls` names, and a
 subclass of the synchronous `Scheduler` under an asynchronous engine would wait for every step.
@@ -29,7 +33,7 @@ from typing import Any
 from aim_vllm.compat import AsyncScheduler, Scheduler
 from aim_vllm.kv.manager import AimManager, KVPlans
 from aim_vllm.pruning.runner_context import item_values, request_step
-from aim_vllm.pruning.state import ITEMS_KEY, PREFILL_KEY, WHOLE, scheduler_verdict
+from aim_vllm.pruning.state import ITEMS_KEY, PREFILL_KEY, RECORDS_ATTR, WHOLE, scheduler_verdict
 from aim_vllm.pruning.support import engine_reason
 
 logger = logging.getLogger(__name__)
@@ -104,9 +108,18 @@ class AimScheduler(Scheduler):
         if self._aim_head_needs_room(budget):
             self.max_num_scheduled_tokens = self.scheduler_config.max_num_batched_tokens
         try:
-            return super().schedule(*args, **kwargs)
+            output = super().schedule(*args, **kwargs)
         finally:
             self.max_num_scheduled_tokens = budget
+        self._aim_send_records(output)
+        return output
+
+    def _aim_send_records(self, output: Any) -> None:
+        """Attach the record of every prefill this step starts (module docstring, 5)."""
+        starting = [new.req_id for new in output.scheduled_new_reqs]
+        starting += sorted(output.scheduled_cached_reqs.resumed_req_ids)  # recomputed after preemption
+        records = {rid: record for rid in starting if (record := self.aim_kv_plans.record(rid)) is not None}
+        setattr(output, RECORDS_ATTR, records)
 
     def _aim_head_needs_room(self, budget: int) -> bool:
         """Whether the next waiting request is a `WHOLE` prefill that this step's chunk budget,

@@ -6,11 +6,16 @@ Subclasses of vllm==0.32.0 `model_executor/models/qwen2_5_vl.py`, overriding onl
   patch (`temporal_patch_size` = 2 frames; an image is one slice), each slice in raster order of
   the merged (h/2, w/2) grid. Each slice of n tokens merges independently to
   k = `merged_token_count(n, r)`; the item's placeholder count is t * k.
-- M-RoPE positions (this project's choice; the AIM reference only halves H and W for 25%): the
-  runner fixes positions when a request is added, before any feature exists, so they follow
-  from counts alone. The k merged tokens of a slice take the (t, h, w) positions of the
-  unmerged tokens at raster indices floor((j + 0.5) * n / k), j < k (`core.merge.spread_indices`:
-  order-preserving, spread over the slice). Text after an item starts at the unmerged item's
+- M-RoPE positions: a merged token takes the (t, h, w) of its survivor, the token of its slice
+  that the merged ones were averaged into (ToMe's destination; `core.merge.merge_frames_with_origin`).
+  A survivor is a real grid cell, so positions stay integers on the unmerged grid, and a
+  token's position is where its own feature came from. The runner fixes positions when a request
+  is added, before any feature exists (`get_mrope_input_positions`: the k tokens of a slice get
+  the positions at raster indices `core.merge.spread_indices`, a placeholder with the right
+  temporal position); after the encoder, the model appends each merged token's survivor (h, w)
+  to its embedding and `recompute_mrope_positions` rewrites the spatial axes, vLLM's EVS
+  mechanism (`patches.py` item 3 enables it on V1 runners; where it is not enabled, e.g. Model
+  Runner V2, the count-based positions stay). Text after an item starts at the unmerged item's
   largest position + 1, as in stock vLLM, so it is unaffected by merging; the decode offset
   `mrope_position_delta` is recomputed for the shorter prompt.
 - `encoder_keep` < 1 (opt-in, not AIM's): the ViT merges each window's tokens from an early block
@@ -46,11 +51,12 @@ from aim_vllm.compat import (
     Qwen2_5_VLProcessingInfo,
     VideoProcessorItems,
 )
+from aim_vllm.core import position_channels
 from aim_vllm.core.budget import EncoderCost, VisualLayout
 from aim_vllm.core.encoder_flops import WindowedVisionShape
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import budget_of, without_engine_keys
-from aim_vllm.core.merge import merge_frames, spread_indices
+from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
@@ -72,11 +78,20 @@ def slice_shape(grid_thw: Sequence[int], merge_size: int) -> tuple[int, int]:
     return t, (h // merge_size) * (w // merge_size)
 
 
-def merge_item(embeds: torch.Tensor, num_slices: int, ratio: float) -> torch.Tensor:
-    """Merge each temporal slice of one item's embedding [t * n, C] -> [t * k, C]."""
+def merge_item(embeds: torch.Tensor, num_slices: int, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge each temporal slice of one item's embedding [t * n, C] -> [t * k, C], and the raster
+    index within its slice of each merged token's survivor [t, k]."""
     per_slice = embeds.shape[0] // num_slices
     frames = embeds.view(num_slices, per_slice, -1)  # (t, n, C)
-    return merge_frames(frames, merged_token_count(per_slice, ratio)).flatten(0, 1)
+    merged, origin = merge_frames_with_origin(frames, merged_token_count(per_slice, ratio))
+    return merged.flatten(0, 1), origin
+
+
+def survivor_channels(origin: torch.Tensor, columns: int) -> torch.Tensor:
+    """[t * k, 3] integers a merged item carries to `recompute_mrope_positions`: its survivor's row
+    and column in the slice's (h/2, w/2) grid, and the token's index within the item."""
+    origin = origin.flatten()
+    return torch.stack([origin // columns, origin % columns, torch.arange(origin.numel())], dim=1)
 
 
 class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalProcessor):
@@ -238,6 +253,52 @@ def unmerged_layout(
     return tokens, shifted, keep
 
 
+def content_positions(
+    input_ids: torch.Tensor,
+    embeddings: Sequence[torch.Tensor],
+    positions: torch.Tensor,
+    num_computed: int,
+    media_ids: tuple[int, ...],
+    width: int,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The spatial M-RoPE positions of merged tokens set to their survivors' (EVS's mechanism).
+
+    Args:
+        input_ids: [N] the prompt; `media_ids`: its placeholder token ids.
+        embeddings: the request's item embeddings in this step, in prompt order, as vLLM's runner
+            gathers them: the rows of each item that the step computes, a chunk's first item
+            possibly from its middle. Rows of width `width` + channels carry `survivor_channels`.
+        positions: [3, N] the request's positions (not modified).
+        num_computed: prompt tokens computed before this step.
+    Returns:
+        (embeddings stripped of their channels, new positions). Temporal positions and text
+        are untouched. An item's base position is the temporal position of its first row
+        (slice 0), whatever was written on the spatial axes before, so a chunk, a preempted
+        request's recompute, or a second call gives the same positions.
+    """
+    rows = torch.isin(input_ids, torch.tensor(media_ids)).nonzero()[:, 0]
+    rows = rows[rows >= num_computed]  # the step's placeholder rows, in order
+    out = positions.clone()
+    stripped, cursor = [], 0
+    for embedding in embeddings:
+        here = rows[cursor : cursor + embedding.shape[0]].to(out.device)
+        cursor += embedding.shape[0]
+        if here.numel() != embedding.shape[0]:
+            raise ValueError(
+                f"{embedding.shape[0]} item rows for {here.numel()} placeholders left in the prompt"
+            )
+        if embedding.shape[1] == width:  # an unmerged item: stock positions
+            stripped.append(embedding)
+            continue
+        embedding, values = position_channels.detach(embedding, width)
+        values = values.to(out.device)
+        base = out[0, here - values[:, 2]]  # the item's first row: slice 0, at the item's start
+        out[1, here] = base + values[:, 0]
+        out[2, here] = base + values[:, 1]
+        stripped.append(embedding)
+    return stripped, out
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     AimQwen2_5_VLMultiModalProcessor,
     info=Qwen2_5_VLProcessingInfo,
@@ -245,6 +306,8 @@ def unmerged_layout(
 )
 class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditionalGeneration):
     """Merges each item per its `aim_<modality>` parameters; M-RoPE follows; prunes in the decoder."""
+
+    aim_positions_after_encoder = False  # set by the runner patch that enables the recompute
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         """Overrides `Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions` (vllm==0.32.0).
@@ -259,6 +322,23 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
         positions, _ = super().get_mrope_input_positions(tokens, shifted)
         positions = positions[:, keep]  # (3, len(input_tokens))
         return positions, int(positions.max()) + 1 - len(input_tokens)
+
+    def recompute_mrope_positions(
+        self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
+    ):
+        """Overrides `Qwen2_5_VLForConditionalGeneration.recompute_mrope_positions` (vllm==0.32.0):
+        vLLM's EVS when the server prunes with it, else merged tokens at their survivors."""
+        if self.is_multimodal_pruning_enabled:
+            return super().recompute_mrope_positions(
+                input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
+            )
+        ids = torch.as_tensor(input_ids, dtype=torch.long).cpu()
+        media = (self.config.image_token_id, self.config.video_token_id)
+        width = self.config.get_text_config().hidden_size
+        embeddings, positions = content_positions(
+            ids, multimodal_embeddings, mrope_positions, num_computed_tokens, media, width
+        )
+        return embeddings, positions, int(positions.max()) + 1 - len(ids)
 
     def embed_multimodal(self, **kwargs: object):
         # Adapted from Qwen2_5_VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0
@@ -284,10 +364,17 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
     def _merge(self, items, grid_thw: torch.Tensor, params: list[ItemParams]) -> list[torch.Tensor]:
         # AIM: begin
         merged = []
+        merge_size = self.visual.spatial_merge_size
         for embeds, grid, item in zip(items, grid_thw.tolist(), params, strict=True):
             ratio = item.schedule.merge_ratio
-            t, _ = slice_shape(grid, self.visual.spatial_merge_size)
-            merged.append(embeds if ratio >= 1.0 else merge_item(embeds, t, ratio))
+            if ratio >= 1.0:
+                merged.append(embeds)
+                continue
+            embeds, origin = merge_item(embeds, grid[0], ratio)
+            if self.aim_positions_after_encoder:
+                channels = survivor_channels(origin, grid[2] // merge_size)
+                embeds = position_channels.attach(embeds, channels)
+            merged.append(embeds)
         return merged
         # AIM: end
 

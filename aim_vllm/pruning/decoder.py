@@ -21,7 +21,7 @@ indices are CPU bookkeeping; activations and the metadata's tensors stay on the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class PruningDecoder:
         started: list[tuple[RequestStep, PruneRecord]] = []
         for r, req in enumerate(step.requests):
             if req.req_id not in self.records or computed[r] == 0:  # a (re)started prefill decides
-                record = decide(req, computed[r], scheduled[r], self.unsupported, self.num_layers)
+                record = self._prefill_record(req, computed[r], scheduled[r], step)
                 earlier = self.records.get(req.req_id)  # a recompute after preemption
                 record.prefills = 1 if earlier is None else earlier.prefills + 1
                 self.records[req.req_id] = record
@@ -126,6 +126,22 @@ class PruningDecoder:
             seq_lens,
             *_started_kv(kv, started),
         )
+
+    def _prefill_record(
+        self, req: RequestStep, computed: int, scheduled: int, step: StepContext
+    ) -> PruneRecord:
+        """The record AIM's scheduler decided for this prefill and allocated KV blocks by (one
+        decider: this worker prunes exactly it); the worker's own decision only where no plan
+        allocates (no Design C)."""
+        planned = step.planned.get(req.req_id)
+        if planned is None:
+            return decide(req, computed, scheduled, self.unsupported, self.num_layers)
+        if planned.pruned and (self.unsupported or computed != 0 or scheduled < req.num_prompt):
+            raise RuntimeError(  # the scheduler decided from this very step: a bug, not a disagreement
+                f"aim-vllm: request {req.req_id} was planned pruned for a step it does not fill "
+                f"({computed} cached, {scheduled} of {req.num_prompt} prompt tokens scheduled)"
+            )
+        return replace(planned)  # this worker's copy (it counts prefills)
 
     # -- forward ---------------------------------------------------------------------------
     def plan_step(self, model, step: StepContext) -> BatchPlan | None:

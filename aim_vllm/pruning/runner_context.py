@@ -35,7 +35,8 @@ def build_step_context(runner) -> StepContext:
     steps = tuple(
         _cached_request_step(req_id, runner.requests[req_id]) for req_id in batch.req_ids[: batch.num_reqs]
     )
-    return StepContext(steps, frozenset(runner.requests), _kv_blocks(runner, batch.num_reqs))
+    planned = getattr(runner, "aim_prefill_records", None) or {}  # `patches` item 1: this step's
+    return StepContext(steps, frozenset(runner.requests), _kv_blocks(runner, batch.num_reqs), planned)
 
 
 def _kv_blocks(runner, num_reqs: int) -> KVBlocks:

@@ -9,8 +9,10 @@ layer's KV cache lacks, which is all decoding needs (compacted KV keeps the orig
 One decider: AIM's scheduler (`kv.scheduler`) gives every request that asks to prune a verdict
 when it arrives (`scheduler_verdict`), and keeps a `WHOLE` request's prefill in one step and out
 of the prefix cache. The verdict travels to the worker in the request's own
-`SamplingParams.extra_args[PREFILL_KEY]`; scheduler (KV blocks) and worker (rows) then both
-derive the request's record from it with `decide`.
+`SamplingParams.extra_args[PREFILL_KEY]`. With Design C, the scheduler decides each prefill's
+record (`decide`) to allocate its KV blocks, and the record travels to the workers with the step
+(`RECORDS_ATTR`): they prune exactly that. Only where nothing allocates by plan (no Design C) does
+the worker call `decide` itself.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ PREFILL_KEY = "aim_vllm_prefill"  # `SamplingParams.extra_args` key of AIM's sch
 # ... and of its copy of each item's `ItemParams` values (vLLM sends the worker no data for an item
 # that a prefix cache hit covers: `multimodal.utils.strip_covered_mm_data`)
 ITEMS_KEY = "aim_vllm_items"
+RECORDS_ATTR = "aim_prefill_records"  # `SchedulerOutput` attribute: {request id: PruneRecord}
 WHOLE = "whole"  # the verdict: its prefill runs in one step, outside the prefix cache; it may prune
 
 
@@ -88,6 +91,7 @@ class StepContext:
     requests: tuple[RequestStep, ...]
     live_req_ids: frozenset[str]
     kv: KVBlocks | None = None  # None: the runner does not say (Model Runner V2)
+    planned: Mapping[str, PruneRecord] = field(default_factory=dict)  # the scheduler's, this step
 
 
 @dataclass

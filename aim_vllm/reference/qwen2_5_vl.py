@@ -10,8 +10,10 @@ positions are written out here from the item grids:
   temporal positions outgrow its grid);
 - an item at `start`: (start + floor(s * interval), start + row, start + column) for slice s,
   with `interval` = seconds per slice * tokens_per_second for videos, 1 for images;
-- a merged item keeps, per slice, the positions at raster indices `core.merge.spread_indices`
-  (this project's rule, see `models/qwen2_5_vl.py`).
+- a merged token takes the position of its survivor, the unmerged token of its slice that the
+  merged ones were averaged into (`QwenItem.origin`, this project's rule, see
+  `models/qwen2_5_vl.py`); without an origin, the count-based positions at raster indices
+  `core.merge.spread_indices` (the engine's positions before its encoder runs).
 The LLM runs in `reference.decoder.ReferenceDecoder` with these [3, N] positions.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 
-from aim_vllm.core.merge import merge_frames, spread_indices
+from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
 from aim_vllm.reference.encoder_merging import qwen_merged_features
@@ -42,6 +44,7 @@ class QwenItem:
     grid_thw: tuple[int, int, int]  # patch grid before the PatchMerger
     time_interval: float  # M-RoPE temporal step between slices (1.0 for images)
     merged_per_slice: int  # k
+    origin: torch.Tensor | None = None  # [t, k] raster index of each token's survivor in its slice
 
 
 def item_positions(item: QwenItem, merge_size: int, start: int) -> tuple[torch.Tensor, int]:
@@ -52,7 +55,10 @@ def item_positions(item: QwenItem, merge_size: int, start: int) -> tuple[torch.T
     grid = torch.meshgrid(times, torch.arange(rows), torch.arange(cols), indexing="ij")
     full = torch.stack(grid).reshape(3, -1) + start  # (3, t * rows * cols), unmerged
     n = rows * cols
-    keep = [s * n + i for s in range(t) for i in spread_indices(n, item.merged_per_slice)]
+    if item.origin is None:
+        keep = [s * n + i for s in range(t) for i in spread_indices(n, item.merged_per_slice)]
+    else:
+        keep = [s * n + int(i) for s in range(t) for i in item.origin[s]]
     return full[:, keep], int(full.max()) + 1
 
 
@@ -140,8 +146,8 @@ class Qwen2_5_VLReference(ReferencePipeline):
         slices = grid[0]
         per_slice = feats.shape[0] // slices
         merged = merged_token_count(per_slice, ratio)
-        embedding = merge_frames(feats.view(slices, per_slice, -1), merged).flatten(0, 1)  # (t * k, C)
-        return QwenItem(embedding, grid, interval, merged)
+        embedding, origin = merge_frames_with_origin(feats.view(slices, per_slice, -1), merged)
+        return QwenItem(embedding.flatten(0, 1), grid, interval, merged, origin)  # (t * k, C)
 
     def item_embedding(self, item: QwenItem) -> torch.Tensor:
         return item.embedding

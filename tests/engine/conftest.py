@@ -14,8 +14,9 @@ from tests.engine import servers
 @pytest.fixture(scope="session")
 def aim_engine(tiny_model_dir, tmp_path_factory):
     """`aim-vllm engine` on the embedded tiny model with AIM's defaults (vLLM's own: compiled, prefix
-    caching, chunked prefill)."""
-    server = servers.start(tiny_model_dir, tmp_path_factory.mktemp("aim-engine") / "log.txt", compiled=True)
+    caching, chunked prefill); requests may bring a chat template (raw-prompt layouts)."""
+    log = tmp_path_factory.mktemp("aim-engine") / "log.txt"
+    server = servers.start(tiny_model_dir, log, "--trust-request-chat-template", compiled=True)
     yield server
     server.stop()
 

@@ -274,3 +274,32 @@ def test_preempted_pruned_requests_recompute_exactly(small_engine, reference, vi
         assert_matches_reference(reference, response, [video], schedule)
     assert _preemptions(small_engine) > before, "the test did not cause a preemption"
     assert max(response["usage"]["aim"]["prefills"] for response in responses) >= 2
+
+
+# A chat template that puts the media after the text, as a raw prompt may: the prompt's last rows
+# are visual (an image's last row of newline tokens, a video's trailing newline).
+MEDIA_LAST = (
+    "{%- for m in messages -%}"
+    "{%- for p in m['content'] if p['type'] == 'text' -%}{{ p['text'] }}{%- endfor -%}"
+    "{%- for p in m['content'] if p['type'] != 'text' -%}<{{ p['type'] }}>{%- endfor -%}"
+    "{%- endfor -%}"
+)
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_a_prompt_ending_in_visual_rows_runs_merged_and_unpruned(
+    aim_engine, reference, image, video, kind
+) -> None:
+    """AIM ranks visual rows by the text after them, and the last row gives the first token: such a
+    prompt is merged, not pruned, says so in `usage.aim`, and equals the unpruned reference."""
+    from aim_vllm.pruning.state import SKIPPED_TRAILING_VISUAL
+
+    item = image if kind == "image" else video
+    schedule = AimSchedule(0.25, (1, 4))
+    response = chat(
+        aim_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=4, chat_template=MEDIA_LAST
+    )
+    aim = response["usage"]["aim"]
+    assert response["prompt_token_ids"][-1] in reference.visual_token_ids
+    assert aim["pruning"] == SKIPPED_TRAILING_VISUAL and aim["visual_tokens_merged"] < aim["visual_tokens_in"]
+    assert_matches_reference(reference, response, [item], AimSchedule(schedule.merge_ratio))

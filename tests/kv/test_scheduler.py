@@ -234,3 +234,33 @@ def test_items_aim_parameters_survive_vllms_stripping_of_cached_items(chunked_co
     cached = request_step("merged", 600, stripped, request.sampling_params)
     assert cached == whole and cached.schedule == AimSchedule(0.5) and cached.visual_tokens_in == 2000
     assert request_step("merged", 600, stripped, None).schedule is None  # without the copy: unknown
+
+
+def test_the_prefill_records_travel_with_the_step_that_starts_them(chunked_config) -> None:
+    """One decider: the output of the step that starts a prefill carries the record its blocks
+    were allocated by (`RECORDS_ATTR`); later steps carry none for it."""
+    from aim_vllm.core.schedule import AimSchedule
+    from aim_vllm.pruning.state import RECORDS_ATTR, PruneRecord
+
+    scheduler = _caching_scheduler(chunked_config)
+    scheduler.add_request(_video_request("prunes", 600, AimSchedule(0.5, (1, 4))))
+    scheduler.add_request(_video_request("merges", 600, AimSchedule(0.5)))
+    first = scheduler.schedule()
+    records = getattr(first, RECORDS_ATTR)
+    assert set(records) == set(first.num_scheduled_tokens) == {"prunes", "merges"}
+    assert records["prunes"].pruned and not records["merges"].pruned
+    managers = scheduler.kv_cache_manager.coordinator.single_type_managers
+    held = [len(m.req_to_blocks["prunes"]) for m in managers]
+    stored = [600 - missing for missing in records["prunes"].missing]  # each group is one layer here
+    assert held == [-(-rows // BLOCK) for rows in stored]
+    assert records["prunes"].missing == PruneRecord.planned(_step("prunes"), LAYERS).missing
+    assert getattr(scheduler.schedule(), RECORDS_ATTR) == {}  # the merge-only prefill goes on: no new record
+
+
+def _step(req_id: str):
+    """The worker's view of a pruning video request (`_video_request`)."""
+    from aim_vllm.core.schedule import AimSchedule
+    from aim_vllm.pruning.runner_context import request_step
+
+    request = _video_request(req_id, 600, AimSchedule(0.5, (1, 4)))
+    return request_step(req_id, 600, request.mm_features, request.sampling_params)

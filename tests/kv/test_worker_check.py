@@ -59,3 +59,40 @@ def test_a_recomputed_prefill_is_counted() -> None:
         assert [record.prefills for _, record in plan.started] == [expected]
     decoder.plan(_step(needed), torch.tensor([0, 1]), torch.tensor([121]), NAMES)  # a decode step
     assert decoder.records["r"].prefills == 2 and decoder.records["r"].pruned
+
+
+# -- one decider: the scheduler's record travels with the step, the worker prunes exactly it -------
+
+
+def _planned_step(req: RequestStep, record: PruneRecord, held_per_layer: list[int]) -> StepContext:
+    return StepContext((req,), frozenset({"r"}), _step(held_per_layer).kv, {"r": record})
+
+
+def test_the_worker_prunes_what_the_scheduler_planned_though_it_would_not() -> None:
+    """Injected: the worker's own view says skip (a verdict it never got right), the scheduler
+    planned pruning and allocated for it. The worker prunes the planned rows; no error."""
+    planned = PruneRecord.planned(REQ, LAYERS)
+    own_view = RequestStep("r", 120, REQ.schedule, REQ.visual_spans, 400, verdict="skipped: injected")
+    step = _planned_step(own_view, planned, blocks_needed(planned.rows_per_layer, BLOCK))
+    plan = PruningDecoder(LAYERS).plan(step, torch.tensor([0, 120]), torch.tensor([120]), NAMES)
+    assert [record.pruned for _, record in plan.started] == [True]
+    assert [int(rows[0]) for rows in plan.rows] == planned.rows_per_layer
+
+
+def test_the_worker_skips_what_the_scheduler_did_not_plan_though_it_would_prune() -> None:
+    """Injected the other way: the worker's own view would prune (the request as `REQ`), the
+    scheduler planned it unpruned and allocated every token. The worker runs it whole; no error."""
+    planned = PruneRecord.unpruned("skipped: injected", REQ, LAYERS)
+    step = _planned_step(REQ, planned, [-(-120 // BLOCK)] * LAYERS)
+    plan = PruningDecoder(LAYERS).plan(step, torch.tensor([0, 120]), torch.tensor([120]), NAMES)
+    assert [(record.pruned, record.status) for _, record in plan.started] == [(False, "skipped: injected")]
+    assert plan.rows == [] and plan.pruning == {}
+
+
+def test_a_plan_for_a_step_the_prefill_does_not_fill_is_refused() -> None:
+    """The scheduler decides from the step it schedules; a pruned plan for a split prefill could
+    only be a bug, and is refused rather than run on rows it does not describe."""
+    planned = PruneRecord.planned(REQ, LAYERS)
+    step = _planned_step(REQ, planned, blocks_needed(planned.rows_per_layer, BLOCK))
+    with pytest.raises(RuntimeError, match="does not fill"):
+        PruningDecoder(LAYERS).plan(step, torch.tensor([0, 60]), torch.tensor([60]), NAMES)

@@ -109,3 +109,96 @@ def test_text_after_a_merged_item_keeps_its_unmerged_positions(model) -> None:
     short, delta = model.get_mrope_input_positions(merged[0], merged[1])
     assert torch.equal(short[:, -6:], full[:, -6:])
     assert delta == int(full.max()) + 1 - len(merged[0])
+
+
+# -- after the encoder: merged tokens at their survivors' positions -------------------------------
+
+WIDTH = 6  # embedding channels of the synthetic items below
+
+
+def _merged_prompt(seed: int):
+    """A prompt of text, a merged video (2 slices of a 6 x 8 grid at 0.25), text, an unmerged image
+    and text; its count-based positions; the video's raw features; and the items' embeddings as
+    the model hands them to the runner (survivor channels on the merged one)."""
+    from aim_vllm.core import position_channels
+    from aim_vllm.models.qwen2_5_vl import merge_item, survivor_channels
+
+    ids, features, items = _prompt([("video", (2, 12, 16), 0.25), ("image", (1, 4, 6), None)], [4, 3, 2])
+    positions, _ = mrope_positions(ids, items, (IMAGE_ID, VIDEO_ID), MERGE)
+    generator = torch.Generator().manual_seed(seed)
+    raw = torch.randn(2, 16, 1, WIDTH, generator=generator).repeat_interleave(3, 2).flatten(1, 2)
+    raw = raw + 0.3 * torch.randn(2, 48, WIDTH, generator=generator)  # (slices, 6 x 8 tokens, C)
+    merged, origin = merge_item(raw.flatten(0, 1), 2, 0.25)
+    video = position_channels.attach(merged, survivor_channels(origin, 8))
+    image = torch.randn(6, WIDTH, generator=generator)
+    return ids, items, positions, raw, [video, image]
+
+
+def _survivor_positions(ids, items, raw):
+    """The expected positions, survivors chosen by the paper's definition written out on its own."""
+    from tests.core.test_merge_definition import merge_by_definition
+
+    k = items[0].merged_per_slice
+    origin = torch.tensor([merge_by_definition(raw[s].double().tolist(), k)[1] for s in range(2)])
+    items[0] = QwenItem(items[0].embedding, items[0].grid_thw, items[0].time_interval, k, origin)
+    return mrope_positions(ids, items, (IMAGE_ID, VIDEO_ID), MERGE)[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recomputed_positions_are_the_survivors(seed: int) -> None:
+    """Each merged token's (t, h, w) is its survivor's; text and the unmerged image keep theirs."""
+    from aim_vllm.models.qwen2_5_vl import content_positions
+
+    ids, items, positions, raw, embeddings = _merged_prompt(seed)
+    stripped, got = content_positions(
+        torch.tensor(ids), embeddings, positions, 0, (IMAGE_ID, VIDEO_ID), WIDTH
+    )
+    expected = _survivor_positions(ids, items, raw)
+    assert not torch.equal(positions, expected)  # the count-based placeholders were not already right
+    assert torch.equal(got, expected)
+    assert [e.shape[1] for e in stripped] == [WIDTH, WIDTH]
+    torch.testing.assert_close(stripped[0], embeddings[0][:, :WIDTH])
+
+
+@pytest.mark.parametrize("split", [4, 9, 30, 33])
+def test_chunked_and_repeated_recomputes_agree(split: int) -> None:
+    """A prefill split at any token (inside the video or the image too), and a second pass over the
+    whole prompt (a preempted request computed again), give the positions of one pass."""
+    from aim_vllm.models.qwen2_5_vl import content_positions
+
+    ids, items, positions, raw, embeddings = _merged_prompt(3)
+    expected = _survivor_positions(ids, items, raw)
+    media = (IMAGE_ID, VIDEO_ID)
+    starts = [ids.index(VIDEO_ID), ids.index(IMAGE_ID)]
+    cuts = [min(max(0, split - start), e.shape[0]) for start, e in zip(starts, embeddings, strict=True)]
+    first = [e[:cut] for e, cut in zip(embeddings, cuts, strict=True) if cut > 0]
+    rest = [e[cut:] for e, cut in zip(embeddings, cuts, strict=True) if cut < e.shape[0]]
+    _, once = content_positions(torch.tensor(ids), first, positions, 0, media, WIDTH)
+    _, twice = content_positions(torch.tensor(ids), rest, once, split, media, WIDTH)
+    assert torch.equal(twice, expected)
+    _, again = content_positions(torch.tensor(ids), embeddings, twice, 0, media, WIDTH)
+    assert torch.equal(again, expected)
+
+
+def test_runner_patch_turns_the_recompute_on_for_aim_models_only() -> None:
+    """`patches` item 3: the runner's flag is set after loading an AIM Qwen model, never otherwise."""
+    from aim_vllm.patches import _with_positions_after_encoder
+
+    class Runner:
+        uses_mrope = True
+        is_multimodal_pruning_enabled = False
+
+        def __init__(self, model):
+            self.model = model
+
+        def get_model(self):
+            return self.model
+
+    load = _with_positions_after_encoder(lambda self: None)
+    aim = object.__new__(AimQwen2_5_VLForConditionalGeneration)
+    runner = Runner(aim)
+    load(runner)
+    assert runner.is_multimodal_pruning_enabled and aim.aim_positions_after_encoder
+    other = Runner(torch.nn.Linear(1, 1))
+    load(other)
+    assert not other.is_multimodal_pruning_enabled

@@ -10,6 +10,7 @@ from PIL import Image
 from aim_vllm.core.merge import spread_indices
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.reference.qwen2_5_vl import Qwen2_5_VLReference
+from tests.core.test_merge_definition import merge_by_definition
 
 PROMPT = "<|im_start|>user\n<|vision_start|>{pad}<|vision_end|>What colour is the square?<|im_end|>\n"
 
@@ -102,8 +103,9 @@ def test_aim_off_equals_transformers_forward(reference: Qwen2_5_VLReference, kin
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.3])
 def test_merged_item_counts_and_positions(reference: Qwen2_5_VLReference, ratio: float) -> None:
-    """Each slice of n tokens keeps merged_token_count(n, r), at the spread positions; text after
-    the item keeps its unmerged positions."""
+    """Each slice of n tokens keeps merged_token_count(n, r), each at its survivor's position (the
+    paper's merging written out independently, `merge_by_definition`); text after the item keeps
+    its unmerged positions."""
     data = _frames(8)
     full, merged = reference.item("video", data, 1.0), reference.item("video", data, ratio)
     t, h, w = full.grid_thw
@@ -114,7 +116,10 @@ def test_merged_item_counts_and_positions(reference: Qwen2_5_VLReference, ratio:
     ids_merged = [0] * 3 + [reference.visual_token_ids[1]] * (t * k) + [1] * 4
     p_full, off_full = reference.positions(ids_full, [full])
     p_merged, off_merged = reference.positions(ids_merged, [merged])
-    keep = list(range(3)) + [3 + s * n + i for s in range(t) for i in spread_indices(n, k)]
+    frames = full.embedding.view(t, n, -1).double()
+    survivors = [merge_by_definition(frames[s].tolist(), k)[1] for s in range(t)]
+    assert survivors != [spread_indices(n, k)] * t  # content, not counts, decides
+    keep = list(range(3)) + [3 + s * n + i for s in range(t) for i in survivors[s]]
     keep += list(range(3 + t * n, len(ids_full)))
     assert torch.equal(p_merged, p_full[:, keep])
     assert off_merged == off_full + t * (n - k)
