@@ -28,6 +28,9 @@ It refuses to start, with one line and exit code 1, on a vLLM version the plugin
 AIM's own flag, removed before vLLM sees the rest: `--aim-default LEVEL`, the level of requests
 that name none, in the text form of `core.level` (`balanced`, `budget:0.2`, `merge:0.25,prune:14-22`);
 an invalid level is a one-line error and exit code 2.
+The model goes as in `vllm serve`: first and positional (`aim-vllm engine DIR`) or `--model DIR`.
+vLLM's parser reads the flags before the embedded model is built, so `--help` and a bad flag
+answer at once.
 """
 
 from __future__ import annotations
@@ -59,9 +62,9 @@ def engine_argv(
     `chunk_tokens`: vLLM's own default step budget for this engine (None: leave it to vLLM);
     `cuda`: the engine runs on CUDA (piecewise CUDA graphs).
     """
-    args = list(user_args)
+    args = model_flag_first(user_args)
     given = {a.split("=", 1)[0] for a in args if a.startswith("-")}
-    if "--model" not in given and (not args or args[0].startswith("-")) and default_model:
+    if "--model" not in given and default_model:
         args = ["--model", default_model, *args]
         if "--dtype" not in given:
             args += ["--dtype", "float32"]  # the tiny model is stored and checked in float32
@@ -87,6 +90,15 @@ def engine_argv(
         if chunked and chunk_tokens and "--max-num-scheduled-tokens" not in given:
             args += ["--max-num-scheduled-tokens", str(min(chunk_tokens, max_len))]
     return args
+
+
+def model_flag_first(user_args: list[str]) -> list[str]:
+    """`MODEL --flags...` as `--model MODEL --flags...`: vLLM's API server entry reads a positional
+    model into `model_tag` and serves its default model unless `--model` is set (only `vllm serve`
+    copies one to the other)."""
+    if user_args and not user_args[0].startswith("-"):
+        return ["--model", user_args[0], *user_args[1:]]
+    return list(user_args)
 
 
 def vllm_step_budget(user_args: list[str]) -> int:
@@ -170,6 +182,24 @@ def pop_aim_default(args: list[str]) -> tuple[list[str], str | None]:
     return rest, value
 
 
+def check_vllm_flags(user_args: list[str]) -> bool:
+    """Parse the flags with vLLM's own parser before anything is built: `--help` and a bad flag
+    end here (SystemExit 0 / 2). False, with a one-line error, for a positional model after other
+    flags (vLLM would read it as `model_tag` and serve its own default model)."""
+    from aim_vllm import compat
+
+    parser = compat.api_server_parser("aim-vllm engine")
+    parser.add_argument("--aim-default", metavar="LEVEL", help="AIM: the level of requests that name none")
+    parsed = parser.parse_args(user_args)
+    if parsed.model_tag is not None:
+        print(
+            f"aim-vllm engine: error: give the model first: aim-vllm engine {parsed.model_tag} ...",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def main(user_args: list[str]) -> int:
     from aim_vllm.config import DEFAULT_ENV
     from aim_vllm.core.level import EXPECTED, LevelError, parse_text
@@ -198,6 +228,9 @@ def main(user_args: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
+    user_args = model_flag_first(user_args)
+    if not check_vllm_flags(user_args):
+        return 2
     if not any(a.startswith("--kv-cache-memory-bytes") for a in user_args):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vLLM's CPU KV cache size in GiB
     # A long multimodal prefill on a loaded CPU can exceed vLLM's 300 s step timeout.
@@ -208,11 +241,10 @@ def main(user_args: list[str]) -> int:
         )
         atexit.register(shutil.rmtree, stats_dir, ignore_errors=True)
         os.environ[STATS_DIR_ENV] = stats_dir
-    has_model = any(a == "--model" or a.startswith("--model=") for a in user_args)
-    model = None if has_model else str(trained_model_dir())
-    from aim_vllm.compat import on_cuda
+    model = None if _model_of(user_args) else str(trained_model_dir())
+    from aim_vllm import compat
 
-    cuda = on_cuda()
+    cuda = compat.on_cuda()
     if cuda:
         print(
             "aim-vllm engine: piecewise CUDA graphs (full ones would replay attention over a pruned "
@@ -220,9 +252,7 @@ def main(user_args: list[str]) -> int:
             file=sys.stderr,
         )
     sys.argv = ["aim-vllm engine", *engine_argv(user_args, model, vllm_step_budget(user_args), cuda)]
-    from aim_vllm.compat import run_api_server
-
-    run_api_server()
+    compat.run_api_server()
     return 0
 
 

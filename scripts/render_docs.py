@@ -1,0 +1,619 @@
+"""Render every table of measured figures in README.md and docs/*.md from its results file.
+
+    .venv/bin/python scripts/render_docs.py           # rewrite the marked regions in place
+    .venv/bin/python scripts/render_docs.py --check   # exit 1 and name the regions that differ
+
+A table lives between two markers, and nothing between them is written by hand:
+
+    <!-- results:STEM/KIND -->
+    ...rendered...
+    <!-- /results:STEM/KIND -->
+
+STEM names `docs/results/STEM.json`; KIND is one of `RENDERERS` (how that file's shape becomes a
+table). A rerun that overwrites a results file is picked up by running this script again; a new
+results file of a known shape needs only a region naming it (and a line in `COMMANDS`).
+`summary/table` is the README's summary, one row per `SUMMARY` entry, each taken from its file.
+`tests/test_docs.py` fails when a region differs from what this script renders.
+
+Run facts that a results file does not hold (the eval and pure-torch files record no date or
+machine) come from `PROVENANCE`: the date of the commit that added the file and the machine its
+companion `.md` names. Some results were kept only as Markdown; `--from-md FILE.md` derives a
+JSON from such a file once (the summary table `aim-vllm eval` writes, or the JSON line
+`bench/gateway_overhead.py` prints), with the figures exactly as the Markdown shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+DOCUMENTS = ("README.md", "docs/*.md")
+_REGION = re.compile(r"(<!-- results:(\S+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+
+# The command that wrote each results file (the bench's own settings are also in its "meta").
+COMMANDS = {
+    "bench-0.5b-video8": (
+        "aim-vllm bench --dtype float32 --media video8 --concurrency 1 --levels merge prune balanced "
+        "--rounds 2 --waves 1 --split-pairs 1 --max-tokens 8"
+    ),
+    "bench-0.5b-video16": (
+        "aim-vllm bench --dtype float32 --media video16 --concurrency 1 --levels balanced max "
+        "--rounds 1 --waves 1 --split-pairs 1 --max-tokens 8 --seed 20000"
+    ),
+    "bench-0.5b-video16-defaults": (
+        "aim-vllm bench --dtype float32 --media video16 --concurrency 1 --levels balanced --rounds 1 "
+        "--waves 1 --split-pairs 1 --max-tokens 8 --seed 20000"
+    ),
+    "bench-0.5b-encoder": (
+        "aim-vllm bench --dtype float32 --media video8 video16 --concurrency 1 --levels balanced "
+        "balanced,encoder:0.5 balanced,encoder:0.25 --rounds 1 --waves 1 --split-pairs 1 --max-tokens "
+        "8"
+    ),
+    "bench-0.5b-image": (
+        "aim-vllm bench --dtype float32 --media image --concurrency 1 4 --levels balanced max "
+        "budget:0.1 --rounds 1 --waves 1 --split-pairs 1 --max-tokens 8"
+    ),
+    "bench-0.5b-image-c16": (
+        "aim-vllm bench --dtype float32 --media image --concurrency 16 --levels balanced max --rounds "
+        "1 --waves 1 --split-pairs 0 --max-tokens 8 --seed 30000"
+    ),
+    "evs-qwen2.5-vl-3b-12l": (
+        "aim-vllm bench --evs 0.75 --model DIR --dummy --dtype float32 --media video8 video16 "
+        "--concurrency 1 4 --rounds 2 --waves 1 --split-pairs 1 --max-tokens 8"
+    ),
+    "evs-encoder-qwen2.5-vl-3b-12l": (
+        "aim-vllm bench --evs 0.75 --evs-encoder 0.5 --model DIR --dummy --dtype float32 --media "
+        "video8 --concurrency 1 4 --rounds 1 --waves 1 --split-pairs 1 --max-tokens 8 --frame-size "
+        "224"
+    ),
+    "evs-encoder16-qwen2.5-vl-3b-12l": (
+        "aim-vllm bench --evs 0.75 --evs-encoder 0.5 --model DIR --dummy --dtype float32 --media "
+        "video16 --concurrency 1 4 --rounds 1 --waves 1 --split-pairs 1 --max-tokens 8 --frame-size "
+        "224"
+    ),
+    "evs-encoder-qwen2.5-vl-3b": (
+        "aim-vllm bench --evs 0.75 --evs-encoder 0.5 --model DIR --dummy --dtype bfloat16 --media "
+        "video8 --concurrency 1 4 --rounds 1 --waves 1 --split-pairs 1 --max-tokens 8 --frame-size "
+        "224"
+    ),
+    "evs-encoder16-qwen2.5-vl-3b": (
+        "aim-vllm bench --evs 0.75 --evs-encoder 0.5 --model DIR --dummy --dtype bfloat16 --media "
+        "video16 --concurrency 1 4 --rounds 1 --waves 1 --split-pairs 1 --max-tokens 8 --frame-size "
+        "224"
+    ),
+    "plugin-overhead-0.5b-defaults": (
+        "aim-vllm bench --plugin-overhead --model DIR --dummy --dtype float32 --media image "
+        "--concurrency 4 --waves 1 --rounds 2 --max-tokens 32"
+    ),
+    "plugin-overhead-0.5b": (
+        "aim-vllm bench --plugin-overhead --model DIR --dummy --dtype float32 --media image "
+        "--image-size 128 --concurrency 1 4 --waves 3 --rounds 2 --max-tokens 48"
+    ),
+    "plugin-overhead-qwen2.5-vl-3b-12l": (
+        "aim-vllm bench --plugin-overhead --model DIR --dummy --dtype float32 --media video8 "
+        "--concurrency 1 4 --rounds 2 --waves 1 --max-tokens 8 --frame-size 224"
+    ),
+    "plugin-overhead-tiny": (
+        "aim-vllm bench --plugin-overhead --quick --media image video8 --concurrency 1 4 --waves 24 "
+        "--rounds 4"
+    ),
+    "kv-memory-0.5b": "python bench/kv_memory.py --out runs/kv-memory.json",
+    "flops-table": "python bench/flops_table.py --json",
+    "gpu-prefill-cpu-0.5b": (
+        "python bench/gpu_prefill.py --device cpu --shape llava-onevision-0.5b --frames 32 --dtype "
+        "float32 --repeats 3 --warmup 1"
+    ),
+    "eval-local-small": (
+        "aim-vllm eval --data runs/data-colour-small/items.jsonl --model <local> --concurrency 4 "
+        "--baselines-for balanced --levels off light balanced max budget:0.1 budget:0.05 merge:0.05 "
+        "merge:0.05,method:pool merge:0.05,method:random"
+    ),
+    "eval-colour-small": (
+        "aim-vllm eval --data runs/data-colour-small/items.jsonl --model <colour> --concurrency 4 "
+        "--baselines-for balanced --levels off light balanced max budget:0.1 budget:0.05 merge:0.05 "
+        "merge:0.05,method:pool merge:0.05,method:random"
+    ),
+    "eval-encoder-local": (
+        "aim-vllm eval --data runs/data-colour-small/items.jsonl --model <local> --concurrency 4 "
+        "--levels off balanced encoder:0.5 encoder:0.25 encoder:0.1 encoder:0.05 "
+        "merge:0.25,prune:3-5,encoder:0.5 merge:0.25,prune:3-5,encoder:0.25 merge:0.05 "
+        "merge:0.05,encoder:0.25"
+    ),
+    "eval-encoder-colour": "the same as eval-encoder-local, with --model <colour>",
+    "eval-colour": "the same as eval-colour-small, on items with training-size shapes (56-95 px)",
+    "eval-evs-local": (
+        "aim-vllm eval --data runs/data-colour-small/items.jsonl --model <local> --concurrency 4 "
+        "--levels off merge:0.05 merge:0.05,method:evs merge:0.05,method:pool merge:0.25,prune:3-5 "
+        "merge:0.25,prune:3-5,method:evs"
+    ),
+}
+
+# Run facts of the files that record none: the date of the commit that added the file, and the
+# machine its `.md` names.
+_DEV_VM = "AMD EPYC, 2 CPUs"
+PROVENANCE = {
+    "eval-local-small": {"date": "2026-11-27", "machine": _DEV_VM},
+    "eval-colour-small": {"date": "2026-11-27", "machine": _DEV_VM},
+    "eval-colour": {"date": "2026-11-27", "machine": _DEV_VM},
+    "eval-encoder-local": {"date": "2026-12-03", "machine": _DEV_VM},
+    "eval-encoder-colour": {"date": "2026-12-03", "machine": _DEV_VM},
+    "eval-evs-local": {"date": "2026-12-02", "machine": _DEV_VM},
+    "kv-memory-0.5b": {"date": "2026-12-02", "machine": _DEV_VM},
+    "gpu-prefill-cpu-0.5b": {"date": "2026-12-03", "machine": _DEV_VM},
+    "flops-table": {"date": "2026-12-07", "machine": "any (arithmetic on the published shapes)"},
+}
+
+
+def load(stem: str) -> Any:
+    return json.loads((RESULTS / f"{stem}.json").read_text())
+
+
+def run_facts(stem: str) -> dict[str, str]:
+    """Date, machine, vLLM and commit of a results file, from its own metadata or `PROVENANCE`."""
+    data = load(stem)
+    meta = data.get("meta") if isinstance(data, dict) else None
+    if meta:
+        return {
+            "date": meta["started_at"][:10],
+            "machine": f"{meta['device']}, {meta['cpu_count']} CPUs",
+            "vllm": meta.get("vllm") or "",
+            "commit": meta.get("git_commit") or "",
+            "minutes": f"{meta['duration_s'] / 60:.0f}",
+        }
+    return dict(PROVENANCE[stem])
+
+
+def _table(header: list[str], rows: list[list[Any]], right: int = 1) -> str:
+    """A Markdown table; columns from `right` on are right-aligned (figures)."""
+    align = ["---" if i < right else "---:" for i in range(len(header))]
+    lines = [header, align, *[[str(cell) for cell in row] for row in rows]]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
+
+
+def _x(value: float) -> str:
+    return f"x{value:.2f}"
+
+
+def _command(stem: str) -> str:
+    command = COMMANDS[stem]
+    return f"`{command}`" if command.startswith(("aim-vllm ", "python ")) else command
+
+
+def render_run(stem: str) -> str:
+    facts = run_facts(stem)
+    parts = [facts["date"], facts["machine"]]
+    if facts.get("vllm"):
+        parts.append(f"vLLM {facts['vllm']}")
+    if facts.get("minutes"):
+        parts.append(f"{facts['minutes']} min")
+    output = f"{stem}.md" if (RESULTS / f"{stem}.md").is_file() else f"{stem}.json"
+    link = f"[{output}](results/{output})"
+    return f"Run: {', '.join(parts)}; {_command(stem)}; full output {link}.\n"
+
+
+def render_split(stem: str) -> str:
+    """Fresh and repeated request per level (`aim-vllm bench --split-pairs`): where the time goes."""
+    split = load(stem)["split"]
+    many = len(split) > 1
+    encoder = any("encoder_speedup" in row for rows in split.values() for row in rows)
+    bound = all("amdahl_bound_speedup" in row for rows in split.values() for row in rows)
+    header = ["media"] * many + ["level", "FLOPs ratio", "TTFT s", "TTFT speedup"] + ["Amdahl bound"] * bound
+    header += ["encoder part speedup"] * encoder + [
+        "LLM part s",
+        "LLM speedup",
+        "FLOPs speedup",
+        "LLM / FLOPs",
+    ]
+    rows = []
+    for media, levels in split.items():
+        for r in levels:
+            row = [media] * many + [
+                f"`{r['level']}`",
+                f"{r['flops_ratio']:.3f}",
+                f"{r['ttft_fresh_p50_s']:.1f}",
+            ]
+            amdahl = r["amdahl_bound_speedup"] if bound else None
+            row += [f"{r['e2e_speedup']:.2f}"] + ["-" if amdahl is None else f"{amdahl:.2f}"] * bound
+            row += [f"{r.get('encoder_speedup', 1.0):.2f}"] * encoder
+            row += [f"{r['ttft_repeat_p50_s']:.2f}", f"{r['llm_speedup']:.2f}", f"{r['flops_speedup']:.2f}"]
+            rows.append(row + [f"{r['llm_speedup_vs_flops']:.2f}"])
+    return _table(header, rows, right=1 + many)
+
+
+def _reference_cells(data: dict) -> dict[tuple[str, int], dict]:
+    return {(c["media"], c["concurrency"]): c for c in data["cells"] if c["level"] == data["reference"]}
+
+
+def render_load(stem: str) -> str:
+    """Every cell of a bench run: latency and requests/s against the reference level."""
+    data = load(stem)
+    reference = _reference_cells(data)
+    header = ["media", "concurrency", "level", "FLOPs ratio", "TTFT p50 s", "TPOT p50 ms", "requests/s"]
+    header += [f"requests/s vs {data['reference']}", "requests"]
+    rows = []
+    for c in data["cells"]:
+        ref = reference.get((c["media"], c["concurrency"]))
+        ratio = _x(c["requests_per_s"] / ref["requests_per_s"]) if ref else "-"
+        rows.append(
+            [
+                c["media"],
+                c["concurrency"],
+                f"`{c['level']}`",
+                f"{c['flops_ratio']:.3f}",
+                f"{c['ttft_p50_s']:.1f}",
+            ]
+            + [f"{c['tpot_p50_s'] * 1000:.0f}", f"{c['requests_per_s']:.3f}", ratio, c["requests"]]
+        )
+    return _table(header, rows, right=3)
+
+
+def render_evs(stem: str) -> str:
+    """AIM levels against vLLM's EVS at the same tokens: TTFT and requests/s per concurrency."""
+    data = load(stem)
+    evs = {(c["media"], c["concurrency"]): c for c in data["cells"] if c["level"] == "evs"}
+    split = {(media, r["level"]): r for media, rows in data["split"].items() for r in rows}
+    many = len(data["split"]) > 1
+    concurrencies = sorted({c["concurrency"] for c in data["cells"]})
+    header = ["media"] * many + [
+        "level",
+        "LLM prompt tokens",
+        "LLM part s (c=1)",
+        "encoder part speedup (c=1)",
+    ]
+    for n in concurrencies:
+        header += [f"TTFT p50 s (c={n})", f"requests/s vs EVS (c={n})"]
+    rows = []
+    for media in data["split"]:
+        for level in data["levels"]:
+            cells = {
+                c["concurrency"]: c for c in data["cells"] if c["media"] == media and c["level"] == level
+            }
+            s = split.get((media, level))
+            row = [media] * many + [f"`{level}`", f"{cells[concurrencies[0]]['prompt_tokens']:.0f}"]
+            encoder = f"{s['encoder_speedup']:.2f}" if s and "encoder_speedup" in s else "-"
+            row += [f"{s['ttft_repeat_p50_s']:.2f}" if s else "-", encoder]
+            for n in concurrencies:
+                ratio = cells[n]["requests_per_s"] / evs[(media, n)]["requests_per_s"]
+                row += [f"{cells[n]['ttft_p50_s']:.1f}", _x(ratio)]
+            rows.append(row)
+    return _table(header, rows, right=1 + many)
+
+
+def render_plugin(stem: str) -> str:
+    """AIM engine with AIM off against plain vLLM, per cell: requests/s and each round's ratio."""
+    data = load(stem)
+    plain = {(c["media"], c["concurrency"]): c for c in data["cells"] if c["level"] == "plain"}
+    header = ["media", "concurrency", "plain requests/s", "AIM off requests/s", "AIM off / plain"]
+    header += ["per round", "TTFT p50 s plain / AIM off", "requests per engine"]
+    rows = []
+    for c in data["cells"]:
+        if c["level"] != "aim-off":
+            continue
+        p = plain[(c["media"], c["concurrency"])]
+        rounds = [a / b for a, b in zip(c["round_requests_per_s"], p["round_requests_per_s"], strict=True)]
+        rows.append(
+            [c["media"], c["concurrency"], f"{p['requests_per_s']:.3f}", f"{c['requests_per_s']:.3f}"]
+            + [f"{c['requests_per_s'] / p['requests_per_s']:.2f}", f"{min(rounds):.2f}-{max(rounds):.2f}"]
+            + [f"{p['ttft_p50_s']:.2f} / {c['ttft_p50_s']:.2f}", c["requests"]]
+        )
+    return _table(header, rows, right=2)
+
+
+def render_serving(stem: str) -> str:
+    """Ordinary-traffic workloads (`bench/serving.py`), stock vLLM against the AIM engine, AIM off."""
+    header = ["workload", "stock vLLM", "AIM engine, AIM off", "AIM off / stock"]
+    rows = []
+    for f in load(stem)["serving"]:
+        rows.append([f["label"], f"{f['plain']:.3f}", f"{f['aim-off']:.3f}", _x(f["ratio"]["aim-off"])])
+    return _table(header, rows)
+
+
+def render_kv_blocks(stem: str) -> str:
+    header = ["frames", "level", "prompt tokens", "held (Design C)", "schedule's prediction"]
+    header += ["every layer full (Design A)", "C / A"]
+    rows = [
+        [b["frames"], f"`{b['level']}`", b["prompt_tokens"], b["held"], b["predicted"], b["every_layer_full"]]
+        + [f"{b['held_vs_full']:.2f}"]
+        for b in load(stem)["blocks"]
+    ]
+    return _table(header, rows, right=2)
+
+
+def render_kv_concurrency(stem: str) -> str:
+    concurrency = load(stem)["concurrency"]
+    header = ["level", "design", "peak running", "requests/s", "layer-blocks per request"]
+    rows = [
+        [
+            f"`{r['level']}`",
+            design,
+            r["peak_running"],
+            f"{r['requests_per_s']:.3f}",
+            f"{r['mean_layer_blocks_held']:.0f}",
+        ]
+        for design, runs in concurrency.items()
+        for r in runs
+    ]
+    return _table(header, rows, right=2)
+
+
+def render_kv_decode(stem: str) -> str:
+    tpot = load(stem)["decode_tpot_ms"]
+    header = ["request", "decode ms per token, Design C", "Design A"]
+    return _table(header, [[name, f"{ms:.1f}", f"{tpot['A'][name]:.1f}"] for name, ms in tpot["C"].items()])
+
+
+def render_prefill(stem: str) -> str:
+    """`bench/gpu_prefill.py`: one prefill in pure torch per variant."""
+    header = [
+        "variant",
+        "visual tokens",
+        "prefill s",
+        "speedup",
+        "FLOPs ratio",
+        "FLOPs speedup",
+        "speedup / FLOPs",
+    ]
+    rows = [
+        [v["variant"], v["visual_tokens"], f"{v['ms_median'] / 1000:.1f}", f"{v['speedup']:.2f}"]
+        + [f"{v['flops_ratio']:.3f}", f"{v['flops_speedup']:.2f}", f"{v['speedup_vs_flops']:.2f}"]
+        for v in load(stem)["variants"]
+    ]
+    return _table(header, rows, right=2)
+
+
+def render_flops(stem: str) -> str:
+    """`bench/flops_table.py`: the paper's TFLOPs against this project's FLOPs model."""
+    header = ["setting", "paper TFLOPs", "ours (paper convention)", "executed by this implementation"]
+    rows = [
+        [r["setting"], f"{r['paper_tflops']:.2f}", f"{r['ours_tflops']:.2f}", f"{r['executed_tflops']:.2f}"]
+        for r in load(stem)
+        if r["table"] == "paper"
+    ]
+    return _table(header, rows)
+
+
+def render_eval(stem: str) -> str:
+    """`aim-vllm eval`'s summary: accuracy with its 95% Wilson interval against the FLOPs ratio."""
+    header = ["name", "level", "n", "accuracy", "95% CI", "LLM prefill FLOPs ratio", "prompt tokens"]
+    rows = [
+        [
+            r["name"],
+            f"`{r['level']}`",
+            r["n"],
+            f"{r['accuracy']:.3f}",
+            f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
+        ]
+        + [f"{r['flops_ratio']:.3f}", f"{r['prompt_tokens']:.0f}"]
+        for r in load(stem)
+    ]
+    return _table(header, rows, right=2)
+
+
+def render_gateway(stem: str) -> str:
+    """`bench/gateway_overhead.py`: latency and requests/s per workload and target."""
+    header = ["workload", "target", "p50 ms", "p99 ms", "requests/s", "p50 added vs direct, ms"]
+    rows = []
+    for workload, targets in load(stem)["workloads"].items():
+        direct = targets["direct"]
+        for name, t in targets.items():
+            if "p50_ms" not in t or "requests_per_s" not in t:
+                continue  # ratio and difference rows
+            added = "-" if name == "direct" else f"{t['p50_ms'] - direct['p50_ms']:+.2f}"
+            rows.append(
+                [
+                    workload,
+                    name,
+                    f"{t['p50_ms']:.2f}",
+                    f"{t['p99_ms']:.2f}",
+                    f"{t['requests_per_s']:.1f}",
+                    added,
+                ]
+            )
+    return _table(header, rows, right=2)
+
+
+# --- the README summary: one figure per row, each read from its file --------------------------
+
+
+def _split_row(stem: str, level: str, key: str, media: str | None = None) -> dict:
+    split = load(stem)["split"]
+    rows = split[media] if media else next(iter(split.values()))
+    return next(r for r in rows if r["level"] == level)[key]
+
+
+def _cell(stem: str, level: str, key: str, concurrency: int) -> float:
+    return next(
+        c[key] for c in load(stem)["cells"] if c["level"] == level and c["concurrency"] == concurrency
+    )
+
+
+def _vs_reference(stem: str, level: str, concurrency: int, reference: str) -> float:
+    return _cell(stem, level, "requests_per_s", concurrency) / _cell(
+        stem, reference, "requests_per_s", concurrency
+    )
+
+
+def _serving(stem: str, figure: str) -> float:
+    return next(f["ratio"]["aim-off"] for f in load(stem)["serving"] if f["figure"] == figure)
+
+
+def _eval(stem: str, name: str) -> str:
+    r = next(r for r in load(stem) if r["name"] == name)
+    return f"{r['accuracy']:.3f} ({r['ci_low']:.2f}-{r['ci_high']:.2f})"
+
+
+def _kv(stem: str, frames: int, level: str) -> dict:
+    return next(b for b in load(stem)["blocks"] if b["frames"] == frames and b["level"] == level)
+
+
+def _kv_peak(stem: str, design: str, level: str) -> int:
+    return next(r["peak_running"] for r in load(stem)["concurrency"][design] if r["level"] == level)
+
+
+# (what, results file, the figure from that file); the order is the README's.
+SUMMARY: list[tuple[str, str, Callable[[str], str]]] = [
+    (
+        "LLM prefill speedup, `balanced`, 8-frame video, 0.5B shapes",
+        "bench-0.5b-video8",
+        lambda s: (
+            f"x{_split_row(s, 'balanced', 'llm_speedup'):.2f} "
+            f"(FLOPs model x{_split_row(s, 'balanced', 'flops_speedup'):.2f})"
+        ),
+    ),
+    (
+        "TTFT end to end, `balanced`, 16-frame video, vLLM defaults on",
+        "bench-0.5b-video16-defaults",
+        lambda s: (
+            f"x{_split_row(s, 'balanced', 'e2e_speedup'):.2f} "
+            f"(Amdahl bound x{_split_row(s, 'balanced', 'amdahl_bound_speedup'):.2f})"
+        ),
+    ),
+    (
+        "TTFT end to end, `balanced,encoder:0.25`, 8-frame video",
+        "bench-0.5b-encoder",
+        lambda s: f"x{_split_row(s, 'balanced,encoder:0.25', 'e2e_speedup', 'video8'):.2f}",
+    ),
+    (
+        "requests/s, `max`, images, concurrency 4",
+        "bench-0.5b-image",
+        lambda s: _x(_vs_reference(s, "max", 4, "off")) + " of AIM off",
+    ),
+    (
+        "KV held after prefill, `max`, 16 frames",
+        "kv-memory-0.5b",
+        lambda s: (
+            f"{_kv(s, 16, 'max')['held']} of {_kv(s, 16, 'max')['every_layer_full']} layer-blocks; "
+            f"{_kv_peak(s, 'C', 'max')} requests at once vs {_kv_peak(s, 'A', 'max')} with every layer full"
+        ),
+    ),
+    (
+        "AIM off vs stock vLLM (defaults): text decode requests/s",
+        "plugin-overhead-0.5b-defaults",
+        lambda s: _x(_serving(s, "requests_per_s")),
+    ),
+    (
+        "requests/s vs vLLM EVS at equal tokens, `aim-tokens`, Qwen2.5-VL-3B, 16 frames, c=1",
+        "evs-encoder16-qwen2.5-vl-3b",
+        lambda s: _x(_vs_reference(s, "aim-tokens", 1, "evs")),
+    ),
+    (
+        "accuracy, patch-local synthetic model, `off` / `balanced` (n=96, 95% CI)",
+        "eval-encoder-local",
+        lambda s: f"{_eval(s, 'off')} / {_eval(s, 'balanced')}",
+    ),
+]
+
+
+def render_summary(_: str) -> str:
+    header = ["what", "figure", "command", "machine", "date", "results"]
+    rows = []
+    for what, stem, figure in SUMMARY:
+        facts = run_facts(stem)
+        link = f"[{stem}](docs/results/{stem}.json)"
+        rows.append([what, figure(stem), _command(stem), facts["machine"], facts["date"], link])
+    return _table(header, rows, right=6)
+
+
+RENDERERS: dict[str, Callable[[str], str]] = {
+    "run": render_run,
+    "split": render_split,
+    "load": render_load,
+    "evs": render_evs,
+    "plugin": render_plugin,
+    "serving": render_serving,
+    "kv-blocks": render_kv_blocks,
+    "kv-concurrency": render_kv_concurrency,
+    "kv-decode": render_kv_decode,
+    "prefill": render_prefill,
+    "flops": render_flops,
+    "eval": render_eval,
+    "gateway": render_gateway,
+    "table": render_summary,
+}
+
+
+def render_region(name: str) -> str:
+    stem, _, kind = name.partition("/")
+    if kind not in RENDERERS:
+        raise ValueError(f"region {name!r}: unknown kind {kind!r}; expected one of {', '.join(RENDERERS)}")
+    return RENDERERS[kind](stem)
+
+
+def documents() -> list[Path]:
+    return sorted({path for pattern in DOCUMENTS for path in ROOT.glob(pattern)})
+
+
+def render_text(text: str) -> str:
+    return _REGION.sub(lambda m: m.group(1) + render_region(m.group(2)) + m.group(4), text)
+
+
+def stale_regions() -> list[str]:
+    """`path: region` for every region whose text differs from what its results file renders."""
+    stale = []
+    for path in documents():
+        text = path.read_text()
+        for match in _REGION.finditer(text):
+            if match.group(3) != render_region(match.group(2)):
+                stale.append(f"{path.relative_to(ROOT)}: {match.group(2)}")
+    return stale
+
+
+def _from_md(path: Path) -> Any:
+    """The figures of a Markdown-only result: `aim-vllm eval`'s summary table, or the JSON line of
+    `bench/gateway_overhead.py`."""
+    text = path.read_text()
+    for line in text.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    table = re.search(r"^\| name \| level \| n \| accuracy .*?\n\|[-| ]+\|\n((?:\|.*\|\n)+)", text, re.M)
+    if table is None:
+        raise ValueError(f"{path}: neither an eval summary table nor a JSON line")
+    rows = []
+    for line in table.group(1).splitlines():
+        name, level, n, accuracy, ci, flops, ttft, prompt = (
+            cell.strip() for cell in line.strip("|").split("|")
+        )
+        low, high = ci.split("-")
+        rows.append(
+            {"name": name, "level": level.strip("`"), "n": int(n), "accuracy": float(accuracy)}
+            | {"ci_low": float(low), "ci_high": float(high), "flops_ratio": float(flops)}
+            | {"ttft_s": float(ttft), "prompt_tokens": float(prompt), "derived_from": path.name}
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a region is stale")
+    parser.add_argument("--from-md", type=Path, metavar="FILE.md", help="write FILE.json from FILE.md, once")
+    args = parser.parse_args(argv)
+    if args.from_md:
+        target = args.from_md.with_suffix(".json")
+        target.write_text(json.dumps(_from_md(args.from_md), indent=2) + "\n")
+        print(f"wrote {target}")
+        return 0
+    if args.check:
+        stale = stale_regions()
+        for line in stale:
+            print(f"stale: {line} (run scripts/render_docs.py)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in documents():
+        text = path.read_text()
+        rendered = render_text(text)
+        if rendered != text:
+            path.write_text(rendered)
+            print(f"rendered {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
