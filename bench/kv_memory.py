@@ -1,6 +1,6 @@
 """KV memory of pruned requests: per-layer allocation (Design C) against one group (Design A), one run.
 
-Run (the numbers for the README / issue #15):
+Run (the table in docs/performance.md "KV memory"):
   .venv/bin/python bench/kv_memory.py --out runs/kv-memory.json
 Smoke run: --frames 8 --levels off max --concurrency-levels max --requests 3
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command install of aim-vllm into ./.venv (README "Install"; the Dockerfile runs it too).
+# One-command install of aim-vllm into ./.venv (README "Quick start"; the Dockerfile runs it too).
 #
 # The engine (vLLM + torch, ~6 GB) lives in a shared virtual environment outside the checkout,
 # keyed by a hash of requirements/*.txt, so a second run, or another clone, takes seconds:

@@ -62,7 +62,7 @@ def pagerank_importance(
     Heads go in chunks of whole grouped-query groups: the query heads that read one key head
     share that head's keys without a copy (one chunk per key head from `heads_per_chunk` heads
     per group up), and each block's rows are one fused softmax. On a CPU this and row blocks of
-    64 take 0.6-0.95 of the time of two-head chunks of 256 rows (README "Performance"). For a
+    64 take 0.6-0.95 of the time of two-head chunks of 256 rows (measured on the development VM). For a
     group of 7 heads a block holds 1.75x the floats of such a chunk (logits and softmax) and a
     long prompt needs about as many blocks, so a GPU's memory and kernel launches stay about the same.
 
