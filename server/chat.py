@@ -26,7 +26,7 @@ from server.body import read_json_object
 from server.config import Settings
 from server.errors import GatewayError, InvalidRequestError, UpstreamError
 from server.frames import frames_to_videos
-from server.knob import HEADER, AimLevel, resolve_knob
+from server.knob import AimLevel, resolve_knob
 from server.media import MediaFetcher
 from server.metrics import GatewayMetrics
 from server.schemas import ENGINE_OVERRIDES, GATEWAY_FIELDS, MEDIA_PART_TYPES, validate_chat_request
@@ -86,9 +86,10 @@ class ChatService:
         """
         return await read_json_object(request, self.settings.max_body_bytes, self.settings.max_json_depth)
 
-    async def handle(self, request: Request, raw: dict[str, Any]) -> Response:
-        """The request whose body `read` returned: prepare, send to a replica, answer (JSON or SSE)."""
-        prepared = await self.prepare(request, raw)
+    async def handle(self, request: Request, raw: dict[str, Any], level_header: str | None) -> Response:
+        """The request whose body `read` returned: prepare, send to a replica, answer (JSON or SSE);
+        `level_header`: the `X-AIM-Level` header, if sent."""
+        prepared = await self.prepare(raw, level_header)
         request_id = request.scope.get("state", {}).get("request_id", "")
         call = UpstreamCall("POST", CHAT_PATH, prepared.body, prepared.stream, request_id, prepared.has_media)
         deadline = self.upstream.deadline()
@@ -99,11 +100,11 @@ class ChatService:
             return ProxyStreamResponse(events, opened.close)
         return await self._complete(opened, prepared)
 
-    async def prepare(self, request: Request, raw: dict[str, Any]) -> PreparedChat:
+    async def prepare(self, raw: dict[str, Any], level_header: str | None) -> PreparedChat:
         started = time.monotonic()
         settings = self.settings
         checked = validate_chat_request(raw)
-        knob = resolve_knob(raw.get("aim"), request.headers.get(HEADER), self.default_knob)
+        knob = resolve_knob(checked.aim, level_header, self.default_knob)
         as_video = (
             settings.frames_as_video if checked.aim_frames_as_video is None else checked.aim_frames_as_video
         )

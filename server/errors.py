@@ -1,23 +1,40 @@
 """Gateway exceptions and the one place that turns any of them into OpenAI error JSON.
 
-Every error leaves the gateway as `{"error": {"message", "type", "param", "code"}}` with the
-status of its class. Bad input is a 4xx by construction: only `GatewayError` itself (and
-exceptions the gateway did not foresee) map to 500, and those never echo request content.
+Every error leaves the gateway as `{"error": {"message", "type", "param", "code"}}` (the
+`ErrorResponse` model, which the OpenAPI schema documents) with the status of its class. Bad
+input is a 4xx by construction: only `GatewayError` itself (and exceptions the gateway did not
+foresee) map to 500, and those never echo request content.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorObject(BaseModel):
+    """The OpenAI error object."""
+
+    message: str = Field(description="What went wrong; never echoes request content for a 500")
+    type: str = Field(description="OpenAI error type, e.g. invalid_request_error, rate_limit_error")
+    param: str | None = Field(description="The request field at fault, e.g. messages[0].content[1].type")
+    code: str | None = Field(description="A machine-readable code, e.g. invalid_api_key, media_policy")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorObject
 
 
 class GatewayError(Exception):
@@ -42,15 +59,9 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        """The OpenAI error object."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        """The `ErrorResponse` of this error, as JSON-ready data."""
+        error = ErrorObject(message=self.message, type=self.error_type, param=self.param, code=self.code)
+        return ErrorResponse(error=error).model_dump()
 
 
 class InvalidRequestError(GatewayError, ValueError):
@@ -154,7 +165,12 @@ _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 def invalid_from_validation(exc: ValidationError, root: str | None = None) -> InvalidRequestError:
     """A 400 naming the most specific failing field, e.g. param `messages[0].content[1].type`."""
-    first = max(exc.errors(include_url=False), key=lambda error: len(error["loc"]))
+    return invalid_from_errors(exc.errors(include_url=False), root)
+
+
+def invalid_from_errors(errors: Sequence[Any], root: str | None = None) -> InvalidRequestError:
+    """`invalid_from_validation` for pydantic's error dicts (FastAPI's `RequestValidationError`)."""
+    first = max(errors, key=lambda error: len(error["loc"]))
     param = root or ""
     for part in first["loc"]:
         if isinstance(part, int):
@@ -169,6 +185,8 @@ def as_gateway_error(exc: Exception) -> GatewayError:
     """Map any exception to a GatewayError (unknown ones become an opaque 500, logged here)."""
     if isinstance(exc, GatewayError):
         return exc
+    if isinstance(exc, RequestValidationError):  # a declared header or parameter of the wrong shape
+        return invalid_from_errors(exc.errors())
     if isinstance(exc, StarletteHTTPException):
         headers = dict(exc.headers or {})
         if exc.status_code == 404:
@@ -193,5 +211,5 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handler(app: Starlette) -> None:
-    for cls in (GatewayError, StarletteHTTPException, Exception):
+    for cls in (GatewayError, StarletteHTTPException, RequestValidationError, Exception):
         app.add_exception_handler(cls, handle_error)

@@ -1,10 +1,13 @@
 """The subset of the OpenAI chat-completions request the gateway reads and validates.
 
 Unknown fields pass through untouched (`extra="allow"`; the gateway forwards the client's parsed
-body, not this model's dump). The rules here shield stock vLLM (0.32) from input it answers with
-a 500 or that leaves its multimodal cache poisoned (docs: shared/docs/vllm-hostile-input.md):
-`n` must be 1, `min_tokens <= max_tokens`, `temperature` in [0, 2], `top_logprobs` 0..20 and only
-with `logprobs`, `logit_bias` keys are token ids with biases in [-100, 100],
+body, not this model's dump). These models are also the request schema of `/openapi.json`
+(`server/openapi.py`): what the gateway validates with is what it documents.
+
+The rules here shield stock vLLM (0.32) from input it answers with a 500 or that leaves its
+multimodal cache poisoned (docs: shared/docs/vllm-hostile-input.md): `n` must be 1,
+`min_tokens <= max_tokens`, `temperature` in [0, 2], `top_logprobs` 0..20 and only with
+`logprobs`, `logit_bias` keys are token ids with biases in [-100, 100],
 `truncate_prompt_tokens >= 1` and never with media, `structured_outputs` is an object, roles are
 system/user/assistant/tool/developer and media appear only in user messages. Types are strict
 (no "10" for 10). What needs the model (token ids against the vocabulary, grammar syntax) is left
@@ -20,9 +23,18 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from server.errors import InvalidRequestError, invalid_from_validation
+from server.knob import AIM_SCHEMA
 
 # Engine-internal request fields dropped before forwarding (security relevant: processor and
 # media-loader arguments, vLLM extra args, server-side chat templates, KV-transfer parameters).
@@ -46,6 +58,8 @@ _PART_TYPES_BY_ROLE: dict[str, tuple[str, ...]] = {
 }
 PositiveInt = Annotated[int, Field(ge=1)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# `aim` is checked by the level grammar (`knob.resolve_knob`), which words its own errors.
+AimField = Annotated[Any, WithJsonSchema(AIM_SCHEMA)]
 LogitBias = Annotated[
     dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=_MAX_LOGIT_BIAS_ENTRIES)
 ]
@@ -124,7 +138,9 @@ class ChatMessage(_Open):
 
 
 class StreamOptions(_Open):
-    include_usage: bool | None = None
+    include_usage: bool | None = Field(
+        default=None, description="Send a final chunk with `usage` (and `usage.aim`) before [DONE]"
+    )
     continuous_usage_stats: bool | None = None
 
 
@@ -148,13 +164,34 @@ class ResponseFormat(_Open):
         return self
 
 
+_EXAMPLE = {
+    "model": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                {"type": "text", "text": "What is in this image?"},
+            ],
+        }
+    ],
+    "aim": "balanced",
+    "max_tokens": 64,
+}
+
+
 class ChatCompletionRequest(_Open):
     """What the gateway checks in a chat-completions body (everything else passes through)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
+
     model: Annotated[str, Field(min_length=1, max_length=256)]
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
+    aim: AimField = None  # gateway-only, never forwarded
+    stream: bool | None = Field(
+        default=None, description="Answer as server-sent events (`data: <chunk>` lines, then `data: [DONE]`)"
+    )
+    stream_options: StreamOptions | None = Field(default=None, description="Only with `stream: true`")
     n: Literal[1] | None = None
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
@@ -246,7 +283,7 @@ def _check_media_and_template(request: ChatCompletionRequest) -> None:
 
 def validate_chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
     """Validate a parsed body; InvalidRequestError (400, with `param`) on the first problem."""
-    checked = {key: value for key, value in body.items() if key not in ENGINE_OVERRIDES and key != "aim"}
+    checked = {key: value for key, value in body.items() if key not in ENGINE_OVERRIDES}
     try:
         request = ChatCompletionRequest.model_validate(checked)
     except ValidationError as exc:

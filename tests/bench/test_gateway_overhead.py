@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from bench import gateway_overhead, null_relay, trivial_upstream
+from server.config import Settings
 
 
 def _samples(latency_ms: float, count: int, wall_s: float) -> gateway_overhead.Samples:
@@ -61,3 +62,40 @@ def test_trivial_upstream_answers_through_the_null_relay() -> None:
     assert chat.status_code == 200 and chat.json()["usage"]["aim"]["flops_ratio"] == 1.0
     assert models.json()["data"][0]["id"] == trivial_upstream.MODEL
     assert missing.status_code == 404
+
+
+def test_ratios_against_the_starlette_baseline() -> None:
+    """`--starlette` adds the rows that say what FastAPI costs against the bare Starlette app."""
+    rows = gateway_overhead.summarise(
+        {
+            "direct": _samples(8, 100, 1.0),
+            "gateway": _samples(9, 100, 1.1),
+            "starlette": _samples(8.5, 100, 1.05),
+        }
+    )
+    assert rows["starlette_ratio"]["requests_per_s"] == pytest.approx(1 / 1.05)
+    assert rows["gateway_vs_starlette"]["requests_per_s"] == pytest.approx(1.05 / 1.1)
+    assert "| text | gateway/starlette |" in gateway_overhead.markdown({"workloads": {"text": rows}})
+
+
+async def _chat_through_starlette() -> httpx.Response:
+    port = _free_port()
+    upstream = asyncio.create_task(trivial_upstream.serve("127.0.0.1", port))
+    await asyncio.sleep(0.2)
+    app = gateway_overhead.starlette_app(Settings(upstreams=[f"http://127.0.0.1:{port}"]))
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                body = gateway_overhead.chat_body(trivial_upstream.MODEL, 4, None)
+                return await client.post("/v1/chat/completions", json=body, headers={"X-AIM-Level": "max"})
+    finally:
+        upstream.cancel()
+
+
+def test_starlette_baseline_serves_chat_like_the_gateway() -> None:
+    """The baseline must do the gateway's work (level, usage.aim), or the comparison flatters FastAPI."""
+    chat = asyncio.run(_chat_through_starlette())
+    assert chat.status_code == 200, chat.text
+    aim = chat.json()["usage"]["aim"]
+    assert aim["level"] == "max" and aim["flops_ratio"] == 1.0
