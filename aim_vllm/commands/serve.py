@@ -109,6 +109,11 @@ def engine_flags(vllm_args: list[str]) -> list[str]:
             )
         if flag.split("=", 1)[0] == "--model":
             raise ValueError("give the model as `aim-vllm serve --model PATH`, before `--`")
+        if flag.split("=", 1)[0] == "--aim-default":  # the gateway sends every request a level
+            raise ValueError(
+                "the gateway in front decides the level of requests that name none: give it as "
+                "`aim-vllm serve --default-aim LEVEL`, before `--`"
+            )
     return flags
 
 

@@ -94,6 +94,15 @@ def test_serve_vllm_flags_after_double_dash() -> None:
             serve.engine_flags(["--", flag])
 
 
+def test_serve_takes_its_default_level_in_one_place() -> None:
+    """The gateway sends every request a level, so an engine default behind it would never apply:
+    `-- --aim-default` is refused with the flag that works."""
+    for flags in (["--aim-default", "balanced"], ["--aim-default=balanced"]):
+        with pytest.raises(ValueError, match="--default-aim"):
+            serve.engine_flags(["--", *flags])
+    assert _parse(serve, ["--default-aim", "balanced"]).gw_default_aim == "balanced"
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
