@@ -5,6 +5,17 @@ Sends every item of a JSONL data set (format: `aim_vllm.synthetic` docstring; ma
 (multiple-choice letter, or normalised short answer with --free-form), and writes results.jsonl
 (resumable), summary.json, summary.md and accuracy_vs_flops.png into --out.
 
+How sure the results are: every level is compared with `off` (or the first level without it) on
+the same items: the paired difference, its 95% interval (paired bootstrap) and McNemar's exact
+p-value, with a verdict that reads the interval ("no loss beyond 5 points" when its lower end is
+above -0.05), never "within off's interval" (`aim_vllm.evaluation.paired`).
+  --compare A B     also compares level A with level B (repeatable), into summary.md/paired.json.
+  --seeds N         the spread over N item resamples (seeds 0..N-1): accuracy and difference sd
+                    and percentiles per level, and how often the ranking of the levels holds.
+                    Resampling the answered items costs nothing; retraining or new data seeds
+                    would cost a training or an engine run each, and the item bootstrap estimates
+                    the same data-set-to-data-set spread for a model.
+
 Levels: one per argument, in the gateway's level grammar (`X-AIM-Level`), e.g.
   --levels off light balanced max budget:0.1 merge:0.25,method:pool,prune:3-5
   --baselines-for balanced   adds AIM at that preset and every baseline at its token counts.
@@ -40,6 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="first N items only")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--free-form", action="store_true", help="score short answers, not letters")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("LEVEL", "REFERENCE"),
+        help="also compare LEVEL with REFERENCE on their shared items (repeatable)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=0, help="report the spread over N item resamples (default: none)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from aim_vllm.synthetic import read_dataset
 
     levels, names = canonical_levels(args.levels), {}
+    pairs = [tuple(canonical_levels([level])[0] for level in pair) for pair in args.compare]
+    levels += [level for pair in pairs for level in pair if level not in levels]
+    if args.seeds < 0:
+        raise ValueError(f"--seeds must be >= 0, got {args.seeds}")
     items = read_dataset(args.data)[: args.limit]
     args.out.mkdir(parents=True, exist_ok=True)
     server = _start_serve(args.model, args.out) if args.model else None
@@ -86,11 +112,41 @@ def run(args: argparse.Namespace) -> int:
             server[0].wait(timeout=120)
     rows = summarise(results, levels, names)
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2))
-    table = markdown(rows)
+    table = "\n\n".join([markdown(rows), *_paired_sections(results, levels, names, pairs, args.seeds)])
     (args.out / "summary.md").write_text(table + "\n")
     plot(rows, args.out / "accuracy_vs_flops.png")
     print(table)
     return 0
+
+
+def _paired_sections(
+    results: Path, levels: list[str], names: dict[str, str], pairs: list, seeds: int
+) -> list[str]:
+    """The --compare and --seeds tables (also written to paired.json); none if neither was asked."""
+    from aim_vllm.evaluation.paired import resample_spread
+    from aim_vllm.evaluation.report import (
+        comparisons,
+        comparisons_markdown,
+        hits_of,
+        load_results,
+        reference_level,
+        spread_markdown,
+    )
+
+    if not pairs and not seeds:
+        return []
+    sections, record = [], {}
+    if pairs:
+        compared = comparisons(results, pairs)
+        record["comparisons"] = [c.to_json() for c in compared]
+        sections.append(comparisons_markdown(compared))
+    if seeds:
+        hits = hits_of(load_results(results, levels))
+        record["spread"] = resample_spread(hits, reference_level(levels), seeds)
+        sections.append(spread_markdown(record["spread"], names))
+    out = results.parent / "paired.json"
+    out.write_text(json.dumps(record, indent=2))
+    return sections
 
 
 def _first_model(url: str) -> str:

@@ -2,10 +2,11 @@
 
 The tiny builder's architecture (Qwen2 LLM + SigLIP 384/14, local tokenizer), trained from a
 fixed seed on questions generated on the fly (`aim_vllm.training`), per `--recipe`: `colour`
-(the embedded default) or `local` (a patch-local encoder whose answers live in a few visual
-tokens: the model on which `aim-vllm eval` tells AIM from the baselines). OUT_DIR then holds a
-checkpoint vLLM serves as is (`aim-vllm engine --model OUT_DIR`) and `training.json` (config,
-wall time, held-out accuracy).
+or its alias `embedded` (the embedded default) or `local` (a patch-local encoder whose answers
+live in a few visual tokens: the model on which `aim-vllm eval` tells AIM from the baselines).
+A run probes held-out accuracy as it goes and stops at, or continues (bounded) towards, the
+recipe's target. OUT_DIR then holds a checkpoint vLLM serves as is (`aim-vllm engine --model
+OUT_DIR`) and `training.json` (config, wall time, held-out accuracy and curve, CPU flags, versions).
 An interrupted run resumes from OUT_DIR/_train; a finished OUT_DIR is reused. Without OUT_DIR the
 model is built into (or reused from) the cache: `aim_vllm.model_builders.trained_model_dir(config)`.
 """
@@ -22,13 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", type=Path, nargs="?", help="checkpoint directory (default: the cache)")
     parser.add_argument(
         "--recipe",
-        choices=("colour", "local"),
+        choices=("colour", "embedded", "local"),
         default="colour",
-        help="colour: the embedded default; local: patch-local vision, for comparing token reductions "
-        "(aim_vllm.training.RECIPES)",
+        help="colour (alias embedded): the embedded default; local: patch-local vision, for comparing "
+        "token reductions (aim_vllm.training.RECIPES)",
     )
     parser.add_argument("--seed", type=int, default=0, help="initialisation and data seed (default 0)")
     parser.add_argument("--eval-items", type=int, default=None, help="held-out items scored at the end")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train seeds SEED..SEED+N-1 and keep the best by held-out probe (N trainings; default 1)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default 1: faster on a shared machine)"
     )
@@ -37,9 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from aim_vllm.training import RECIPES, train
+    from aim_vllm.training import RECIPES, train, train_best_of
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.seeds > 1 and args.out_dir is None:
+        raise ValueError("--seeds N trains N models: give OUT_DIR (the cache holds one model per config)")
     config = dataclasses.replace(RECIPES[args.recipe], seed=args.seed)
     if args.eval_items is not None:
         config = dataclasses.replace(config, eval_items=args.eval_items)
@@ -49,9 +58,14 @@ def run(args: argparse.Namespace) -> int:
         out = trained_model_dir(config, threads=args.threads)
     elif (args.out_dir / "training.json").exists():
         out = args.out_dir
+    elif args.seeds > 1:
+        out = args.out_dir
+        train_best_of(out, config, args.seeds, threads=args.threads)
     else:
         out = args.out_dir
         train(out, config, threads=args.threads)
     record = json.loads((out / "training.json").read_text())
-    print(json.dumps({"model": str(out), "train_wall_s": record["train_wall_s"], "eval": record["eval"]}))
+    summary = {key: record.get(key) for key in ("train_wall_s", "steps", "eval")}
+    curve = [(point["step"], point["probe_accuracy"]) for point in record.get("curve", [])]
+    print(json.dumps({"model": str(out), **summary, "curve": curve}))
     return 0
