@@ -127,6 +127,12 @@ COMMANDS = {
         "merge:0.05,encoder:0.25"
     ),
     "eval-encoder-colour": "the same as eval-encoder-local, with --model <colour>",
+    "eval-paired-local": (
+        "aim-vllm make-synthetic-data DATA --n 96 --types colour --colour-size 16,24 --seed 7; "
+        "aim-vllm train-synthetic --recipe local; aim-vllm eval --data DATA/items.jsonl --model <local> "
+        "--levels off balanced merge:0.05 merge:0.05,method:pool --compare merge:0.05,method:pool "
+        "merge:0.05 --compare merge:0.05 balanced --seeds 200"
+    ),
     "eval-colour": "the same as eval-colour-small, on items with training-size shapes (56-95 px)",
     "eval-evs-local": (
         "aim-vllm eval --data runs/data-colour-small/items.jsonl --model <local> --concurrency 4 "
@@ -145,6 +151,8 @@ PROVENANCE = {
     "eval-encoder-local": {"date": "2026-12-03", "machine": _DEV_VM},
     "eval-encoder-colour": {"date": "2026-12-03", "machine": _DEV_VM},
     "eval-evs-local": {"date": "2026-12-02", "machine": _DEV_VM},
+    "eval-paired-local": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2)"},
+    "eval-paired-local-compare": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2)"},
     "kv-memory-0.5b": {"date": "2026-12-02", "machine": _DEV_VM},
     "gpu-prefill-cpu-0.5b": {"date": "2026-12-03", "machine": _DEV_VM},
     "flops-table": {"date": "2026-12-07", "machine": "any (arithmetic on the published shapes)"},
@@ -396,6 +404,43 @@ def render_eval(stem: str) -> str:
     return _table(header, rows, right=2)
 
 
+def render_paired(stem: str) -> str:
+    """`aim-vllm eval`'s summary with each level's paired difference against its reference."""
+    header = ["level", "n", "accuracy", "Δ vs reference (paired 95% CI)", "lost / gained", "McNemar p"]
+    header += ["verdict", "LLM prefill FLOPs ratio"]
+    rows = []
+    for r in load(stem):
+        if r["verdict"] == "reference":
+            difference, p = f"— (reference: `{r['reference']}`)", "—"
+        else:
+            low, high = r["difference_low"], r["difference_high"]
+            difference = f"{r['difference']:+.3f} ({low:+.3f} to {high:+.3f})"
+            p = f"{r['mcnemar_p']:.2g}"
+        row = [f"`{r['level']}`", r["paired_n"], f"{r['accuracy']:.3f}", difference]
+        rows.append(row + [f"{r['lost']} / {r['gained']}", p, r["verdict"], f"{r['flops_ratio']:.3f}"])
+    return _table(header, rows, right=1)
+
+
+def render_compare(stem: str) -> str:
+    """`aim-vllm eval --compare A B`'s pairs (its `paired.json`)."""
+    header = [
+        "level",
+        "reference",
+        "n",
+        "Δ accuracy (paired 95% CI)",
+        "lost / gained",
+        "McNemar p",
+        "verdict",
+    ]
+    rows = [
+        [f"`{c['level']}`", f"`{c['reference']}`", c["n"]]
+        + [f"{c['difference']:+.3f} ({c['low']:+.3f} to {c['high']:+.3f})", f"{c['lost']} / {c['gained']}"]
+        + [f"{c['p_value']:.2g}", c["verdict"]]
+        for c in load(stem)["comparisons"]
+    ]
+    return _table(header, rows, right=2)
+
+
 def render_gateway(stem: str) -> str:
     """`bench/gateway_overhead.py`: latency and requests/s per workload and target."""
     header = ["workload", "target", "p50 ms", "p99 ms", "requests/s", "p50 added vs direct, ms"]
@@ -447,6 +492,13 @@ def _serving(stem: str, figure: str) -> float:
 def _eval(stem: str, name: str) -> str:
     r = next(r for r in load(stem) if r["name"] == name)
     return f"{r['accuracy']:.3f} ({r['ci_low']:.2f}-{r['ci_high']:.2f})"
+
+
+def _paired(stem: str, name: str) -> str:
+    r = next(r for r in load(stem) if r["name"] == name)
+    low, high = r["difference_low"], r["difference_high"]
+    interval = f"({low:+.3f} to {high:+.3f})"
+    return f"Δ {r['difference']:+.3f} {interval}, McNemar p {r['mcnemar_p']:.2g}: {r['verdict']}"
 
 
 def _kv(stem: str, frames: int, level: str) -> dict:
@@ -504,9 +556,10 @@ SUMMARY: list[tuple[str, str, Callable[[str], str]]] = [
         lambda s: _x(_vs_reference(s, "aim-tokens", 1, "evs")),
     ),
     (
-        "accuracy, patch-local synthetic model, `off` / `balanced` (n=96, 95% CI)",
-        "eval-encoder-local",
-        lambda s: f"{_eval(s, 'off')} / {_eval(s, 'balanced')}",
+        "accuracy, patch-local synthetic model retrained with the converging recipe: `off`, and "
+        "`balanced` against it paired (n=96)",
+        "eval-paired-local",
+        lambda s: f"{_eval(s, 'off')}; {_paired(s, 'balanced')}",
     ),
 ]
 
@@ -534,6 +587,8 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "prefill": render_prefill,
     "flops": render_flops,
     "eval": render_eval,
+    "paired": render_paired,
+    "compare": render_compare,
     "gateway": render_gateway,
     "table": render_summary,
 }
