@@ -45,6 +45,16 @@ def test_services_are_gateway_two_replicas_and_monitoring(compose: dict[str, Any
     assert "version" not in compose, "the top-level version key is obsolete in compose v2"
 
 
+def test_project_name_comes_from_the_env_file(compose: dict[str, Any]) -> None:
+    """Debian's docker-compose 1.29 rejects a top-level `name:`; deploy/.env names the project for
+    it and for Compose v2 alike, so volumes are `aim-vllm_models` with either."""
+    assert "name" not in compose
+    env = dict(
+        line.split("=", 1) for line in (DEPLOY / ".env").read_text().splitlines() if line and line[0] != "#"
+    )
+    assert env == {"COMPOSE_PROJECT_NAME": "aim-vllm"}
+
+
 def test_replicas_run_the_engine_and_publish_no_host_port(compose: dict[str, Any]) -> None:
     """Replicas must be reachable only through the gateway (auth, limits, AIM knob), so they
     expose their port on the compose network and publish nothing on the host."""
@@ -150,3 +160,17 @@ def test_cuda_override_gives_each_replica_a_gpu(compose: dict[str, Any]) -> None
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
         gpus += device["device_ids"]
     assert len(set(gpus)) == len(REPLICAS), "by default each replica gets its own GPU"
+
+
+def test_one_default_level_in_serve_compose_and_kubernetes(compose: dict[str, Any]) -> None:
+    """The gateway decides the level of requests that name none; compose and the k8s ConfigMap
+    leave it at the gateway's own default (`serve`'s too), so all three serve the same."""
+    from server.config import Settings
+
+    default = Settings.model_fields["default_aim"].default
+    gateway = compose["services"]["gateway"]
+    words = _command(gateway)
+    assert "--default-aim" not in words and "AIM_GW_DEFAULT_AIM" not in gateway.get("environment", {})
+    docs = load_yaml_docs(DEPLOY / "k8s" / "base" / "configmap.yaml")
+    (configmap,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    assert configmap["data"]["AIM_GW_DEFAULT_AIM"] == default == "off"
