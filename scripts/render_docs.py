@@ -127,6 +127,10 @@ COMMANDS = {
         "merge:0.05,encoder:0.25"
     ),
     "eval-encoder-colour": "the same as eval-encoder-local, with --model <colour>",
+    "gateway-overhead-trivial": (
+        ".venv/bin/python bench/gateway_overhead.py --upstream trivial --starlette --relay --requests 6000 "
+        "--concurrency 8 --rounds 12"
+    ),
     "eval-paired-local": (
         "aim-vllm make-synthetic-data DATA --n 96 --types colour --colour-size 16,24 --seed 7; "
         "aim-vllm train-synthetic --recipe local; aim-vllm eval --data DATA/items.jsonl --model <local> "
@@ -153,6 +157,7 @@ PROVENANCE = {
     "eval-evs-local": {"date": "2026-12-02", "machine": _DEV_VM},
     "eval-paired-local": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2)"},
     "eval-paired-local-compare": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2)"},
+    "gateway-overhead-trivial": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2)"},
     "kv-memory-0.5b": {"date": "2026-12-02", "machine": _DEV_VM},
     "gpu-prefill-cpu-0.5b": {"date": "2026-12-03", "machine": _DEV_VM},
     "flops-table": {"date": "2026-12-07", "machine": "any (arithmetic on the published shapes)"},
@@ -448,8 +453,8 @@ def render_gateway(stem: str) -> str:
     for workload, targets in load(stem)["workloads"].items():
         direct = targets["direct"]
         for name, t in targets.items():
-            if "p50_ms" not in t or "requests_per_s" not in t:
-                continue  # ratio and difference rows
+            if "requests" not in t or "p50_ms" not in t or "requests_per_s" not in t:
+                continue  # ratio and difference rows (no request count)
             added = "-" if name == "direct" else f"{t['p50_ms'] - direct['p50_ms']:+.2f}"
             rows.append(
                 [

@@ -84,7 +84,7 @@ class ChatService:
         Call it before `until_disconnect`: its watcher consumes `receive` messages, and would
         take pieces of a body still arriving.
         """
-        return await read_json_object(request, self.settings.max_body_bytes, self.settings.max_json_depth)
+        return await read_json_object(request, self.settings.body_limit, self.settings.max_json_depth)
 
     async def handle(self, request: Request, raw: dict[str, Any], level_header: str | None) -> Response:
         """The request whose body `read` returned: prepare, send to a replica, answer (JSON or SSE);

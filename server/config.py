@@ -20,6 +20,10 @@ from server.knob import AimLevel, parse_level
 from server.routing import RoutingPolicy
 
 _MIB = 1024 * 1024
+BODY_BYTES = 32 * _MIB  # the request body cap unless set
+# ... with frames_as_video (lmms-eval's videos: 32 sampled frames as base64 PNG image parts, about
+# 85-170 MB at 1080p, which lmms-eval cannot shrink): every such request fits
+FRAME_LIST_BODY_BYTES = 256 * _MIB
 
 
 def _split_list(value: Any) -> Any:
@@ -58,7 +62,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(900.0, gt=0, description="whole request, streaming included")
     health_interval_s: float = Field(5.0, gt=0, description="seconds between active health checks")
     health_timeout_s: float = Field(2.0, gt=0, description="timeout of one health check")
-    max_body_bytes: int = Field(32 * _MIB, ge=1024, description="request body cap (then 413)")
+    max_body_bytes: int | None = Field(
+        None, ge=1024, description="request body cap (then 413); unset: 32 MiB, 256 MiB with frames_as_video"
+    )
     max_json_depth: int = Field(32, ge=4, description="JSON nesting cap")
     max_header_bytes: int = Field(32 * 1024, ge=1024, description="request header cap (then 431)")
     max_headers: int = Field(100, ge=8, description="request header count cap (then 431)")
@@ -125,6 +131,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_hosts(cls, hosts: list[str]) -> list[str]:
         return [host.lower() for host in hosts]
+
+    @property
+    def body_limit(self) -> int:
+        """`max_body_bytes` when set; else room for frame lists when `frames_as_video` is on."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return FRAME_LIST_BODY_BYTES if self.frames_as_video else BODY_BYTES
 
     @property
     def default_knob(self) -> AimLevel:

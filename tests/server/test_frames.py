@@ -67,3 +67,27 @@ async def test_the_setting_or_the_request_turns_it_on(setting: bool, field: bool
     (sent,) = cluster["a"].bodies
     kinds = [part["type"] for part in sent["messages"][0]["content"]]
     assert kinds == ["text", "video_url"] and "aim_frames_as_video" not in sent
+
+
+async def test_lmms_eval_videos_fit_with_frames_as_video() -> None:
+    """lmms-eval sends a video as 32 base64 PNG frames at the video's resolution: at 720p, noise
+    frames (incompressible, the upper bound) make a body of about 115 MB. The default 32 MiB cap
+    refuses it (413); with `--frames-as-video` the cap is 256 MiB and the request reaches the engine."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = chat_body([*[image_part(url)] * 32, {"type": "text", "text": "What happens?"}])
+    cluster = FakeCluster("a")
+    async with running_gateway(cluster) as (_, client):
+        default = await client.post(CHAT, json=body)
+    async with running_gateway(cluster, frames_as_video=True, max_video_frames=64) as (_, client):
+        frames = await client.post(CHAT, json=body)
+    assert len(buffer.getvalue()) * 32 > 32 * 1024 * 1024  # the case is real: over the default cap
+    assert default.status_code == 413
+    assert frames.status_code == 200, frames.text
