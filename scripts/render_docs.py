@@ -127,6 +127,7 @@ COMMANDS = {
         "merge:0.05,encoder:0.25"
     ),
     "eval-encoder-colour": "the same as eval-encoder-local, with --model <colour>",
+    "docker-smoke": "bash deploy/smoke.sh (run by pytest -m docker tests/deploy/test_smoke.py, clean clone)",
     "gateway-overhead-trivial": (
         ".venv/bin/python bench/gateway_overhead.py --upstream trivial --starlette --relay --requests 6000 "
         "--concurrency 8 --rounds 12"
@@ -158,6 +159,7 @@ PROVENANCE = {
     "eval-paired-local": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2)"},
     "eval-paired-local-compare": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2)"},
     "gateway-overhead-trivial": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2)"},
+    "docker-smoke": {"date": "2026-12-07", "machine": _DEV_VM + " (AVX2), shared with other work"},
     "kv-memory-0.5b": {"date": "2026-12-02", "machine": _DEV_VM},
     "gpu-prefill-cpu-0.5b": {"date": "2026-12-03", "machine": _DEV_VM},
     "flops-table": {"date": "2026-12-07", "machine": "any (arithmetic on the published shapes)"},
@@ -446,6 +448,34 @@ def render_compare(stem: str) -> str:
     return _table(header, rows, right=2)
 
 
+def render_smoke(stem: str) -> str:
+    """`deploy/smoke.sh`: build, size, start and request times of each run."""
+    runs = load(stem)["runs"]
+
+    def seconds(value: float | None, absent: str = "present") -> str:
+        return absent if value is None else f"{value:g} s"
+
+    def minutes(value: float) -> str:
+        return f"{int(value // 60)} min {int(value % 60)} s"
+
+    rows = [
+        ["base image (debootstrap + import)", *[seconds(r["base_image_s"]) for r in runs]],
+        ["image build (`docker build`, tiny model baked in)", *[seconds(r["build_s"]) for r in runs]],
+        ["image size (`docker image inspect`)", *[f"{r['image_gb']:.2f} GB" for r in runs]],
+        ["`serve` container: start to `/ready`", *[seconds(r["ready_s"]) for r in runs]],
+        [
+            "image request / 8-frame video request at `balanced`",
+            *[f"{r['image_request_s']:g} s / {r['video_request_s']:g} s" for r in runs],
+        ],
+        [
+            "compose: `up` to the gateway's `/ready` (two replicas start together)",
+            *[seconds(r["compose_ready_s"]) for r in runs],
+        ],
+        ["whole test", *[minutes(r["total_s"]) for r in runs]],
+    ]
+    return _table(["", *[r["run"] for r in runs]], rows)
+
+
 def render_gateway(stem: str) -> str:
     """`bench/gateway_overhead.py`: latency and requests/s per workload and target."""
     header = ["workload", "target", "p50 ms", "p99 ms", "requests/s", "p50 added vs direct, ms"]
@@ -595,6 +625,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "paired": render_paired,
     "compare": render_compare,
     "gateway": render_gateway,
+    "smoke": render_smoke,
     "table": render_summary,
 }
 
