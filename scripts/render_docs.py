@@ -411,6 +411,11 @@ def render_eval(stem: str) -> str:
     return _table(header, rows, right=2)
 
 
+def _difference(difference: float, low: float, high: float) -> str:
+    """A paired difference with its 95% interval, as every paired table and cell writes it."""
+    return f"{difference:+.3f} ({low:+.3f} to {high:+.3f})"
+
+
 def render_paired(stem: str) -> str:
     """`aim-vllm eval`'s summary with each level's paired difference against its reference."""
     header = ["level", "n", "accuracy", "Δ vs reference (paired 95% CI)", "lost / gained", "McNemar p"]
@@ -420,8 +425,7 @@ def render_paired(stem: str) -> str:
         if r["verdict"] == "reference":
             difference, p = f"— (reference: `{r['reference']}`)", "—"
         else:
-            low, high = r["difference_low"], r["difference_high"]
-            difference = f"{r['difference']:+.3f} ({low:+.3f} to {high:+.3f})"
+            difference = _difference(r["difference"], r["difference_low"], r["difference_high"])
             p = f"{r['mcnemar_p']:.2g}"
         row = [f"`{r['level']}`", r["paired_n"], f"{r['accuracy']:.3f}", difference]
         rows.append(row + [f"{r['lost']} / {r['gained']}", p, r["verdict"], f"{r['flops_ratio']:.3f}"])
@@ -441,7 +445,7 @@ def render_compare(stem: str) -> str:
     ]
     rows = [
         [f"`{c['level']}`", f"`{c['reference']}`", c["n"]]
-        + [f"{c['difference']:+.3f} ({c['low']:+.3f} to {c['high']:+.3f})", f"{c['lost']} / {c['gained']}"]
+        + [_difference(c["difference"], c["low"], c["high"]), f"{c['lost']} / {c['gained']}"]
         + [f"{c['p_value']:.2g}", c["verdict"]]
         for c in load(stem)["comparisons"]
     ]
@@ -531,9 +535,8 @@ def _eval(stem: str, name: str) -> str:
 
 def _paired(stem: str, name: str) -> str:
     r = next(r for r in load(stem) if r["name"] == name)
-    low, high = r["difference_low"], r["difference_high"]
-    interval = f"({low:+.3f} to {high:+.3f})"
-    return f"Δ {r['difference']:+.3f} {interval}, McNemar p {r['mcnemar_p']:.2g}: {r['verdict']}"
+    difference = _difference(r["difference"], r["difference_low"], r["difference_high"])
+    return f"Δ {difference}, McNemar p {r['mcnemar_p']:.2g}: {r['verdict']}"
 
 
 def _kv(stem: str, frames: int, level: str) -> dict:

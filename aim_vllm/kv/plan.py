@@ -38,11 +38,6 @@ def prefill_record(req: RequestStep, computed: int, scheduled: int, num_layers: 
     return decide(req, computed, scheduled, "", num_layers)
 
 
-def missing_per_layer(req: RequestStep, computed: int, scheduled: int, num_layers: int) -> list[int]:
-    """Prompt tokens absent from each layer's KV once this step runs (zeros: nothing pruned)."""
-    return prefill_record(req, computed, scheduled, num_layers).missing
-
-
 def group_missing(missing: Sequence[int], layers: tuple[int, int]) -> int:
     """Tokens a group of layers [lo, hi) can leave out: its fullest layer's count."""
     lo, hi = layers

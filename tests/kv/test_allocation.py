@@ -12,7 +12,7 @@ import torch
 
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.schedule import AimSchedule
-from aim_vllm.kv.plan import blocks_needed, cdiv, group_missing, missing_per_layer, stages
+from aim_vllm.kv.plan import blocks_needed, cdiv, group_missing, prefill_record, stages
 from aim_vllm.pruning.state import PruneRecord, RequestStep
 
 BLOCK = 16
@@ -55,15 +55,15 @@ def test_a_group_keeps_room_for_its_fullest_layer() -> None:
 
 
 def test_the_scheduler_decides_as_the_worker_does() -> None:
-    """`missing_per_layer` is the record the decoder plans (whole prompt in one step), and zeros when
+    """`prefill_record` is the record the decoder plans (whole prompt in one step), and zeros when
     the prompt is split, already partly cached, or asks for prompt logprobs."""
     req = RequestStep("r", 120, SCHEDULE, ((10, 100),), 400)
-    assert missing_per_layer(req, 0, 120, LAYERS) == PruneRecord.planned(req, LAYERS).missing
-    assert missing_per_layer(req, 0, 120, LAYERS)[-1] == 100  # no visual token after layer 4
-    assert missing_per_layer(req, 0, 60, LAYERS) == [0] * LAYERS
-    assert missing_per_layer(req, 16, 104, LAYERS) == [0] * LAYERS
+    assert prefill_record(req, 0, 120, LAYERS).missing == PruneRecord.planned(req, LAYERS).missing
+    assert prefill_record(req, 0, 120, LAYERS).missing[-1] == 100  # no visual token after layer 4
+    assert prefill_record(req, 0, 60, LAYERS).missing == [0] * LAYERS
+    assert prefill_record(req, 16, 104, LAYERS).missing == [0] * LAYERS
     logprobs = RequestStep("r", 120, SCHEDULE, ((10, 100),), 400, skip_reason="skipped: prompt_logprobs")
-    assert missing_per_layer(logprobs, 0, 120, LAYERS) == [0] * LAYERS
+    assert prefill_record(logprobs, 0, 120, LAYERS).missing == [0] * LAYERS
 
 
 def test_vllm_makes_one_group_per_stage_and_one_for_plain_layers() -> None:
