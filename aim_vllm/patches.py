@@ -34,6 +34,10 @@ Ledger (vllm==0.32.0):
    as the GPU runner sets it for EVS, and the model is told so (it then appends its position
    channels, `models/qwen2_5_vl.py`); without it the model keeps count-based positions. Other
    models, and AIM-off requests (embeddings without channels pass through), are unchanged.
+   Ablation: `AIM_VLLM_SPREAD_POSITIONS=1` in the engine's environment skips this item, so merged
+   tokens keep the count-based "spread" positions (`core.merge.spread_indices`) that are set when
+   a request is added: the baseline the content-aware positions are measured against
+   (docs/accuracy.md, "Qwen2.5-VL: positions of merged tokens"). Not for serving.
    Remove when: vLLM lets a model recompute positions after its encoder without EVS.
 AIM's scheduler also overrides two of `Scheduler`'s own methods (`schedule`, to give a pruning
 prefill one step of up to --max-num-batched-tokens; `_reserve_prefill_lookahead`, vLLM's last say
@@ -50,12 +54,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 _PATCHED_ATTR = "_aim_vllm_patched"
+# "1": merged Qwen2.5-VL tokens keep count-based positions (an ablation; ledger item 3).
+SPREAD_POSITIONS_ENV = "AIM_VLLM_SPREAD_POSITIONS"
 
 
 def patch_method(owner: type, name: str, make_wrapper: Callable[[Callable], Callable]) -> None:
@@ -109,7 +116,11 @@ def _with_positions_after_encoder(original: Callable) -> Callable:
     def load_model(self, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
         model = self.get_model()
-        if hasattr(model, "aim_positions_after_encoder") and self.uses_mrope:
+        if not hasattr(model, "aim_positions_after_encoder") or not self.uses_mrope:
+            return result
+        if os.environ.get(SPREAD_POSITIONS_ENV) == "1":
+            logger.warning("aim-vllm: %s=1: merged tokens keep count-based positions", SPREAD_POSITIONS_ENV)
+        else:
             self.is_multimodal_pruning_enabled = True  # as GPUModelRunner.load_model does for EVS
             model.aim_positions_after_encoder = True
         return result

@@ -9,6 +9,8 @@ so an image is one anyres crop and a frame is 196 pooled tokens) and one questio
 | `count`     | How many {colour} {shape}s are there?             | 1, 2, 3, 4               | image, video |
 | `frame`     | In which frame does the {colour} {shape} appear?  | 2, 4, 6, 8               | video        |
 | `direction` | Which direction does the {colour} {shape} move?   | left, right, up, down    | video        |
+| `position`  | Where is the {colour} {shape}?                    | top left, top right,     | image        |
+|             |                                                   | bottom left, bottom right|              |
 
 Scenes are built so that each answer is one visual statistic, learnable by a model trained from
 scratch in minutes on a CPU (`aim_vllm.training`): a scene holds only the shape(s) the question
@@ -19,6 +21,12 @@ offers the same four options in the same order, so the letter is a label of the 
 answer is only in the pixels, and answers (hence letters) are balanced over a data set. Shapes
 are drawn without anti-aliasing in exact colours and never overlap, so every answer can be
 checked from the pixels (`tests/test_synthetic.py` counts connected components).
+
+`position` is opt-in (`ALL_QUESTION_TYPES`; not in the default `QUESTION_TYPES`, so the default
+data sets and training streams are unchanged): one shape of `POSITION_SIZE`, wholly inside the
+quadrant that is the answer (at least `_MARGIN` pixels from the centre lines). Its answer is
+where the shape is, not what it is, so a model can only read it from positions: the model of
+`training.RECIPES["qwen-position"]` has a patch-local encoder and reads it from M-RoPE alone.
 
 ## Data set format (`write_dataset`, `aim-vllm make-synthetic-data`)
 
@@ -72,7 +80,10 @@ SHAPES = ("square", "circle", "triangle", "cross")
 PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles", "cross": "crosses"}
 BACKGROUNDS = ((90, 90, 90), (128, 128, 128), (170, 170, 170))
 DIRECTIONS = ("left", "right", "up", "down")
-QUESTION_TYPES = ("colour", "count", "frame", "direction")
+QUESTION_TYPES = ("colour", "count", "frame", "direction")  # the default types
+ALL_QUESTION_TYPES = (*QUESTION_TYPES, "position")  # with the opt-in ones
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")  # (row, column) = divmod(i, 2)
+POSITION_SIZE = (28, 57)  # [low, high) side of a position question's shape (1-2 Qwen tokens)
 LETTERS = "ABCD"
 MAX_COUNT = 4  # count answers are 1..MAX_COUNT, the four options
 COUNT_AREA = 48 * 48  # pixels of every counted shape, whatever its kind: the count is an area ratio
@@ -189,6 +200,26 @@ class _Canvas:
         return None
 
 
+def _quadrant_centre(rng: np.random.Generator, quadrant: int, size: int) -> tuple[int, int]:
+    """A centre that keeps a `size` shape inside `quadrant` (`QUADRANTS` index), `_MARGIN` inside."""
+    half, mid = size // 2, IMAGE_SIZE // 2  # a shape covers [c - half, c - half + size)
+    row, column = divmod(quadrant, 2)
+    x0, y0 = column * mid + _MARGIN + half, row * mid + _MARGIN + half
+    return int(rng.integers(x0, x0 + mid - 2 * _MARGIN - size + 1)), int(
+        rng.integers(y0, y0 + mid - 2 * _MARGIN - size + 1)
+    )
+
+
+def quadrant_of(shape: Shape) -> str | None:
+    """The quadrant (`QUADRANTS`) that holds the whole shape in every frame, or None."""
+    half, rest, mid, found = shape.size // 2, shape.size - shape.size // 2, IMAGE_SIZE // 2, set()
+    for cx, cy in shape.centres:
+        column = 0 if cx + rest <= mid else 1 if cx - half >= mid else None
+        row = 0 if cy + rest <= mid else 1 if cy - half >= mid else None
+        found.add(None if row is None or column is None else QUADRANTS[2 * row + column])
+    return found.pop() if len(found) == 1 else None
+
+
 def area_size(shape: str, area: int) -> int:
     """The size at which `shape` covers about `area` pixels (within 3%)."""
     per_unit = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5, "cross": 5 / 9}[shape]
@@ -218,11 +249,19 @@ def make_scene(
     Returns (scene, target): the shape name (`colour`), or the (colour, shape) the question
     names (`count`, `frame`, `direction`).
     """
-    if qtype not in QUESTION_TYPES:
-        raise ValueError(f"unknown question type {qtype!r}; expected one of {', '.join(QUESTION_TYPES)}")
+    if qtype not in ALL_QUESTION_TYPES:
+        raise ValueError(f"unknown question type {qtype!r}; expected one of {', '.join(ALL_QUESTION_TYPES)}")
     scene = Scene(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], num_frames if is_video else 1, is_video)
     canvas = _Canvas(rng, scene.num_frames)
     shape = str(rng.choice(SHAPES))
+    if qtype == "position":  # one static shape inside the quadrant `value`
+        colour = str(rng.choice(ANSWER_COLOURS))
+        size = int(rng.integers(*POSITION_SIZE))
+        centre = _quadrant_centre(rng, QUADRANTS.index(value), size)
+        scene.shapes.append(
+            Shape(shape, colour, size, (centre,) * scene.num_frames, tuple(range(scene.num_frames)))
+        )
+        return scene, (colour, shape)
     if qtype == "colour":  # one shape
         _add(scene, canvas, shape, value, int(rng.integers(*colour_size)))
         return scene, shape
@@ -263,6 +302,7 @@ def answer_values(qtype: str, num_frames: int = NUM_FRAMES) -> tuple[str, ...]:
         "count": tuple(str(i) for i in range(1, MAX_COUNT + 1)),
         "frame": tuple(str(num_frames * i // 4) for i in range(1, 5)),
         "direction": DIRECTIONS,
+        "position": QUADRANTS,
     }[qtype]
 
 
@@ -274,6 +314,8 @@ def question_text(qtype: str, target) -> str:
         return f"How many {colour} {PLURALS[shape]} are there?"
     if qtype == "frame":
         return f"In which frame does the {colour} {shape} appear?"
+    if qtype == "position":
+        return f"Where is the {colour} {shape}?"
     return f"Which direction does the {colour} {shape} move?"
 
 
@@ -297,6 +339,8 @@ def scene_questions(scene: Scene) -> list[tuple[str, object, str]]:
     static = [s for s in shapes if len(s.visible) == frames and s.centres[0] == s.centres[-1]]
     if len(shapes) == 1 and shapes[0].colour in ANSWER_COLOURS:
         found.append(("colour", shapes[0].shape, shapes[0].colour))
+        if not scene.is_video and (quadrant := quadrant_of(shapes[0])):
+            found.append(("position", (shapes[0].colour, shapes[0].shape), quadrant))
     if len(static) == len(shapes):  # counts are asked of static scenes only
         found += [q for colour in ANSWER_COLOURS if (q := _count_question(shapes, colour))]
     for s in shapes:
@@ -338,7 +382,10 @@ def training_example(
     """
     num_frames = num_frames if is_video else 1
     possible = (
-        ["colour", "count"] + ["direction"] * (num_frames > 1) + ["frame"] * (num_frames >= len(LETTERS))
+        ["colour", "count"]
+        + ["direction"] * (num_frames > 1)
+        + ["frame"] * (num_frames >= len(LETTERS))
+        + ["position"] * (not is_video)
     )
     allowed = [t for t in types if t in possible]
     if not allowed:
@@ -378,15 +425,20 @@ def make_item(
     types: tuple[str, ...] = QUESTION_TYPES,
     colour_size: tuple[int, int] = COLOUR_SIZE,
 ) -> Item:
-    """Item `index` of the data set of `seed`: `types` cycle; answers and media balance per type."""
-    unknown = set(types) - set(QUESTION_TYPES)
+    """Item `index` of the data set of `seed`: `types` cycle; answers and media balance per type
+    (`position` items are images)."""
+    unknown = set(types) - set(ALL_QUESTION_TYPES)
     if unknown or not types:
-        raise ValueError(f"question types {sorted(unknown)}; expected some of {', '.join(QUESTION_TYPES)}")
+        raise ValueError(
+            f"question types {sorted(unknown)}; expected some of {', '.join(ALL_QUESTION_TYPES)}"
+        )
     qtype = types[index % len(types)]
     j = index // len(types)  # this item's rank among its type
     values = answer_values(qtype, num_frames)
     value = values[_balanced(seed, qtype + "/value", j, len(values))]
-    is_video = qtype in ("frame", "direction") or _balanced(seed, qtype + "/media", j, 2) == 1
+    is_video = qtype in ("frame", "direction") or (
+        qtype != "position" and _balanced(seed, qtype + "/media", j, 2) == 1
+    )
     rng = np.random.default_rng([seed, index])
     scene, target = make_scene(rng, qtype, value, is_video, num_frames, colour_size)
     return Item(f"syn-s{seed}-{index:06d}", scene, make_question(qtype, target, value, scene.num_frames))

@@ -1,4 +1,4 @@
-"""Train a small LLaVA-OneVision on synthetic shape QA (`aim_vllm.synthetic`) on the CPU.
+"""Train a small LLaVA-OneVision (or Qwen2.5-VL) on synthetic shape QA (`aim_vllm.synthetic`) on the CPU.
 
 The model is the architecture of `model_builders.llava_onevision` (seeded init, its tokenizer,
 processor and config), trained end to end with transformers' `LlavaOnevisionForConditionalGeneration`
@@ -13,9 +13,12 @@ and a 384x384 image 729 + 27 x 28 (base + one anyres crop), while a 1-frame vide
 default curriculum therefore trains on 1-2 frame videos and a few images; what it learns carries
 over to 8-frame videos and anyres images (held-out accuracy in `training.json`).
 
-`RECIPES` names the two configurations `aim-vllm train-synthetic --recipe` offers: the embedded
-default ("colour", also called "embedded") and a patch-local model ("local") for comparing token
-reductions.
+`RECIPES` names the configurations `aim-vllm train-synthetic --recipe` offers: the embedded
+default ("colour", also called "embedded"), a patch-local model ("local") for comparing token
+reductions, and a patch-local Qwen2.5-VL ("qwen-position", `arch`) that answers where a shape is,
+which only its M-RoPE positions tell it: the model on which merged tokens' positions matter.
+The trainer is the same for both architectures; `arch` picks the builder, the transformers
+model and processor classes, the media placeholder and the checkpoint's weight names.
 
 Convergence on any CPU. AVX2 and AVX-512 kernels round differently, so the same seed follows a
 different trajectory on each machine, and a recipe that only just converges on one can stall on
@@ -76,7 +79,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    size: str = "tiny"  # model_builders.llava_onevision size
+    size: str = "tiny"  # the builder's size
     seed: int = 0
     # The default teaches colour questions (multiple choice and the bare question), which this
     # model learns in ~200 steps (7.4 min on 2 shared cores) and answers on 8-frame videos and anyres
@@ -105,12 +108,14 @@ class TrainConfig:
     probe_seed: int = 2_000_003
     early_stop: bool = False  # stop at the first probe at or above the target
     extra_steps: int = 100  # at most this many steps past the stages while the probes are below target
+    arch: str = "llava-onevision"  # model_builders.BUILDERS key: "llava-onevision" or "qwen2.5-vl"
+    rope_theta: float | None = None  # replaces the built LLM's RoPE base (None: the builder's)
 
     @property
     def types(self) -> tuple[str, ...]:
         """The question types some stage teaches, in `synthetic.QUESTION_TYPES` order."""
         taught = {t for stage in self.stages for t in stage.types}
-        return tuple(t for t in synthetic.QUESTION_TYPES if t in taught)
+        return tuple(t for t in synthetic.ALL_QUESTION_TYPES if t in taught)
 
     @property
     def total_steps(self) -> int:
@@ -152,7 +157,26 @@ RECIPES: dict[str, TrainConfig] = {
         extra_steps=150,
     ),
 }
+# - "qwen-position": a tiny Qwen2.5-VL (`model_builders.qwen2_5_vl`) with a patch-local ViT on
+#   `position` questions (which quadrant holds the one shape), images only, multiple choice. The
+#   ViT's attention is off, so a visual token holds only its own 28x28 pixels, and where the shape
+#   is reaches the LLM through M-RoPE alone (and the tokens' order, which every position scheme
+#   keeps). `rope_theta` 20 instead of the published 1e6: with head size 32 the width section of
+#   M-RoPE gets the lowest frequencies, 1.8e-4 to 2.4e-6 rad per position at 1e6, so a 14-column
+#   grid turns a query by under 0.003 rad and left/right is all but invisible; at 20 it is 0.06
+#   to 0.15 rad per column. Measured on a 2-vCPU AVX-512 Xeon shared with other jobs (load 3-8):
+#   probes 0.25, 0.38, 0.50, 0.69, 0.56, 0.75, 0.94 at steps 50-350 (stopped); final held-out
+#   0.938 (96 items); 14.7 min wall (docs/results/train-qwen-position-avx512.json).
 RECIPES["embedded"] = RECIPES["colour"]  # the embedded default model's recipe
+RECIPES["qwen-position"] = TrainConfig(
+    stages=(Stage(300, (1,), image=1.0, types=("position",), free_form=0.0),),
+    patch_local_vision=True,
+    early_stop=True,
+    extra_steps=200,
+    arch="qwen2.5-vl",
+    rope_theta=20.0,
+    eval_items=96,
+)
 
 
 # ---------------------------------------------------------------- data
@@ -185,9 +209,21 @@ def batch_at(config: TrainConfig, step: int) -> tuple[bool, int, list]:
     return is_video, frames, examples
 
 
-def chat_text(tokenizer, is_video: bool, turns: list[tuple[str, str | None]]) -> str:
+# The text vLLM puts in a string chat template for one media item ({arch: (image, video)}).
+PLACEHOLDERS = {
+    "llava-onevision": ("<image>", "<video>"),
+    "qwen2.5-vl": (
+        "<|vision_start|><|image_pad|><|vision_end|>",
+        "<|vision_start|><|video_pad|><|vision_end|>",
+    ),
+}
+
+
+def chat_text(
+    tokenizer, is_video: bool, turns: list[tuple[str, str | None]], arch: str = "llava-onevision"
+) -> str:
     """The chat-template text of the turns; a None answer ends with the generation prompt."""
-    placeholder = "<video>" if is_video else "<image>"
+    placeholder = PLACEHOLDERS[arch][is_video]
     messages = []
     for i, (prompt, answer) in enumerate(turns):
         messages.append({"role": "user", "content": f"{placeholder}\n{prompt}" if i == 0 else prompt})
@@ -196,17 +232,27 @@ def chat_text(tokenizer, is_video: bool, turns: list[tuple[str, str | None]]) ->
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=turns[-1][1] is None)
 
 
-def encode(processor, frames: np.ndarray, is_video: bool, turns: list[tuple[str, str | None]]):
+def encode(
+    processor,
+    frames: np.ndarray,
+    is_video: bool,
+    turns: list[tuple[str, str | None]],
+    arch: str = "llava-onevision",
+):
     """Processor inputs for one item ([1, T] ids) and labels: answer tokens and their <|im_end|>."""
-    inputs, labels = encode_batch(processor, [frames], is_video, [turns])
+    inputs, labels = encode_batch(processor, [frames], is_video, [turns], arch)
     return inputs, labels[0]
 
 
 def encode_batch(
-    processor, media: list[np.ndarray], is_video: bool, turns: list[list[tuple[str, str | None]]]
+    processor,
+    media: list[np.ndarray],
+    is_video: bool,
+    turns: list[list[tuple[str, str | None]]],
+    arch: str = "llava-onevision",
 ):
     """Right-padded processor inputs ([B, T] ids) and [B, T] labels of a batch of one medium."""
-    texts = [chat_text(processor.tokenizer, is_video, item_turns) for item_turns in turns]
+    texts = [chat_text(processor.tokenizer, is_video, item_turns, arch) for item_turns in turns]
     if is_video:
         inputs = processor(text=texts, videos=list(media), padding=True, return_tensors="pt")
     else:
@@ -274,6 +320,7 @@ def evaluate(
             synthetic.render(item.scene),
             item.scene.is_video,
             [(synthetic.prompt_text(q.question, q.options), None)],
+            config.arch,
         )
         answer = processor.tokenizer.decode([next_token(model, inputs)]).strip()
         hits.setdefault(q.type, []).append(answer == q.answer)
@@ -288,16 +335,26 @@ def evaluate(
     }
 
 
-def make_patch_local(vision_tower: torch.nn.Module) -> None:
+# (attention module, its output projection) in the vision tower's parameter names, per arch.
+_VISION_ATTENTION = {
+    "llava-onevision": (".self_attn.", ".out_proj."),  # SigLIP
+    "qwen2.5-vl": (".attn.", ".attn.proj."),  # Qwen2.5-VL ViT blocks (qkv, proj)
+}
+
+
+def make_patch_local(vision_tower: torch.nn.Module, arch: str = "llava-onevision") -> None:
     """Zero and freeze every attention output projection: each patch's features see only that patch.
 
-    The encoder is then a per-patch network (patch embedding, position embedding, MLPs), and all
-    mixing across the image happens in the LLM, where AIM and the baselines act.
+    The encoder is then a per-patch network (patch embedding, position embedding, MLPs; Qwen2.5-VL's
+    PatchMerger then joins 2x2 patches into one token), and all mixing across the image happens in
+    the LLM, where AIM and the baselines act. Qwen2.5-VL's ViT has no absolute position embedding
+    (its rotary positions act only in the attention turned off here), so its tokens carry no position.
     """
+    attention, output = _VISION_ATTENTION[arch]
     for name, param in vision_tower.named_parameters():
-        if ".self_attn." in name:
+        if attention in name:
             param.requires_grad_(False)
-            if ".out_proj." in name:
+            if output in name:
                 param.data.zero_()
 
 
@@ -383,19 +440,47 @@ def train_best_of(
     return record
 
 
+def model_classes(arch: str) -> tuple[type, type]:
+    """transformers' (model, processor) classes of `arch`."""
+    import transformers
+
+    names = {
+        "llava-onevision": ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor"),
+        "qwen2.5-vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+    }
+    if arch not in names:
+        raise ValueError(f"cannot train {arch!r}; expected one of {', '.join(names)}")
+    return tuple(getattr(transformers, name) for name in names[arch])
+
+
+def vision_tower(model, arch: str) -> torch.nn.Module:
+    return model.model.visual if arch == "qwen2.5-vl" else model.model.vision_tower
+
+
+def build_init(init: Path, config: TrainConfig) -> None:
+    """The seeded initial checkpoint of `config` (its builder; `rope_theta` written into config.json)."""
+    from aim_vllm.model_builders import build_model
+
+    build_model(init, config.arch, config.size, seed=config.seed)
+    if config.rope_theta is None:
+        return
+    path = init / "config.json"
+    record = json.loads(path.read_text())
+    text = record.get("text_config", record)
+    text["rope_parameters"]["rope_theta"] = config.rope_theta
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def _train(out_dir: Path, config: TrainConfig) -> dict[str, Any]:
-    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
-
-    from aim_vllm.model_builders.llava_onevision import build
-
+    model_cls, processor_cls = model_classes(config.arch)
     work = out_dir / "_train"
     init = work / "init"
     if not (init / "model.safetensors").exists():
-        build(init, size=config.size, seed=config.seed)
-    processor = LlavaOnevisionProcessor.from_pretrained(init)
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+        build_init(init, config)
+    processor = processor_cls.from_pretrained(init)
+    model = model_cls.from_pretrained(init, dtype=torch.float32)
     if config.patch_local_vision:
-        make_patch_local(model.model.vision_tower)
+        make_patch_local(vision_tower(model, config.arch), config.arch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
@@ -508,7 +593,9 @@ def _train_step(model, processor, optimizer, config: TrainConfig, step: int) -> 
         jpeg_video_data_url(m)[1] if is_video and jpeg else m
         for m, (_, _, jpeg) in zip(media, examples, strict=True)
     ]
-    inputs, labels = encode_batch(processor, media, is_video, [turns for _, turns, _ in examples])
+    inputs, labels = encode_batch(
+        processor, media, is_video, [turns for _, turns, _ in examples], config.arch
+    )
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, step)
     loss = answer_loss(model, inputs, labels)
@@ -547,12 +634,16 @@ def _write_checkpoint(model, init: Path, out_dir: Path, config: TrainConfig, met
     """The builder's files (config, processor, tokenizer) with the trained weights."""
     from safetensors.torch import save_file
 
+    from aim_vllm.model_builders.checkpoint import rename_state_dict
     from aim_vllm.model_builders.llava_onevision import checkpoint_state_dict
 
     for path in init.iterdir():
         if path.name != "model.safetensors":
             shutil.copy2(path, out_dir / path.name)
-    weights = checkpoint_state_dict(model.state_dict())
+    if config.arch == "llava-onevision":
+        weights = checkpoint_state_dict(model.state_dict())
+    else:  # Qwen2.5-VL: transformers 5 names, as its builder writes them (vLLM maps them)
+        weights = rename_state_dict(model.state_dict(), ())
     save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
     record = {"config": config.to_json(), **metrics}
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -139,6 +139,19 @@ COMMANDS = {
         "merge:0.05 --compare merge:0.05 balanced --seeds 200"
     ),
     "eval-colour": "the same as eval-colour-small, on items with training-size shapes (56-95 px)",
+    "eval-position-qwen": (
+        "aim-vllm make-synthetic-data DATA --n 128 --types position --seed 4242; aim-vllm "
+        "train-synthetic --recipe qwen-position MODEL; aim-vllm eval --data DATA/items.jsonl --model "
+        "MODEL --levels off merge:0.25 merge:0.125 --concurrency 4"
+    ),
+    "eval-position-qwen-spread": (
+        "the same as eval-position-qwen, with `AIM_VLLM_SPREAD_POSITIONS=1` in the environment "
+        "(merged tokens keep count-based positions)"
+    ),
+    "eval-position-qwen-compare": (
+        "python scripts/compare_eval_runs.py <eval-position-qwen> <eval-position-qwen-spread> --levels "
+        "off merge:0.25 merge:0.125 --names content-aware spread"
+    ),
     "eval-evs-local": (
         "aim-vllm eval --data runs/data-colour-small/items.jsonl --model <local> --concurrency 4 "
         "--levels off merge:0.05 merge:0.05,method:evs merge:0.05,method:pool merge:0.25,prune:3-5 "
@@ -149,6 +162,7 @@ COMMANDS = {
 # Run facts of the files that record none: the date of the commit that added the file, and the
 # machine its `.md` names.
 _DEV_VM = "AMD EPYC, 2 CPUs"
+_XEON = "Intel Xeon, 2 CPUs (AVX-512), shared with other jobs"
 PROVENANCE = {
     "eval-local-small": {"date": "2026-11-27", "machine": _DEV_VM},
     "eval-colour-small": {"date": "2026-11-27", "machine": _DEV_VM},
@@ -163,6 +177,9 @@ PROVENANCE = {
     "kv-memory-0.5b": {"date": "2026-12-02", "machine": _DEV_VM},
     "gpu-prefill-cpu-0.5b": {"date": "2026-12-03", "machine": _DEV_VM},
     "flops-table": {"date": "2026-12-07", "machine": "any (arithmetic on the published shapes)"},
+    "eval-position-qwen": {"date": "2026-12-07", "machine": _XEON},
+    "eval-position-qwen-spread": {"date": "2026-12-07", "machine": _XEON},
+    "eval-position-qwen-compare": {"date": "2026-12-07", "machine": _XEON},
 }
 
 
@@ -539,6 +556,14 @@ def _paired(stem: str, name: str) -> str:
     return f"Δ {difference}, McNemar p {r['mcnemar_p']:.2g}: {r['verdict']}"
 
 
+def _across_runs(stem: str, level: str) -> str:
+    """`scripts/compare_eval_runs.py`'s pair at `level`: both accuracies and the paired difference."""
+    c = next(c for c in load(stem)["comparisons"] if c["level"].split(" (")[0] == level)
+    (a, accuracy_a), (b, accuracy_b) = c["accuracy"].items()
+    difference = _difference(c["difference"], c["low"], c["high"])
+    return f"`{level}`: {accuracy_a:.3f} {a} vs {accuracy_b:.3f} {b}, Δ {difference}"
+
+
 def _kv(stem: str, frames: int, level: str) -> dict:
     return next(b for b in load(stem)["blocks"] if b["frames"] == frames and b["level"] == level)
 
@@ -598,6 +623,12 @@ SUMMARY: list[tuple[str, str, Callable[[str], str]]] = [
         "`balanced` against it paired (n=96)",
         "eval-paired-local",
         lambda s: f"{_eval(s, 'off')}; {_paired(s, 'balanced')}",
+    ),
+    (
+        "accuracy, position task on a patch-local synthetic Qwen2.5-VL: merged tokens at their "
+        "survivors' M-RoPE positions (content-aware, the default) vs count-based (spread), paired (n=128)",
+        "eval-position-qwen-compare",
+        lambda s: f"{_across_runs(s, 'merge:0.25')}; {_across_runs(s, 'merge:0.125')}",
     ),
 ]
 

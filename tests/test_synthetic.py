@@ -250,3 +250,67 @@ def test_training_step_reduces_loss_on_a_fixed_batch(tiny_model_dir: Path) -> No
     finally:
         torch.set_num_threads(threads)
     assert all(np.isfinite(losses)) and losses[2] < losses[1] < losses[0], losses
+
+
+# ---------------------------------------------------------------- the opt-in `position` type
+
+# sha256 of the default data of seed 0 (32 items) and of 24 default training examples, as the
+# code before the `position` type generated them: an opt-in type must not change them.
+_DEFAULT_DIGEST = "8926fa3bf0effdd959bd2a52546b6f947a011a6de889ccc716737d5625f29c92"
+
+
+def test_the_position_type_leaves_the_default_data_unchanged() -> None:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item in synthetic.iter_items(0, 32):
+        digest.update(json.dumps(synthetic.item_record(item, [])).encode())
+        digest.update(repr(item.scene).encode())
+    for i in range(24):
+        scene, turns = synthetic.training_example(np.random.default_rng(i), bool(i % 2), 1 + i % 3, 0.3)
+        digest.update(json.dumps(turns).encode())
+        digest.update(repr(scene).encode())
+    assert "position" not in synthetic.QUESTION_TYPES and "position" in synthetic.ALL_QUESTION_TYPES
+    assert digest.hexdigest() == _DEFAULT_DIGEST
+
+
+def _quadrant_from_pixels(frame: np.ndarray, colour: str) -> str:
+    """The quadrant of the one shape of `colour`, from its bounding box (which must not straddle)."""
+    (component,) = _components(_colour_mask(frame, colour))
+    rows, cols = np.nonzero(component)
+    mid = synthetic.IMAGE_SIZE // 2
+    assert (cols.max() < mid or cols.min() >= mid) and (rows.max() < mid or rows.min() >= mid)
+    return synthetic.QUADRANTS[2 * int(rows.min() >= mid) + int(cols.min() >= mid)]
+
+
+def test_position_items_are_images_whose_pixels_give_the_answer() -> None:
+    """Every position item is one image with one shape of the named colour and kind, wholly inside
+    the answer's quadrant; the answers cycle through the four quadrants; the same seed repeats."""
+    items = list(synthetic.iter_items(5, 16, types=("position",)))
+    assert collections.Counter(item.question.answer_text for item in items) == dict.fromkeys(
+        synthetic.QUADRANTS, 4
+    )
+    for item in items:
+        q = item.question
+        colour, shape = _target(q.question)
+        frame = synthetic.render(item.scene)
+        assert not item.scene.is_video and frame.shape[0] == 1 and len(item.scene.shapes) == 1
+        assert q.type == "position" and q.options == synthetic.QUADRANTS
+        assert q.answer == synthetic.LETTERS[synthetic.QUADRANTS.index(q.answer_text)]
+        assert _quadrant_from_pixels(frame[0], colour) == q.answer_text
+        assert _shape_of(_components(_colour_mask(frame[0], colour))[0]) == shape.rstrip("?")
+    again = synthetic.make_item(5, 3, types=("position",))
+    assert again.question == items[3].question and again.scene == items[3].scene
+
+
+def test_position_training_turns_match_the_pixels() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        scene, turns = synthetic.training_example(rng, False, 1, 0.5, ("position",))
+        ((prompt, answer),) = turns
+        question = prompt.splitlines()[0]
+        colour, _ = _target(question)
+        quadrant = _quadrant_from_pixels(synthetic.render(scene)[0], colour)
+        assert answer in (quadrant, synthetic.LETTERS[synthetic.QUADRANTS.index(quadrant)])
+    with pytest.raises(ValueError, match="no question"):
+        synthetic.training_example(rng, True, 2, 0.0, ("position",))  # images only

@@ -157,7 +157,7 @@ def test_machine_record_reads_the_cpu_flags() -> None:
     assert record["torch"] and record["transformers"] and record["torch_cpu_capability"]
 
 
-@pytest.mark.parametrize("recipe", ["colour", "local"])
+@pytest.mark.parametrize("recipe", ["colour", "local", "qwen-position"])
 def test_cli_trains_the_recipe(recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from aim_vllm.cli import main
 
@@ -221,3 +221,68 @@ def test_best_of_seeds_keeps_the_best_probe_and_lists_every_seed(
     assert (tmp_path / "model.safetensors").read_text() == "seed 5" and not (tmp_path / "_seeds").exists()
     with pytest.raises(ValueError):
         training.train_best_of(tmp_path, training.TrainConfig(), 0)
+
+
+# ---------------------------------------------------------------- the Qwen2.5-VL path
+
+
+def test_qwen_position_recipe() -> None:
+    """A patch-local Qwen2.5-VL on position questions (images, letters), with a RoPE base at which
+    M-RoPE's width section turns measurably per column."""
+    recipe = training.RECIPES["qwen-position"]
+    assert recipe.arch == "qwen2.5-vl" and recipe.patch_local_vision and recipe.types == ("position",)
+    assert all(stage.image == 1.0 and stage.free_form == 0.0 for stage in recipe.stages)
+    assert recipe.rope_theta is not None and recipe.rope_theta < 1e3
+    assert training.TrainConfig().arch == "llava-onevision" and training.TrainConfig().rope_theta is None
+
+
+def test_qwen_patch_local_vision_gives_each_token_its_own_pixels() -> None:
+    """After `make_patch_local`, changing one 14x14 patch changes only the LLM token (2x2 patches)
+    that holds it; the stock ViT (the control) spreads the change to other tokens."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from aim_vllm.model_builders import default_model_dir
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        default_model_dir("qwen2.5-vl"), dtype=torch.float32
+    )
+    visual, grid = model.model.visual, torch.tensor([[1, 8, 8]])  # 8x8 patches: 4x4 tokens
+    pixels = torch.randn(64, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    changed = pixels.clone()
+    changed[4 * 5 + 2] += 1.0  # one patch of token 5 (patches come grouped by token, 4 each)
+
+    def moved() -> torch.Tensor:
+        with torch.no_grad():
+            a, b = (visual(p, grid_thw=grid).pooler_output for p in (pixels, changed))
+        return (a - b).abs().amax(dim=-1)  # [16] largest change per token
+
+    assert (moved() > 1e-4).sum() > 1
+    training.make_patch_local(visual, "qwen2.5-vl")
+    local = moved()
+    assert local[5] > 1e-3 and float(local[torch.arange(16) != 5].max()) == 0.0
+    frozen = [n for n, p in visual.named_parameters() if not p.requires_grad]
+    assert frozen and all(".attn." in n for n in frozen)
+
+
+def test_train_qwen_writes_a_checkpoint_vllm_loads(tmp_path: Path) -> None:
+    """A few steps of the Qwen path: the checkpoint keeps transformers 5 names (vLLM's loader maps
+    them), the recipe's RoPE base, and the zeroed ViT attention; training.json as for LLaVA."""
+    from safetensors.torch import load_file
+
+    stage = training.Stage(2, (1,), image=1.0, types=("position",), free_form=0.0)
+    config = training.TrainConfig(
+        stages=(stage,), batch_size=2, warmup_steps=1, probe_every=2, probe_items=2, eval_items=2,
+        extra_steps=0, arch="qwen2.5-vl", rope_theta=20.0, patch_local_vision=True,
+    )  # fmt: skip
+    metrics = training.train(tmp_path, config)
+    assert metrics["steps"] == 2 and metrics["eval"]["by_type"].keys() == {"position"}
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
+    assert saved["text_config"]["rope_parameters"]["rope_theta"] == 20.0
+    weights = load_file(tmp_path / "model.safetensors")
+    assert any(n.startswith("model.language_model.") for n in weights)
+    proj = [n for n in weights if n.startswith("model.visual.blocks.") and ".attn.proj." in n]
+    assert proj and all(float(weights[n].abs().max()) == 0.0 for n in proj)
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["config"]["arch"] == "qwen2.5-vl" and not (tmp_path / "_train").exists()

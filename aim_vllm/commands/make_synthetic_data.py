@@ -2,9 +2,9 @@
 
 Writes DIR/items.jsonl and DIR/media/ (PNG images, videos as directories of PNG frames): coloured
 shapes on a grey background, 384x384, videos of 8 frames, one multiple-choice question per item
-(colour, count, frame, direction, or those of --types; types cycle, answers and letters are
-balanced). The same seed gives byte-identical files; the format is documented in
-`aim_vllm/synthetic.py`.
+(colour, count, frame, direction, or those of --types, which may also name the opt-in
+`position`; types cycle, answers and letters are balanced). The same seed gives byte-identical
+files; the format is documented in `aim_vllm/synthetic.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--types",
         default="colour,count,frame,direction",
-        help="comma-separated question types (default: all; the trained default model knows colour)",
+        help="comma-separated question types (default: the four above; the trained default model knows "
+        "colour; `position`, opt-in: which quadrant holds the one shape, images only)",
     )
 
 

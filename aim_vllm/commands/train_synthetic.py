@@ -1,9 +1,11 @@
-"""`aim-vllm train-synthetic [OUT_DIR]`: train a small LLaVA-OneVision on synthetic shape QA (CPU).
+"""`aim-vllm train-synthetic [OUT_DIR]`: train a small LLaVA-OneVision or Qwen2.5-VL on shape QA (CPU).
 
 The tiny builder's architecture (Qwen2 LLM + SigLIP 384/14, local tokenizer), trained from a
 fixed seed on questions generated on the fly (`aim_vllm.training`), per `--recipe`: `colour`
 or its alias `embedded` (the embedded default) or `local` (a patch-local encoder whose answers
-live in a few visual tokens: the model on which `aim-vllm eval` tells AIM from the baselines).
+live in a few visual tokens: the model on which `aim-vllm eval` tells AIM from the baselines);
+`qwen-position` trains the tiny Qwen2.5-VL instead, with a patch-local ViT, on which quadrant
+holds a shape: its answers come from M-RoPE positions alone (OUT_DIR required).
 A run probes held-out accuracy as it goes and stops at, or continues (bounded) towards, the
 recipe's target. OUT_DIR then holds a checkpoint vLLM serves as is (`aim-vllm engine --model
 OUT_DIR`) and `training.json` (config, wall time, held-out accuracy and curve, CPU flags, versions).
@@ -23,10 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", type=Path, nargs="?", help="checkpoint directory (default: the cache)")
     parser.add_argument(
         "--recipe",
-        choices=("colour", "embedded", "local"),
+        choices=("colour", "embedded", "local", "qwen-position"),
         default="colour",
         help="colour (alias embedded): the embedded default; local: patch-local vision, for comparing "
-        "token reductions (aim_vllm.training.RECIPES)",
+        "token reductions; qwen-position: a patch-local Qwen2.5-VL answering where a shape is, from "
+        "M-RoPE alone (needs OUT_DIR) (aim_vllm.training.RECIPES)",
     )
     parser.add_argument("--seed", type=int, default=0, help="initialisation and data seed (default 0)")
     parser.add_argument("--eval-items", type=int, default=None, help="held-out items scored at the end")
@@ -50,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds > 1 and args.out_dir is None:
         raise ValueError("--seeds N trains N models: give OUT_DIR (the cache holds one model per config)")
     config = dataclasses.replace(RECIPES[args.recipe], seed=args.seed)
+    if config.arch != "llava-onevision" and args.out_dir is None:
+        raise ValueError(
+            f"--recipe {args.recipe} trains a {config.arch} model: give OUT_DIR (the cache "
+            "holds LLaVA-OneVision models)"
+        )
     if args.eval_items is not None:
         config = dataclasses.replace(config, eval_items=args.eval_items)
     if args.out_dir is None:

@@ -15,9 +15,10 @@ Subclasses of vllm==0.32.0 `model_executor/models/qwen2_5_vl.py`, overriding onl
   temporal position); after the encoder, the model appends each merged token's survivor (h, w)
   to its embedding and `recompute_mrope_positions` rewrites the spatial axes, vLLM's EVS
   mechanism (`patches.py` item 3 enables it on V1 runners; where it is not enabled, e.g. Model
-  Runner V2, the count-based positions stay). Text after an item starts at the unmerged item's
-  largest position + 1, as in stock vLLM, so it is unaffected by merging; the decode offset
-  `mrope_position_delta` is recomputed for the shorter prompt.
+  Runner V2 or the ablation `AIM_VLLM_SPREAD_POSITIONS=1`, the count-based positions stay).
+  Text after an item starts at the unmerged item's largest position + 1, as in stock vLLM, so it
+  is unaffected by merging; the decode offset `mrope_position_delta` is recomputed for the
+  shorter prompt.
 - `encoder_keep` < 1 (opt-in, not AIM's): the ViT merges each window's tokens from an early block
   and copies them back before its patch merger (`models.qwen_encoder_merging`); the prompt
   layout and positions are those of the same level without it.
