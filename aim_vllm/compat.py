@@ -36,12 +36,18 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLMultiModalProcessor,
     Qwen2_5_VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMultiModalProcessor,
+    Qwen3VLProcessingInfo,
+)
 from vllm.model_executor.models.utils import cast_overflow_tensors
 from vllm.model_executor.models.vision import resolve_visual_encoder_outputs
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems, VideoProcessorItems
-from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+from vllm.multimodal.processing import PromptReplacement, PromptUpdate, PromptUpdateDetails
 from vllm.multimodal.processing.inputs import ProcessorInputs
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -84,10 +90,15 @@ __all__ = [
     "ProcessorInputs",
     "PromptReplacement",
     "PromptUpdate",
+    "PromptUpdateDetails",
     "Qwen2_5_VLDummyInputsBuilder",
     "Qwen2_5_VLForConditionalGeneration",
     "Qwen2_5_VLMultiModalProcessor",
     "Qwen2_5_VLProcessingInfo",
+    "Qwen3VLDummyInputsBuilder",
+    "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMultiModalProcessor",
+    "Qwen3VLProcessingInfo",
     "VideoProcessorItems",
     "build_llava_or_pixtral_info",
     "build_llava_or_pixtral_processor",

@@ -26,6 +26,7 @@ MODELS = {
     ),
     "Qwen2_5_VLForConditionalGeneration": "aim_vllm.models.qwen2_5_vl:AimQwen2_5_VLForConditionalGeneration",
     "LlavaForConditionalGeneration": "aim_vllm.models.llava:AimLlavaForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "aim_vllm.models.qwen3_vl:AimQwen3VLForConditionalGeneration",
 }
 
 _registered = False

@@ -1,6 +1,6 @@
 """`aim-vllm make-tiny-model DIR`: build a model checkpoint offline and deterministically.
 
-`--size tiny` (default) writes random weights (fixed seed); `--size 0.5b|3b|7b` writes the published
+`--size tiny` (default) writes random weights (fixed seed); `--size 0.5b|2b|3b|4b|7b|8b` writes the published
 architecture's config, tokenizer and processor with no weights, for `--load-format dummy`;
 `--layers N` shrinks such a config to N LLM layers (widths, vocabulary and limits unchanged).
 """

@@ -21,8 +21,10 @@ BUILDERS = {
     "llava-onevision": "aim_vllm.model_builders.llava_onevision",
     "qwen2.5-vl": "aim_vllm.model_builders.qwen2_5_vl",
     "llava-1.5": "aim_vllm.model_builders.llava",
+    "qwen3-vl": "aim_vllm.model_builders.qwen3_vl",
 }
-SIZES = ("tiny", "0.5b", "3b", "7b")  # each builder accepts a subset (0.5b: llava-onevision; 3b: qwen2.5-vl)
+# each builder accepts a subset (0.5b: llava-onevision; 3b: qwen2.5-vl; 2b, 4b, 8b: qwen3-vl)
+SIZES = ("tiny", "0.5b", "2b", "3b", "4b", "7b", "8b")
 
 
 def cache_root() -> Path:
@@ -79,7 +81,17 @@ def shrink_checkpoint(checkpoint: Path, layers: int) -> None:
         vision["fullatt_block_indexes"] = [i for i in vision["fullatt_block_indexes"] if i < depth] or [
             depth - 1
         ]
+    if "deepstack_visual_indexes" in vision:  # Qwen3-VL: taps spread evenly over the shrunk tower
+        vision["deepstack_visual_indexes"] = deepstack_indexes(len(vision["deepstack_visual_indexes"]), depth)
+        vision["depth"] = max(depth, len(vision["deepstack_visual_indexes"]))
     path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def deepstack_indexes(levels: int, depth: int) -> list[int]:
+    """`levels` distinct DeepStack taps of a tower of `depth` blocks (at least `levels`), spread
+    like the published 2B/4B's [5, 11, 17] of 24: block (i + 1) * depth // (levels + 1) - 1."""
+    depth = max(depth, levels)
+    return [max(i, (i + 1) * depth // (levels + 1) - 1) for i in range(levels)]
 
 
 def _cached(target: Path, build: Callable[[Path], object]) -> Path:

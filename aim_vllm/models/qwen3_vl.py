@@ -1,0 +1,399 @@
+"""AIM for Qwen3-VL (dense) in vLLM: token merging per temporal slice after the patch merger.
+
+Subclasses of vllm==0.32.0 `model_executor/models/qwen3_vl.py`, overriding only what changes
+(see `models/common.py` for the flow; the Qwen2.5-VL file for the shared M-RoPE bookkeeping):
+- merging (AIM §3.1): an item's tokens leave the vision tower in slices, one per temporal patch
+  (2 frames; an image is one slice), each in raster order of the merged (h/2, w/2) grid. Each
+  slice of n tokens merges on its own to k = `merged_token_count(n, r)`.
+- DeepStack: vLLM's tower returns each token as [main | DeepStack level 1 | ... | level L] on the
+  channel axis (the ViT's intermediate features, added to the visual rows after LLM layers
+  0..L-1). The merge plan is computed from the main channels only and applied to the whole row,
+  so every injected DeepStack row is the size-weighted mean of the same tokens as its main row:
+  it still belongs to its kept token.
+- prompt: an image is one run of k placeholders; a video is one `<t seconds><|vision_start|>`
+  k placeholders `<|vision_end|>` group per slice, the timestamp text untouched (vLLM's own
+  `get_video_repl` output with each run shortened).
+- M-RoPE (interleaved in Qwen3-VL, which changes only how the LLM rotates): every slice starts at
+  the position after the text before it, (start, start + row, start + column) on its grid, and text
+  after it continues from the unmerged grid's largest position + 1, as in stock vLLM. A merged
+  token takes the (row, column) of its survivor (`core.merge.merge_frames_with_origin`): counted
+  positions at `spread_indices` when the request is added, then rewritten after the encoder from
+  channels appended to the embedding (vLLM's EVS mechanism, `patches.py` item 3), as for Qwen2.5-VL;
+  the channels carry the survivor's row and column and the token's index within its slice.
+- pruning: off for Qwen3-VL, with the reason in `usage.aim.pruning` ("skipped: ..."): the shared
+  pruning decoder (`pruning/decoder.py`) runs Qwen2/LLaMA layers, without Qwen3's q/k norms and
+  without the DeepStack additions after layers 0..L-1, so its forward would be wrong here. When
+  it learns them, the rule is to prune only from layer L on (after the last injection): pruned
+  rows then never need their DeepStack rows, and the injection stays vLLM's own code. Budgets
+  are solved with merging alone, as on any engine that cannot prune.
+- not here: merging inside the ViT (`encoder_keep` is refused with the list of models that have
+  it), precomputed `image_embeds` / `video_embeds` inputs (never merged), vLLM's EVS / VidCom2
+  (`--video-pruning-rate`; AIM levels are refused alongside them). AIM off (no AIM keys) is stock.
+
+Dimensions:
+    t: temporal slices of an item; n: tokens per slice; k: merged tokens per slice;
+    D: out_hidden_size; L: DeepStack levels; C = D * (1 + L) channels per vision-tower row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import torch
+
+from aim_vllm.compat import (
+    MULTIMODAL_REGISTRY,
+    MultiModalFieldConfig,
+    PromptReplacement,
+    PromptUpdate,
+    PromptUpdateDetails,
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMultiModalProcessor,
+    Qwen3VLProcessingInfo,
+    VideoProcessorItems,
+)
+from aim_vllm.core import position_channels
+from aim_vllm.core.budget import EncoderCost, VisualLayout
+from aim_vllm.core.flops import LLMShape
+from aim_vllm.core.item_params import ItemParams, field_name
+from aim_vllm.core.level import budget_of, without_engine_keys
+from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
+from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.models.common import AimModelMixin, AimProcessorMixin, decode_items, schedule_from_kwargs
+from aim_vllm.models.qwen2_5_vl import (
+    AimQwen2_5_VLMultiModalProcessor,
+    content_positions,
+    item_merge,
+    slice_shape,
+)
+from aim_vllm.pruning.decoder import PruningDecoder
+from aim_vllm.pruning.parallel import TensorParallel
+from aim_vllm.usage import StatsStore, UsageReporter
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("image", "video")
+_PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
+PRUNING_UNSUPPORTED = (
+    "Qwen3-VL: AIM's pruning decoder does not run Qwen3's q/k norms and DeepStack injection yet "
+    "(merging still applies)"
+)
+
+
+def merge_item(
+    rows: torch.Tensor, num_slices: int, ratio: float, main_width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge each temporal slice of one item's tower output [t * n, C] -> [t * k, C], the plan from
+    the first `main_width` (main) channels, and the raster index of each token's survivor [t, k]."""
+    per_slice = rows.shape[0] // num_slices
+    frames = rows.view(num_slices, per_slice, -1)  # (t, n, C)
+    target = merged_token_count(per_slice, ratio)
+    merged, origin = merge_frames_with_origin(frames, target, metric=frames[..., :main_width])
+    return merged.flatten(0, 1), origin
+
+
+def slice_channels(origin: torch.Tensor, columns: int) -> torch.Tensor:
+    """[t * k, 3] integers for `content_positions`: each merged token's survivor row and column in
+    its slice's (h/2, w/2) grid, and the token's index within its slice (a slice is one run)."""
+    slices, kept = origin.shape
+    flat = origin.flatten()
+    within = torch.arange(kept).repeat(slices)
+    return torch.stack([flat // columns, flat % columns, within], dim=1)
+
+
+def shorten_runs(tokens: Sequence[int], token_id: int, length: int) -> list[int]:
+    """`tokens` with every maximal run of `token_id` cut to its first `length` tokens."""
+    out: list[int] = []
+    run = 0
+    for token in tokens:
+        run = run + 1 if token == token_id else 0
+        if run <= length:
+            out.append(token)
+    return out
+
+
+def unmerged_frames_layout(
+    input_tokens: list[int], features: list, merges: list, media_ids: tuple[int, ...]
+) -> tuple[list[int], list, list[int]]:
+    """The prompt as if unmerged, its features, and the unmerged indices the merged prompt keeps.
+
+    Like `qwen2_5_vl.unmerged_layout`, for items whose placeholder holds t runs of k placeholders
+    (a Qwen3-VL video: one run per slice, timestamp text between): each run becomes n tokens, of
+    which the merged prompt keeps those at `spread_indices(n, k)`; text is kept as it is.
+
+    Args:
+        input_tokens: the merged prompt; `media_ids`: the placeholder token ids.
+        features: `MultiModalFeatureSpec`s sorted by offset; merges: `item_merge` of each.
+    """
+    tokens: list[int] = []
+    keep: list[int] = []
+    shifted = []
+
+    def copy(span: Sequence[int]) -> None:
+        keep.extend(range(len(tokens), len(tokens) + len(span)))
+        tokens.extend(span)
+
+    cursor = 0
+    for feature, merge in zip(features, merges, strict=True):
+        pos = feature.mm_position
+        copy(input_tokens[cursor : pos.offset])
+        start, span = len(tokens), input_tokens[pos.offset : pos.offset + pos.length]
+        if merge is None:
+            copy(span)
+        else:
+            t, n, k = merge
+            runs = _runs(span, media_ids)
+            if len(runs) != t or any(end - begin != k for begin, end in runs):
+                raise ValueError(f"placeholder runs {runs} for a merged item of {t} x {k}")
+            inner = 0
+            for begin, end in runs:
+                copy(span[inner:begin])
+                keep.extend(len(tokens) + i for i in spread_indices(n, k))
+                tokens.extend([span[begin]] * n)
+                inner = end
+            copy(span[inner:])
+        placeholder = replace(pos, offset=start, length=len(tokens) - start, is_embed=None)
+        shifted.append(replace(feature, mm_position=placeholder))
+        cursor = pos.offset + pos.length
+    copy(input_tokens[cursor:])
+    return tokens, shifted, keep
+
+
+def _runs(tokens: Sequence[int], media_ids: tuple[int, ...]) -> list[tuple[int, int]]:
+    """[begin, end) of each maximal run of placeholder tokens."""
+    runs: list[tuple[int, int]] = []
+    for i, token in enumerate(tokens):
+        if token not in media_ids:
+            continue
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+class AimQwen3VLMultiModalProcessor(AimProcessorMixin, Qwen3VLMultiModalProcessor):
+    """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
+
+    _aim_grids = AimQwen2_5_VLMultiModalProcessor._aim_grids  # same ProcessingInfo API, no super()
+
+    def aim_layout(self, mm_items) -> VisualLayout:
+        """One merge group per temporal slice (server-default processor sizes); a video's
+        timestamp text and vision start/end tokens are its unmerged extra tokens (usage counts
+        them with the item, `_aim_tokens_in`)."""
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size
+        grids = self._aim_grids(mm_items)  # images, then videos
+        groups = [(h // merge) * (w // merge) for t, h, w in grids for _ in range(t)]
+        stamps = _video_timestamps(self.info, mm_items)
+        videos = grids[len(grids) - len(stamps) :]
+        extra = sum(
+            self._aim_tokens_in(g, s) - g[0] * (g[1] // merge) * (g[2] // merge)
+            for g, s in zip(videos, stamps, strict=True)
+        )
+        return VisualLayout(tuple(groups), extra)
+
+    def aim_encoder_cost(self, mm_items) -> EncoderCost:
+        return lambda keep: 0.0  # no FLOPs model of the Qwen3-VL ViT yet
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        for modality in MODALITIES:
+            if field_name(modality) in hf_inputs:
+                fields[field_name(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+        return fields
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))
+        schedule = schedule_from_kwargs(dict(hf_kwargs))
+        if schedule.is_off:
+            return processed
+        if self.info.ctx.get_mm_config().is_multimodal_pruning_enabled():
+            raise ValueError(
+                "AIM levels cannot be combined with the server's --video-pruning-rate (EVS/VidCom2)"
+            )
+        budget = budget_of(hf_kwargs)
+        for modality in MODALITIES:
+            if _PIXEL_KEYS[modality] not in processed:  # embedding inputs are never merged
+                continue
+            grids = processed[f"{modality}_grid_thw"].tolist()
+            stamps = processed["timestamps"] if modality == "video" else [None] * len(grids)
+            params = [
+                ItemParams(schedule, self._aim_tokens_in(grid, times)).with_budget(budget).to_tensor()
+                for grid, times in zip(grids, stamps, strict=True)
+            ]
+            processed[field_name(modality)] = torch.stack(params)
+        return processed
+
+    def _aim_tokens_in(self, grid: Sequence[int], timestamps) -> int:
+        """The item's placeholder range unmerged, as usage counts it with AIM off: t * n for an
+        image, and for a video its slices' timestamp text and vision start/end tokens too."""
+        config = self.info.get_hf_config()
+        t, n = slice_shape(grid, config.vision_config.spatial_merge_size)
+        if timestamps is None:
+            return t * n
+        return len(
+            self.get_video_repl(
+                tokens_per_frame=[n] * t,
+                timestamps=timestamps,
+                tokenizer=self.info.get_tokenizer(),
+                vision_start_token_id=config.vision_start_token_id,
+                vision_end_token_id=config.vision_end_token_id,
+                video_token_id=config.video_token_id,
+                select_token_id=True,
+            ).full
+        )
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptUpdate]:
+        updates = super()._get_prompt_updates(
+            mm_items, without_engine_keys(hf_processor_mm_kwargs), out_mm_kwargs
+        )
+        if not schedule_from_kwargs(dict(hf_processor_mm_kwargs)).merges:
+            return updates
+        # AIM: begin -- the placeholder runs of items carrying AIM parameters get the merged count
+        merge_size = self.info.get_hf_config().vision_config.spatial_merge_size
+        config = self.info.get_hf_config()
+        media_id = {"image": config.image_token_id, "video": config.video_token_id}
+        stock = {update.modality: update for update in updates}
+
+        def replacement(item_idx: int, modality: str):
+            full = stock[modality].replacement(item_idx)
+            item = out_mm_kwargs[modality][item_idx]
+            if field_name(modality) not in item:
+                return full
+            ratio = ItemParams.from_tensor(item[field_name(modality)].data).schedule.merge_ratio
+            _, n = slice_shape(item[f"{modality}_grid_thw"].data.tolist(), merge_size)
+            tokens = full.full if isinstance(full, PromptUpdateDetails) else full
+            shorter = shorten_runs(tokens, media_id[modality], merged_token_count(n, ratio))
+            if isinstance(full, PromptUpdateDetails):  # a video: embeddings at its placeholders only
+                return PromptUpdateDetails.select_token_id(shorter, media_id[modality])
+            return shorter
+
+        return [
+            PromptReplacement(
+                modality=m, target=stock[m].target, replacement=lambda i, m=m: replacement(i, m)
+            )
+            for m in MODALITIES
+        ]
+        # AIM: end
+
+
+def _video_timestamps(info, mm_items) -> list[list[float] | None]:
+    """Each pixel video's slice timestamps as vLLM's processor computes them (server defaults)."""
+    videos = mm_items.get("video") if "video" in mm_items else None
+    if not isinstance(videos, VideoProcessorItems):
+        return []
+    stamps = []
+    for i in range(len(videos)):
+        video = videos.get(i)
+        if not isinstance(video, tuple):  # no metadata: no timestamps to count
+            stamps.append(None)
+            continue
+        metadata = video[1]
+        sampled = metadata.get("do_sample_frames", False)
+        stamps.append(info._get_video_second_idx(metadata=metadata, do_sample_frames=sampled))
+    return stamps
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    AimQwen3VLMultiModalProcessor,
+    info=Qwen3VLProcessingInfo,
+    dummy_inputs=Qwen3VLDummyInputsBuilder,
+)
+class AimQwen3VLForConditionalGeneration(AimModelMixin, Qwen3VLForConditionalGeneration):
+    """Merges each item per its `aim_<modality>` parameters (DeepStack rows with their tokens);
+    M-RoPE follows; pruning is reported as skipped (module docstring)."""
+
+    aim_positions_after_encoder = False  # set by the runner patch that enables the recompute
+
+    def __init__(self, *, vllm_config, prefix: str = "model") -> None:
+        # AIM: begin -- AimModelMixin.__init__ without pruning (no compaction, no per-layer KV specs)
+        Qwen3VLForConditionalGeneration.__init__(self, vllm_config=vllm_config, prefix=prefix)
+        shape = LLMShape.from_hf_config(self.config.to_dict())
+        parallel = TensorParallel.current()
+        if parallel.is_reporter:
+            logger.warning(
+                "aim-vllm: pruning is off in this engine (merging still works): %s", PRUNING_UNSUPPORTED
+            )
+        self.aim_pruner = PruningDecoder(shape.num_layers, parallel, PRUNING_UNSUPPORTED)
+        store = StatsStore.from_env() if parallel.is_reporter else None
+        if store is not None:  # for the processor's budget solver
+            store.put_engine_pruning_off(PRUNING_UNSUPPORTED)
+        self.aim_reporter = UsageReporter(shape, store)
+        # AIM: end
+
+    @property
+    def _aim_row_width(self) -> int:
+        """Channels of one vision-tower row: main + DeepStack levels (C)."""
+        return self.visual_dim * (1 + self.deepstack_num_level)
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """Overrides `Qwen3VLForConditionalGeneration.get_mrope_input_positions` (vllm==0.32.0).
+
+        Stock positions of the unmerged prompt, restricted to the tokens the merged prompt keeps.
+        """
+        features = sorted(mm_features, key=lambda f: f.mm_position.offset)
+        merges = [item_merge(f, self.config.vision_config.spatial_merge_size) for f in features]
+        if all(m is None for m in merges):
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        media = (self.config.image_token_id, self.config.video_token_id)
+        tokens, shifted, keep = unmerged_frames_layout(list(input_tokens), features, merges, media)
+        positions, _ = super().get_mrope_input_positions(tokens, shifted)
+        positions = positions[:, keep]  # (3, len(input_tokens))
+        return positions, int(positions.max()) + 1 - len(input_tokens)
+
+    def recompute_mrope_positions(
+        self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
+    ):
+        """Overrides `Qwen3VLForConditionalGeneration.recompute_mrope_positions` (vllm==0.32.0):
+        vLLM's EVS when the server prunes with it, else merged tokens at their survivors."""
+        if self.is_multimodal_pruning_enabled:
+            return super().recompute_mrope_positions(
+                input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
+            )
+        ids = torch.as_tensor(input_ids, dtype=torch.long).cpu()
+        media = (self.config.image_token_id, self.config.video_token_id)
+        embeddings, positions = content_positions(
+            ids, multimodal_embeddings, mrope_positions, num_computed_tokens, media, self._aim_row_width
+        )
+        return embeddings, positions, int(positions.max()) + 1 - len(ids)
+
+    def embed_multimodal(self, **kwargs: object):
+        # Adapted from Qwen3VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0
+        params = {m: decode_items(kwargs.pop(field_name(m), None)) for m in MODALITIES}
+        if all(p is None for p in params.values()):
+            return super().embed_multimodal(**kwargs)
+        if self.is_multimodal_pruning_enabled:
+            raise ValueError("AIM merging cannot run with vLLM's EVS / VidCom2 video pruning enabled")
+        embeddings: tuple[torch.Tensor, ...] = ()
+        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
+            if modality == "image":
+                items = self._process_image_input(inputs)
+            else:
+                items = self._process_video_input(inputs)
+            if params[modality] is not None and inputs["type"] == _PIXEL_KEYS[modality]:
+                items = self._merge(items, inputs[f"{modality}_grid_thw"], params[modality])
+            embeddings += tuple(items)
+        return embeddings
+
+    def _merge(self, items, grid_thw: torch.Tensor, params: list[ItemParams]) -> list[torch.Tensor]:
+        # AIM: begin
+        merged = []
+        merge_size = self.visual.spatial_merge_size
+        for rows, grid, item in zip(items, grid_thw.tolist(), params, strict=True):
+            ratio = item.schedule.merge_ratio
+            if ratio >= 1.0:
+                merged.append(rows)
+                continue
+            rows, origin = merge_item(rows, grid[0], ratio, self.visual_dim)
+            if self.aim_positions_after_encoder:
+                rows = position_channels.attach(rows, slice_channels(origin, grid[2] // merge_size))
+            merged.append(rows)
+        return merged
+        # AIM: end
+
+    def get_encoder_cudagraph_config(self):
+        """Encoder CUDA graphs bypass `embed_multimodal` (and so merging): keep the encoder eager."""
+        return replace(super().get_encoder_cudagraph_config(), modalities=[])

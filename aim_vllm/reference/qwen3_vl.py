@@ -1,0 +1,169 @@
+"""Reference of one Qwen3-VL request with AIM merging, independent of vLLM (transformers + pure torch).
+
+transformers' vision tower gives each item's unmerged features: the main features [t * n, D] and
+one DeepStack feature [t * n, D] per level, temporal slices in order, each slice in raster order
+of the merged (h/2, w/2) grid. Every slice merges on its own (`core.merge.merge_frames_with_origin`
+to `merged_token_count(n, r)` tokens) with the plan of its main features, applied alike to the main
+and the DeepStack rows. M-RoPE positions are written out here from the item grids:
+- every placeholder run is one slice (an image; one frame pair of a video, its `<t seconds>` and
+  vision start/end tokens being text); text runs on all three axes from the previous run's
+  largest position + 1 (the unmerged grid's), and a slice at `start` has (start, start + row,
+  start + column) (Qwen3-VL: time is in the timestamp text, not in the temporal axis);
+- a merged token takes the position of its survivor (`Qwen3Item.origin`, this project's rule);
+  without an origin the count-based positions at `core.merge.spread_indices`.
+The LLM is transformers' own `Qwen3VLTextModel` (q/k norms, interleaved M-RoPE, DeepStack added to
+the visual rows after its first layers), run on the whole sequence at every step (no cache).
+Pruning is not modelled: the engine does not prune Qwen3-VL (`models/qwen3_vl.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
+from aim_vllm.core.schedule import AimSchedule
+from aim_vllm.core.token_counts import merged_token_count
+from aim_vllm.reference.pipeline import ReferenceRun
+from aim_vllm.reference.qwen2_5_vl import _placeholder_runs
+
+
+@dataclass
+class Qwen3Item:
+    """One image or video as the LLM sees it after merging."""
+
+    rows: torch.Tensor  # [t * k, D * (1 + L)]: main features, then each DeepStack level
+    grid_thw: tuple[int, int, int]  # patch grid before the patch merger
+    merged_per_slice: int  # k
+    origin: torch.Tensor | None = None  # [t, k] raster index of each token's survivor in its slice
+
+
+def slice_positions(rows: int, columns: int, keep: list[int], start: int) -> tuple[torch.Tensor, int]:
+    """Positions [3, len(keep)] of one slice's kept raster indices at `start`, and the next text
+    position."""
+    grid = torch.stack(
+        torch.meshgrid(
+            torch.zeros(1, dtype=torch.long), torch.arange(rows), torch.arange(columns), indexing="ij"
+        )
+    )
+    full = grid.reshape(3, -1) + start  # (3, rows * columns)
+    return full[:, keep], int(full.max()) + 1
+
+
+def mrope_positions(
+    prompt_ids: list[int], items: list[Qwen3Item], visual_ids: tuple[int, ...], merge_size: int
+) -> tuple[torch.Tensor, int]:
+    """Positions [3, N] of a placeholder-expanded prompt, and the decode offset (max + 1 - N)."""
+    slices = []  # (rows, columns, kept raster indices) of every slice, in prompt order
+    for item in items:
+        t, h, w = item.grid_thw
+        rows, cols = h // merge_size, w // merge_size
+        for s in range(t):
+            keep = (
+                spread_indices(rows * cols, item.merged_per_slice) if item.origin is None else item.origin[s]
+            )
+            slices.append((rows, cols, [int(i) for i in keep]))
+    runs = _placeholder_runs(prompt_ids, visual_ids)
+    if len(runs) != len(slices):
+        raise ValueError(f"prompt has {len(runs)} placeholder runs for {len(slices)} slices")
+    columns, cursor, next_pos = [], 0, 0
+    for (begin, end), (rows, cols, keep) in zip(runs, slices, strict=True):
+        columns.append(torch.arange(begin - cursor).expand(3, -1) + next_pos)  # text before
+        positions, next_pos = slice_positions(rows, cols, keep, next_pos + begin - cursor)
+        if positions.shape[1] != end - begin:
+            raise ValueError(f"placeholder run of {end - begin} tokens for a slice of {positions.shape[1]}")
+        columns.append(positions)
+        cursor = end
+    columns.append(torch.arange(len(prompt_ids) - cursor).expand(3, -1) + next_pos)  # text after
+    positions = torch.cat(columns, dim=1)
+    return positions, int(positions.max()) + 1 - len(prompt_ids)
+
+
+class Qwen3VLReference:
+    """A Qwen3-VL checkpoint loaded for reference computations (float32, CPU)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+        self.hf = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.processor = AutoProcessor.from_pretrained(model_dir)
+        config = self.hf.config
+        self.visual_token_ids = (config.image_token_id, config.video_token_id)
+        self.merge_size = config.vision_config.spatial_merge_size
+        self.width = config.vision_config.out_hidden_size  # D
+
+    @torch.no_grad()
+    def features(self, kind: str, data: Any) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Unmerged rows [t * n, D * (1 + L)] of a PIL image or frames [F, H, W, 3], and the grid."""
+        if kind == "image":
+            out = self.processor.image_processor(images=[data], return_tensors="pt")
+            pixels, grid = out["pixel_values"], out["image_grid_thw"]
+        else:
+            out = self.processor.video_processor(videos=[data], return_tensors="pt", do_sample_frames=False)
+            pixels, grid = out["pixel_values_videos"], out["video_grid_thw"]
+        tower = self.hf.model.visual(pixels, grid_thw=grid, return_dict=True)
+        rows = torch.cat([tower.pooler_output, *tower.deepstack_features], dim=1)
+        return rows, tuple(grid[0].tolist())
+
+    def item(self, kind: str, data: Any, ratio: float, method: str = "aim") -> Qwen3Item:
+        """The item merged per temporal slice at `ratio`, the plan from its main features."""
+        if method != "aim":
+            raise ValueError(f"Qwen3-VL implements merge_method 'aim' only, not {method!r}")
+        rows, grid = self.features(kind, data)
+        slices = grid[0]
+        per_slice = rows.shape[0] // slices
+        merged = merged_token_count(per_slice, ratio)
+        frames = rows.view(slices, per_slice, -1)  # (t, n, C)
+        rows, origin = merge_frames_with_origin(frames, merged, metric=frames[..., : self.width])
+        return Qwen3Item(rows.flatten(0, 1), grid, merged, origin)  # (t * k, C)
+
+    def positions(self, prompt_ids: list[int], items: list[Qwen3Item]) -> tuple[torch.Tensor, int]:
+        return mrope_positions(prompt_ids, items, self.visual_token_ids, self.merge_size)
+
+    @torch.no_grad()
+    def logits(self, ids: list[int], items: list[Qwen3Item], positions: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] of `ids` (placeholders filled by `items` in order) at `positions` [3, N]."""
+        tokens = torch.tensor(ids)
+        is_visual = torch.isin(tokens, torch.tensor(self.visual_token_ids))
+        llm = self.hf.model.language_model
+        embeds = llm.embed_tokens(tokens).clone()
+        levels = []
+        if items:
+            rows = torch.cat([item.rows for item in items])
+            if rows.shape[0] != int(is_visual.sum()):
+                raise ValueError(
+                    f"prompt has {int(is_visual.sum())} placeholders for {rows.shape[0]} item tokens"
+                )
+            embeds[is_visual] = rows[:, : self.width]
+            levels = list(rows[:, self.width :].split(self.width, dim=1))  # L x (V, D)
+        hidden = llm(
+            inputs_embeds=embeds[None],
+            position_ids=positions[:, None, :],
+            visual_pos_masks=is_visual[None],
+            deepstack_visual_embeds=levels or None,
+            use_cache=False,
+        ).last_hidden_state
+        return self.hf.lm_head(hidden[0])
+
+    def run(
+        self, prompt_ids: list[int], items: list[Qwen3Item], schedule: AimSchedule, tokens: list[int]
+    ) -> ReferenceRun:
+        """Prefill + teacher-forced decode of `tokens` (e.g. what vLLM generated); merging only."""
+        if schedule.prune_layers is not None:
+            raise ValueError("the Qwen3-VL reference does not prune (the engine reports pruning skipped)")
+        positions, offset = self.positions(prompt_ids, items)
+        n = len(prompt_ids)
+        run = ReferenceRun([], [], [], n)
+        ids = list(prompt_ids)
+        for step, token in enumerate(tokens):
+            logprobs = self.logits(ids, items, positions)[-1].log_softmax(-1)
+            top = logprobs.topk(2)
+            run.logprobs.append(float(logprobs[token]))
+            run.argmax.append(int(top.indices[0]))
+            run.margins.append(float(top.values[0] - top.values[1]))
+            ids.append(token)
+            positions = torch.cat([positions, torch.full((3, 1), n + step + offset)], dim=1)
+        return run
