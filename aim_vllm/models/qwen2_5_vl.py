@@ -22,6 +22,8 @@ Subclasses of vllm==0.32.0 `model_executor/models/qwen2_5_vl.py`, overriding onl
 - `encoder_keep` < 1 (opt-in, not AIM's): the ViT merges each window's tokens from an early block
   and copies them back before its patch merger (`models.qwen_encoder_merging`); the prompt
   layout and positions are those of the same level without it.
+- baselines at AIM's counts (`method:pool` / `method:random`, `core.baselines`): per slice, each
+  token at the position of the index it stands for (a pooled window's last token, a kept token);
 - precomputed `image_embeds` / `video_embeds` inputs are never merged (their count is given);
   AIM levels cannot be combined with vLLM's EVS (`--video-pruning-rate`).
 Pruning runs in the shared decoder (`pruning/decoder.py`), whose Qwen2 layers take the M-RoPE
@@ -53,11 +55,12 @@ from aim_vllm.compat import (
     VideoProcessorItems,
 )
 from aim_vllm.core import position_channels
+from aim_vllm.core.baselines import reduce_frames_with_origin
 from aim_vllm.core.budget import EncoderCost, VisualLayout
 from aim_vllm.core.encoder_flops import WindowedVisionShape
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import budget_of, without_engine_keys
-from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
+from aim_vllm.core.merge import spread_indices
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
@@ -79,12 +82,15 @@ def slice_shape(grid_thw: Sequence[int], merge_size: int) -> tuple[int, int]:
     return t, (h // merge_size) * (w // merge_size)
 
 
-def merge_item(embeds: torch.Tensor, num_slices: int, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_item(
+    embeds: torch.Tensor, num_slices: int, ratio: float, method: str = "aim"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge each temporal slice of one item's embedding [t * n, C] -> [t * k, C], and the raster
-    index within its slice of each merged token's survivor [t, k]."""
+    index within its slice of each merged token's survivor [t, k]. `method` "pool" / "random":
+    the equal-count baselines (`core.baselines`), each token at the index it stands for."""
     per_slice = embeds.shape[0] // num_slices
     frames = embeds.view(num_slices, per_slice, -1)  # (t, n, C)
-    merged, origin = merge_frames_with_origin(frames, merged_token_count(per_slice, ratio))
+    merged, origin = reduce_frames_with_origin(frames, merged_token_count(per_slice, ratio), method)
     return merged.flatten(0, 1), origin
 
 
@@ -98,6 +104,7 @@ def survivor_channels(origin: torch.Tensor, columns: int) -> torch.Tensor:
 class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalProcessor):
     """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
 
+    aim_merge_methods = ("aim", "pool", "random")  # AIM and the per-slice equal-count baselines
     aim_encoder_merging = True
 
     @cached_property
@@ -371,7 +378,7 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
             if ratio >= 1.0:
                 merged.append(embeds)
                 continue
-            embeds, origin = merge_item(embeds, grid[0], ratio)
+            embeds, origin = merge_item(embeds, grid[0], ratio, item.schedule.merge_method)
             if self.aim_positions_after_encoder:
                 channels = survivor_channels(origin, grid[2] // merge_size)
                 embeds = position_channels.attach(embeds, channels)

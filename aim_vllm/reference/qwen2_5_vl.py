@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
+from aim_vllm.core.baselines import reduce_frames_with_origin
+from aim_vllm.core.merge import spread_indices
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.reference.decoder import ReferenceDecoder, load_llm_weights
 from aim_vllm.reference.encoder_merging import qwen_merged_features
@@ -139,14 +140,13 @@ class Qwen2_5_VLReference(ReferencePipeline):
     def item(
         self, kind: str, data: Any, ratio: float, method: str = "aim", encoder_keep: float = 1.0
     ) -> QwenItem:
-        """The item merged per temporal slice at `ratio` (AIM's merge; the ViT merged at `encoder_keep`)."""
-        if method != "aim":
-            raise ValueError(f"Qwen2.5-VL implements merge_method 'aim' only, not {method!r}")
+        """The item reduced per temporal slice at `ratio` by `method` (AIM's merge, or the "pool" /
+        "random" baseline of `core.baselines`; the ViT merged at `encoder_keep`)."""
         feats, grid, interval = self.features(kind, data, encoder_keep)
         slices = grid[0]
         per_slice = feats.shape[0] // slices
         merged = merged_token_count(per_slice, ratio)
-        embedding, origin = merge_frames_with_origin(feats.view(slices, per_slice, -1), merged)
+        embedding, origin = reduce_frames_with_origin(feats.view(slices, per_slice, -1), merged, method)
         return QwenItem(embedding.flatten(0, 1), grid, interval, merged, origin)  # (t * k, C)
 
     def item_embedding(self, item: QwenItem) -> torch.Tensor:

@@ -85,6 +85,15 @@ def test_merge_matches_reference(qwen_engine, qwen_reference, image, video, kind
     assert response["usage"]["prompt_tokens"] == run.num_prompt_tokens
 
 
+@pytest.mark.parametrize("method", ["pool", "random"])
+def test_baselines_match_reference(qwen_engine, qwen_reference, video, method) -> None:
+    """The equal-count baselines per temporal slice, each token at the position of the index it
+    stands for, equal the reference (1e-4)."""
+    schedule = AimSchedule(0.25, merge_method=method)
+    response = chat(qwen_engine, [video], QUESTION, aim_kwargs(schedule), max_tokens=4)
+    assert_matches_reference(qwen_reference, response, [video], schedule)
+
+
 def test_placeholder_count_is_the_merged_count(qwen_engine, image, video) -> None:
     """Placeholders = sum over slices of merged_token_count(slice tokens, r); usage says so."""
     for item, slices, per_slice in ((image, 1, IMAGE_TOKENS), (video, VIDEO_SLICES, SLICE_TOKENS)):
