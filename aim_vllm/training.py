@@ -138,23 +138,27 @@ class TrainConfig:
 #   visual token), multiple choice only. The answer then lives in the few tokens of the shape,
 #   as in a pretrained encoder's tokens, and reductions can lose it: the model on which `aim-vllm
 #   eval` tells AIM from the baselines. Trained on the small shapes alone it needed ~500 steps
-#   before it found them, and on some CPUs not within 600 (held-out 0.500 on an AVX2 EPYC); a
-#   curriculum (large shapes first, whose colour fills many tokens, then 16-47 px), a tenth of
-#   the small-shape steps on images (trained on 1-frame videos alone it answered 7/8 held-out
-#   videos but 5/8 anyres images: unpooled image tokens are another scale) and early stopping
-#   at the held-out target replace the 600 steps, bounded by `extra_steps`. Measured on a 2-vCPU
-#   AVX2 EPYC shared with other jobs (load 3-10): probes 0.75 from step 100 to 300 (green read as
-#   blue), 0.875 at 350, 0.94 at 400 (stopped); final held-out 1.000 (48 items); 19 min wall.
+#   before it found them; a two-stage curriculum (large shapes first, then 16-47 px) converged on
+#   an AVX2 EPYC (1.000 after 400 steps) but stalled at 0.750 on an AVX-512 Xeon, reading every
+#   blue shape as green from step 100 to its bound (410 steps; another seed at 0.50): once the
+#   shapes turn small, the colour evidence is one token's and a confusion learnt early stays. A
+#   middle stage of mixed sizes (16-95 px) keeps the colours apart while the model learns to find
+#   the small shapes; then 16-47 px. A tenth of the small-shape steps are images (trained on
+#   1-frame videos alone it answered 7/8 held-out videos but 5/8 anyres images), and the run stops
+#   at the held-out target, bounded by `extra_steps`. Measured on a 2-vCPU AVX-512 Xeon shared
+#   with other jobs (docs/results/train-local-avx512.json): probes 0.50, 0.81, 0.75, 0.75, 0.81,
+#   0.94 at steps 50-300 (stopped); final held-out 0.958 (48 items); 8.1 min wall.
 RECIPES: dict[str, TrainConfig] = {
     "colour": TrainConfig(),
     "local": TrainConfig(
         stages=(
             Stage(60, (1,), types=("colour",), free_form=0.0, colour_size=(40, 96)),
-            Stage(200, (1,), image=0.1, types=("colour",), free_form=0.0, colour_size=(16, 48)),
+            Stage(100, (1,), image=0.1, types=("colour",), free_form=0.0, colour_size=(16, 96)),
+            Stage(160, (1,), image=0.1, types=("colour",), free_form=0.0, colour_size=(16, 48)),
         ),
         patch_local_vision=True,
         early_stop=True,
-        extra_steps=150,
+        extra_steps=100,
     ),
 }
 # - "qwen-position": a tiny Qwen2.5-VL (`model_builders.qwen2_5_vl`) with a patch-local ViT on

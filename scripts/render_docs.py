@@ -139,6 +139,31 @@ COMMANDS = {
         "merge:0.05 --compare merge:0.05 balanced --seeds 200"
     ),
     "eval-colour": "the same as eval-colour-small, on items with training-size shapes (56-95 px)",
+    "eval-paired-local-avx512": (
+        "aim-vllm make-synthetic-data DATA --n 96 --types colour --colour-size 16,24 --seed 7; "
+        "aim-vllm train-synthetic --recipe local; aim-vllm eval --data DATA/items.jsonl --model <local> "
+        "--levels off balanced merge:0.05 merge:0.05,method:pool --compare merge:0.05,method:pool "
+        "merge:0.05 --compare merge:0.05 balanced --seeds 200"
+    ),
+    "eval-paired-local-288-avx512": (
+        "aim-vllm make-synthetic-data DATA --n 288 --types colour --colour-size 16,24 --seed 11; "
+        "aim-vllm train-synthetic --recipe local; aim-vllm eval --data DATA/items.jsonl --model <local> "
+        "--levels off balanced merge:0.05 merge:0.05,method:pool --compare merge:0.05,method:pool "
+        "merge:0.05 --compare merge:0.05 balanced --seeds 200"
+    ),
+    "eval-position-gradeable": (
+        "aim-vllm make-synthetic-data DATA --n 288 --types position --seed 5151; aim-vllm "
+        "train-synthetic --recipe qwen-position MODEL; aim-vllm eval --data DATA/items.jsonl --model "
+        "MODEL --concurrency 4 --levels off balanced merge:0.25 merge:0.05 merge:0.05,method:pool "
+        "merge:0.05,method:random --compare merge:0.05,method:pool merge:0.05 --compare "
+        "merge:0.05,method:random merge:0.05 --seeds 200"
+    ),
+    "eval-paired-colour-288-avx512": (
+        "aim-vllm make-synthetic-data DATA --n 288 --types colour --seed 13; aim-vllm train-synthetic "
+        "--recipe embedded; aim-vllm eval --data DATA/items.jsonl --model <embedded> --levels off "
+        "balanced merge:0.05 merge:0.05,method:pool --compare merge:0.05,method:pool merge:0.05 "
+        "--seeds 200"
+    ),
     "eval-position-qwen": (
         "aim-vllm make-synthetic-data DATA --n 128 --types position --seed 4242; aim-vllm "
         "train-synthetic --recipe qwen-position MODEL; aim-vllm eval --data DATA/items.jsonl --model "
@@ -178,6 +203,11 @@ PROVENANCE = {
     "gpu-prefill-cpu-0.5b": {"date": "2026-12-03", "machine": _DEV_VM},
     "flops-table": {"date": "2026-12-07", "machine": "any (arithmetic on the published shapes)"},
     "eval-position-qwen": {"date": "2026-12-07", "machine": _XEON},
+    "eval-paired-local-avx512": {"date": "2026-12-07", "machine": _XEON},
+    "eval-position-gradeable": {"date": "2026-12-07", "machine": _XEON},
+    "eval-position-gradeable-compare": {"date": "2026-12-07", "machine": _XEON},
+    "eval-paired-local-288-avx512": {"date": "2026-12-07", "machine": _XEON},
+    "eval-paired-colour-288-avx512": {"date": "2026-12-07", "machine": _XEON},
     "eval-position-qwen-spread": {"date": "2026-12-07", "machine": _XEON},
     "eval-position-qwen-compare": {"date": "2026-12-07", "machine": _XEON},
 }
@@ -469,6 +499,59 @@ def render_compare(stem: str) -> str:
     return _table(header, rows, right=2)
 
 
+def _cpu(machine: dict) -> str:
+    """`training.json`'s machine as one cell: model and torch's kernel level."""
+    return f"{machine['cpu'].replace('(R)', '')} ({machine['torch_cpu_capability']})"
+
+
+def _stage_shapes(stage: dict) -> str:
+    """A training stage's colour-question shape sides, or its question types when it asks none."""
+    if "colour" not in stage["types"]:
+        return "/".join(stage["types"])
+    low, high = stage["colour_size"]
+    return f"{low}-{high - 1}"
+
+
+def render_training(stem: str) -> str:
+    """The trainings an index file lists (`{"runs": [STEM, ...]}`): recipe, CPU, steps, wall time,
+    held-out probes and final held-out accuracy, each from that run's `training.json` copy."""
+    header = ["run", "stages: steps x colour shape side (px)", "CPU", "threads", "steps", "wall (min)"]
+    header += ["held-out probes", "held-out accuracy (n)"]
+    rows = []
+    for run in load(stem)["runs"]:
+        record = load(run)
+        stages = ", ".join(f"{st['steps']} x {_stage_shapes(st)}" for st in record["config"]["stages"])
+        probes = ", ".join(f"{p['probe_accuracy']:.2f}" for p in record["curve"])
+        rows.append(
+            [f"[{run}](results/{run}.json)", stages, _cpu(record["machine"]), record["machine"]["threads"]]
+            + [record["steps"], f"{record['train_wall_s'] / 60:.1f}", probes]
+            + [f"{record['eval']['accuracy']:.3f} ({record['eval']['items']})"]
+        )
+    return _table(header, rows, right=3)
+
+
+def _ordered(a: float, b: float) -> str:
+    return ">" if a > b else "<" if a < b else "="
+
+
+def render_agreement(stem: str) -> str:
+    """Every pair of levels that two eval runs (`{"runs": [STEM_A, STEM_B]}`, say two trainings on
+    different CPUs) both scored: the order of their accuracies in each run, and whether the runs
+    agree (no pair in opposite orders; a tie agrees with either order)."""
+    first, second = load(stem)["runs"]
+    accuracy = [{r["level"]: r["accuracy"] for r in load(run)} for run in (first, second)]
+    levels = [level for level in accuracy[0] if level in accuracy[1]]
+    header = ["level A", "level B", f"{first}: A vs B", f"{second}: A vs B", "agree"]
+    rows = []
+    for i, a in enumerate(levels):
+        for b in levels[i + 1 :]:
+            orders = [_ordered(run[a], run[b]) for run in accuracy]
+            cells = [f"{run[a]:.3f} {o} {run[b]:.3f}" for run, o in zip(accuracy, orders, strict=True)]
+            agree = "=" in orders or orders[0] == orders[1]
+            rows.append([f"`{a}`", f"`{b}`", *cells, "yes" if agree else "**no**"])
+    return _table(header, rows, right=2)
+
+
 def render_smoke(stem: str) -> str:
     """`deploy/smoke.sh`: build, size, start and request times of each run."""
     runs = load(stem)["runs"]
@@ -619,10 +702,19 @@ SUMMARY: list[tuple[str, str, Callable[[str], str]]] = [
         lambda s: _x(_vs_reference(s, "aim-tokens", 1, "evs")),
     ),
     (
-        "accuracy, patch-local synthetic model retrained with the converging recipe: `off`, and "
-        "`balanced` against it paired (n=96)",
-        "eval-paired-local",
+        "accuracy, patch-local synthetic model (today's `local` recipe): `off`, and `balanced` "
+        "against it paired (n=288)",
+        "eval-paired-local-288-avx512",
         lambda s: f"{_eval(s, 'off')}; {_paired(s, 'balanced')}",
+    ),
+    (
+        "accuracy, position task (synthetic Qwen2.5-VL, n=288): AIM's merging and uniform pooling, "
+        "each to 5% of the tokens, against `off`, paired",
+        "eval-position-gradeable",
+        lambda s: (
+            f"`merge:0.05` {_paired(s, 'merge:0.05')}; `merge:0.05,method:pool` "
+            f"{_paired(s, 'merge:0.05,method:pool')}"
+        ),
     ),
     (
         "accuracy, position task on a patch-local synthetic Qwen2.5-VL: merged tokens at their "
@@ -660,6 +752,8 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "compare": render_compare,
     "gateway": render_gateway,
     "smoke": render_smoke,
+    "training": render_training,
+    "agreement": render_agreement,
     "table": render_summary,
 }
 

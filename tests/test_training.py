@@ -61,12 +61,15 @@ def test_training_example_default_size_matches_the_data_sets() -> None:
 
 def test_recipes() -> None:
     """ "colour" (alias "embedded") is the embedded default's config (its cache key); "local" is
-    patch-local, MC only, a curriculum that ends on 16-47 px shapes and may stop at its target."""
+    patch-local, MC only, a curriculum from large shapes through mixed sizes to 16-47 px shapes
+    (without the mixed stage it stalled on an AVX-512 Xeon), and may stop at its target."""
     assert training.RECIPES["colour"] == training.RECIPES["embedded"] == training.TrainConfig()
     local = training.RECIPES["local"]
     assert local.patch_local_vision and local.types == ("colour",)
     assert all(stage.free_form == 0.0 for stage in local.stages)
     assert local.stages[-1].colour_size == (16, 48) and local.stages[0].colour_size[0] > 16
+    middle = local.stages[1].colour_size
+    assert middle[0] == 16 and middle[1] >= local.stages[0].colour_size[1]  # small and large together
     assert local.early_stop and local.max_steps > local.total_steps
 
 
