@@ -14,6 +14,9 @@ Flow (vllm==0.32.0, `BaseMultiModalProcessor.apply`):
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import cached_property
 
@@ -24,6 +27,8 @@ from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.item_params import ItemParams
 from aim_vllm.core.level import (
     BUDGET_OF,
+    AimLevel,
+    LevelError,
     budget_note,
     parse_engine_kwargs,
     schedule_kwargs,
@@ -35,6 +40,8 @@ from aim_vllm.pruning.decoder import PruningDecoder
 from aim_vllm.pruning.parallel import TensorParallel
 from aim_vllm.pruning.support import prepare_engine
 from aim_vllm.usage import StatsStore, UsageReporter
+
+logger = logging.getLogger(__name__)
 
 
 def schedule_from_kwargs(kwargs: dict) -> AimSchedule:
@@ -59,9 +66,9 @@ class AimProcessorMixin:
         level = parse_engine_kwargs(inputs.hf_processor_mm_kwargs) or default_level()
         kwargs = without_engine_keys(inputs.hf_processor_mm_kwargs)
         if level is not None:
-            schedule = level.resolve(
-                self._aim_llm_shape().num_layers, lambda b, whole: self._solve(b, whole, inputs)
-            )
+            num_layers = self._aim_llm_shape().num_layers
+            schedule = level.resolve(num_layers, lambda b, whole: self._solve(b, whole, inputs))
+            schedule = fit_first_prune_layer(level, schedule, self.aim_first_prune_layer, num_layers)
             if schedule.merges and schedule.merge_method not in self.aim_merge_methods:
                 raise ValueError(
                     f"merge_method {schedule.merge_method!r} is not available for this model "
@@ -82,6 +89,16 @@ class AimProcessorMixin:
                 kwargs.update(budget_note(level))
         return super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
 
+    def aim_text_in_items(self, mm_items) -> int:
+        """Text tokens inside the items' placeholder ranges, never merged or pruned (model
+        specific; a Qwen3-VL video's timestamps)."""
+        return 0
+
+    @property
+    def aim_first_prune_layer(self) -> int:
+        """The earliest layer whose output may lose rows (model specific; Qwen3-VL: DeepStack)."""
+        return 0
+
     def _aim_llm_shape(self) -> LLMShape:
         return LLMShape.from_hf_config(self.info.get_hf_config().to_dict())
 
@@ -97,16 +114,24 @@ class AimProcessorMixin:
     def _solve(self, budget: float, whole_prefill: bool, inputs) -> AimSchedule:
         """The budget's schedule; with merging alone where the engine cannot prune (its reason,
         written by the model at start-up: `usage.StatsStore.engine_pruning_off`), so the request
-        stays within the budget whenever merging alone can reach it."""
+        stays within the budget whenever merging alone can reach it, and where the solver's
+        window starts before `aim_first_prune_layer` (its windows may start at any layer)."""
         num_items = sum(len(items) for items in inputs.mm_data_items.values())
         text_tokens = max(0, len(inputs.prompt) - num_items)  # one placeholder token per item
+        text_tokens += self.aim_text_in_items(inputs.mm_data_items)
         shape, layout = self._aim_llm_shape(), self.aim_layout(inputs.mm_data_items)
         store = StatsStore.from_env()
-        prune = not (store is not None and store.engine_pruning_off())
-        if whole_prefill:
-            cost = self.aim_encoder_cost(inputs.mm_data_items)
-            return solve_prefill_budget(budget, shape, layout, text_tokens, cost, prune)
-        return solve_budget(budget, shape, layout, text_tokens, prune)
+        cost = self.aim_encoder_cost(inputs.mm_data_items) if whole_prefill else None
+
+        def solve(prune: bool) -> AimSchedule:
+            if cost is not None:
+                return solve_prefill_budget(budget, shape, layout, text_tokens, cost, prune)
+            return solve_budget(budget, shape, layout, text_tokens, prune)
+
+        schedule = solve(not (store is not None and store.engine_pruning_off()))
+        if schedule.prunes and schedule.prune_layers[0] < self.aim_first_prune_layer:
+            return solve(False)
+        return schedule
 
     def aim_encoder_cost(self, mm_items) -> EncoderCost:
         """The prompt's vision-encoder FLOPs at a keep: its frames / crops through a LLaVA-style
@@ -120,6 +145,30 @@ class AimProcessorMixin:
     def aim_encoder_passes(self, mm_items) -> int:
         """Frames and crops the tower encodes for these items (model specific)."""
         raise NotImplementedError
+
+
+def fit_first_prune_layer(level: AimLevel, schedule: AimSchedule, first: int, num_layers: int) -> AimSchedule:
+    """`schedule` without pruning before layer `first` (0 for most models; Qwen3-VL: its DeepStack
+    levels, `models/qwen3_vl.py`), where a layer that late exists (else the engine reports
+    pruning skipped with its reason).
+
+    - explicit pruning layers that start earlier: a LevelError (400) naming the earliest layer:
+      the client chose those layers, and another schedule under its name would be a silent
+      change (and the caches key on the schedule);
+    - a preset: its window moved to start at `first`, width kept within the depth: a preset is
+      the engine's choice of layers for this model, so it should fit the model;
+    - a budget: solved that way already (`AimProcessorMixin._solve`).
+    """
+    if not schedule.prunes or schedule.prune_layers[0] >= first or first >= num_layers:
+        return schedule
+    l1, l2 = schedule.prune_layers
+    if level.preset is not None:
+        return replace(schedule, prune_layers=(first, min(num_layers, l2 + first - l1)))
+    raise LevelError(
+        f"prune_layers {schedule.prune_layers} start before layer {first}: this model adds DeepStack "
+        f"features to the visual rows after layers 0..{first - 1}, so pruning starts at l1 >= {first}",
+        "prune_layers",
+    )
 
 
 def encoder_flops_fields(cost: EncoderCost, keep: float) -> dict[str, float]:
@@ -159,20 +208,35 @@ class AimModelMixin:
     """
 
     aim_accepts_step = True
+    aim_first_prune_layer = 0  # no rows dropped after earlier layers (Qwen3-VL: its DeepStack levels)
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         shape = LLMShape.from_hf_config(self.config.to_dict())
         parallel = TensorParallel.current()
         layers = [layer.self_attn.attn for layer in self.language_model.model.layers]
-        unsupported = prepare_engine(vllm_config, layers, announce=parallel.is_reporter)
+        first = self.aim_first_prune_layer
+        if first >= shape.num_layers:  # e.g. a Qwen3-VL shrunk to fewer layers than DeepStack levels
+            unsupported = f"no layer follows the last one that adds DeepStack features (layer {first - 1})"
+            if parallel.is_reporter:
+                logger.warning(
+                    "aim-vllm: pruning is off in this engine (merging still works): %s", unsupported
+                )
+        else:
+            unsupported = prepare_engine(vllm_config, layers, announce=parallel.is_reporter)
         if not unsupported:  # pruned requests then hold only the KV each layer keeps (Design C)
             install_stage_specs(layers, vllm_config, announce=parallel.is_reporter)
-        self.aim_pruner = PruningDecoder(shape.num_layers, parallel, unsupported)
+        self.aim_pruner = PruningDecoder(shape.num_layers, parallel, unsupported, first)
         store = StatsStore.from_env() if parallel.is_reporter else None
         if store is not None:  # for the processor's budget solver
             store.put_engine_pruning_off(unsupported)
         self.aim_reporter = UsageReporter(shape, store)
+
+    @contextmanager
+    def aim_layer_additions(self, inputs_embeds) -> Iterator[list | None]:
+        """What the model adds to the hidden states after its first layers in this step (per layer,
+        [>= N, d]; None: nothing), as its own forward would (Qwen3-VL: DeepStack), consumed."""
+        yield None
 
     def get_model_state_cls(self) -> type:
         """Model Runner V2's per-model state (`model_state.py`); the V1 runner never asks."""
@@ -202,6 +266,7 @@ class AimModelMixin:
             self.aim_reporter.report(plan.started, None, plan.kv_held, plan.kv_block_size)
             return None
         hidden = inputs_embeds if inputs_embeds is not None else decoder.embed_input_ids(input_ids)
-        hidden, counts = self.aim_pruner.forward(decoder, positions, hidden, plan)
+        with self.aim_layer_additions(inputs_embeds) as additions:
+            hidden, counts = self.aim_pruner.forward(decoder, positions, hidden, plan, additions)
         self.aim_reporter.report(plan.started, counts, plan.kv_held, plan.kv_block_size)
         return hidden

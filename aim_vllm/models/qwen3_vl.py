@@ -20,12 +20,19 @@ Subclasses of vllm==0.32.0 `model_executor/models/qwen3_vl.py`, overriding only 
   positions at `spread_indices` when the request is added, then rewritten after the encoder from
   channels appended to the embedding (vLLM's EVS mechanism, `patches.py` item 3), as for Qwen2.5-VL;
   the channels carry the survivor's row and column and the token's index within its slice.
-- pruning: off for Qwen3-VL, with the reason in `usage.aim.pruning` ("skipped: ..."): the shared
-  pruning decoder (`pruning/decoder.py`) runs Qwen2/LLaMA layers, without Qwen3's q/k norms and
-  without the DeepStack additions after layers 0..L-1, so its forward would be wrong here. When
-  it learns them, the rule is to prune only from layer L on (after the last injection): pruned
-  rows then never need their DeepStack rows, and the injection stays vLLM's own code. Budgets
-  are solved with merging alone, as on any engine that cannot prune.
+- pruning (AIM §3.2) in the shared decoder (`pruning/decoder.py`), which applies Qwen3's q/k
+  norms and adds DeepStack level i to the hidden states after layer i (`aim_layer_additions`,
+  vLLM's own buffer, as `Qwen3LLMModel.forward` does), only from layer L on: rows are dropped
+  after the last injection, so a pruned row never needs its DeepStack rows and an injected row
+  always lands on its token (pruning DeepStack rows alongside would change what the ViT's
+  intermediate features reach, for no saving: layers 0..L-1 are a few of 28-36). A schedule
+  starting earlier (`models.common.fit_first_prune_layer`): explicit layers are refused with a
+  400 naming l1 >= L, since they are the client's choice; a preset (the engine's choice) moves
+  its window to start at L; a budget whose best window starts earlier is met by merging alone.
+  The published 2B/4B/8B (L = 3 of 28/36 layers) keep every preset's layers as they are. With
+  no layer after L - 1 (a config shrunk below L + 1 layers) pruning is off for the engine,
+  reported as skipped. Compaction of pruned decodes, per-layer KV (Design C) and TP come with
+  `AimModelMixin`, as for the other models.
 - not here: merging inside the ViT (`encoder_keep` is refused with the list of models that have
   it), precomputed `image_embeds` / `video_embeds` inputs (never merged), vLLM's EVS / VidCom2
   (`--video-pruning-rate`; AIM levels are refused alongside them). AIM off (no AIM keys) is stock.
@@ -37,8 +44,8 @@ Dimensions:
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -57,7 +64,6 @@ from aim_vllm.compat import (
 )
 from aim_vllm.core import position_channels
 from aim_vllm.core.budget import EncoderCost, VisualLayout
-from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import budget_of, without_engine_keys
 from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
@@ -69,18 +75,9 @@ from aim_vllm.models.qwen2_5_vl import (
     item_merge,
     slice_shape,
 )
-from aim_vllm.pruning.decoder import PruningDecoder
-from aim_vllm.pruning.parallel import TensorParallel
-from aim_vllm.usage import StatsStore, UsageReporter
-
-logger = logging.getLogger(__name__)
 
 MODALITIES = ("image", "video")
 _PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
-PRUNING_UNSUPPORTED = (
-    "Qwen3-VL: AIM's pruning decoder does not run Qwen3's q/k norms and DeepStack injection yet "
-    "(merging still applies)"
-)
 
 
 def merge_item(
@@ -180,20 +177,30 @@ class AimQwen3VLMultiModalProcessor(AimProcessorMixin, Qwen3VLMultiModalProcesso
 
     _aim_grids = AimQwen2_5_VLMultiModalProcessor._aim_grids  # same ProcessingInfo API, no super()
 
+    @property
+    def aim_first_prune_layer(self) -> int:
+        """L, the DeepStack levels: rows are dropped only after layers >= L (module docstring)."""
+        return len(getattr(self.info.get_hf_config().vision_config, "deepstack_visual_indexes", None) or ())
+
     def aim_layout(self, mm_items) -> VisualLayout:
-        """One merge group per temporal slice (server-default processor sizes); a video's
-        timestamp text and vision start/end tokens are its unmerged extra tokens (usage counts
-        them with the item, `_aim_tokens_in`)."""
+        """One merge group per temporal slice (server-default processor sizes)."""
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size
+        return VisualLayout(
+            tuple((h // merge) * (w // merge) for t, h, w in self._aim_grids(mm_items) for _ in range(t))
+        )
+
+    def aim_text_in_items(self, mm_items) -> int:
+        """A video's timestamp text and vision start/end tokens: counted by usage with the item
+        (`_aim_tokens_in`), but text to the LLM, never merged or pruned (the budget solver then
+        counts the FLOPs the engine executes)."""
         merge = self.info.get_hf_config().vision_config.spatial_merge_size
         grids = self._aim_grids(mm_items)  # images, then videos
-        groups = [(h // merge) * (w // merge) for t, h, w in grids for _ in range(t)]
         stamps = _video_timestamps(self.info, mm_items)
         videos = grids[len(grids) - len(stamps) :]
-        extra = sum(
+        return sum(
             self._aim_tokens_in(g, s) - g[0] * (g[1] // merge) * (g[2] // merge)
             for g, s in zip(videos, stamps, strict=True)
         )
-        return VisualLayout(tuple(groups), extra)
 
     def aim_encoder_cost(self, mm_items) -> EncoderCost:
         return lambda keep: 0.0  # no FLOPs model of the Qwen3-VL ViT yet
@@ -304,25 +311,28 @@ def _video_timestamps(info, mm_items) -> list[list[float] | None]:
 )
 class AimQwen3VLForConditionalGeneration(AimModelMixin, Qwen3VLForConditionalGeneration):
     """Merges each item per its `aim_<modality>` parameters (DeepStack rows with their tokens);
-    M-RoPE follows; pruning is reported as skipped (module docstring)."""
+    M-RoPE follows; prunes in the decoder from layer L on (module docstring)."""
 
     aim_positions_after_encoder = False  # set by the runner patch that enables the recompute
 
-    def __init__(self, *, vllm_config, prefix: str = "model") -> None:
-        # AIM: begin -- AimModelMixin.__init__ without pruning (no compaction, no per-layer KV specs)
-        Qwen3VLForConditionalGeneration.__init__(self, vllm_config=vllm_config, prefix=prefix)
-        shape = LLMShape.from_hf_config(self.config.to_dict())
-        parallel = TensorParallel.current()
-        if parallel.is_reporter:
-            logger.warning(
-                "aim-vllm: pruning is off in this engine (merging still works): %s", PRUNING_UNSUPPORTED
-            )
-        self.aim_pruner = PruningDecoder(shape.num_layers, parallel, PRUNING_UNSUPPORTED)
-        store = StatsStore.from_env() if parallel.is_reporter else None
-        if store is not None:  # for the processor's budget solver
-            store.put_engine_pruning_off(PRUNING_UNSUPPORTED)
-        self.aim_reporter = UsageReporter(shape, store)
-        # AIM: end
+    @property
+    def aim_first_prune_layer(self) -> int:
+        """Rows are dropped only after layers >= L, the last DeepStack injection being after L - 1."""
+        return self.deepstack_num_level if self.use_deepstack else 0
+
+    @contextmanager
+    def aim_layer_additions(self, inputs_embeds) -> Iterator[list[torch.Tensor] | None]:
+        """Each DeepStack level's rows of this step [>= N, d] (zeros on text rows), from the buffer
+        `embed_input_ids` filled, then cleared, as `Qwen3VLForConditionalGeneration.forward` does
+        around the LLM (vllm==0.32.0)."""
+        levels = None if inputs_embeds is None else self._get_deepstack_input_embeds(inputs_embeds.size(0))
+        yield (
+            None
+            if levels is None
+            else [levels[f"deepstack_input_embeds_{i}"] for i in range(self.deepstack_num_level)]
+        )
+        if levels is not None:
+            self._clear_deepstack_input_embeds(inputs_embeds.size(0))
 
     @property
     def _aim_row_width(self) -> int:

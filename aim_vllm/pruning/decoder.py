@@ -14,6 +14,11 @@ Per step, one of three forwards (`AimModelMixin.forward` dispatches on the plan)
      over its present rows (`core.importance`) picks text + the top-k visual rows;
   4. pruned rows are dropped right after attention: o_proj, MLP and every later layer run on
      the kept rows only; kept rows keep their original positions (RoPE ids).
+The layer is vLLM's Qwen2/LLaMA decoder layer, with two per-architecture differences read from
+the model: Qwen3's per-head q/k RMSNorm before RoPE (when the attention has `q_norm`/`k_norm`),
+and `additions` (Qwen3-VL's DeepStack: [N, d] per layer i < L, added to the hidden states after
+layer i, as vLLM's `Qwen3LLMModel.forward` does). No request may prune before the last addition
+(`first_layer`): its pruned rows would still need theirs.
 Layer l of a pruned request then attends to exactly the prompt tokens it kept plus the generated
 ones. Under tensor parallelism every rank keeps the same rows (`parallel.py`). Counts and row
 indices are CPU bookkeeping; activations and the metadata's tensors stay on the engine's device.
@@ -63,12 +68,18 @@ class PruningDecoder:
     """Runs a vLLM decoder stack with per-request pruning; remembers each request's outcome."""
 
     def __init__(
-        self, num_layers: int, parallel: TensorParallel | None = None, unsupported: str = ""
+        self,
+        num_layers: int,
+        parallel: TensorParallel | None = None,
+        unsupported: str = "",
+        first_layer: int = 0,
     ) -> None:
-        """`unsupported`: why this engine cannot prune at all (e.g. its attention backend)."""
+        """`unsupported`: why this engine cannot prune at all (e.g. its attention backend);
+        `first_layer`: the earliest layer rows may be dropped after (Qwen3-VL: its DeepStack levels)."""
         self.num_layers = num_layers
         self.parallel = parallel or TensorParallel()
         self.unsupported = unsupported
+        self.first_layer = first_layer
         self.records: dict[str, PruneRecord] = {}
 
     # -- planning ----------------------------------------------------------------------------
@@ -185,10 +196,16 @@ class PruningDecoder:
         return record is not None and record.pruned
 
     def forward(
-        self, model, positions: torch.Tensor, hidden: torch.Tensor, plan: BatchPlan
+        self,
+        model,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        plan: BatchPlan,
+        additions: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, RowCounts]:
-        """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel) under
-        `plan`, where a prefill prunes, and the rows each layer computed."""
+        """Hidden states [N, d] of the decoder stack `model` (vLLM Qwen2Model/LlamaModel/Qwen3Model)
+        under `plan`, where a prefill prunes, and the rows each layer computed. `additions`: per
+        layer i from 0, rows [>= N, d] added to the hidden states after layer i (DeepStack)."""
         fc = get_forward_context()
         # each layer's step metadata: its KV-cache group's block table (one group: all the same)
         stocks = [fc.attn_metadata[layer.self_attn.attn.layer_name] for layer in model.layers]
@@ -208,6 +225,7 @@ class PruningDecoder:
             else:
                 h, residual = layer.input_layernorm(hidden, residual)
             q, k, v = attn.qkv_proj(h)[0].split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+            q, k = _qk_norm(attn, q, k)
             q, k = attn.rotary_emb(positions[..., present], q, k)
             out = attn.attn(q, k, v)
             # AIM: begin -- drop pruned rows right after attention
@@ -219,6 +237,8 @@ class PruningDecoder:
             counts.leave(idx)
             h, residual = layer.post_attention_layernorm(attn.o_proj(out)[0], residual)
             hidden = layer.mlp(h)
+            if additions is not None and layer_idx < len(additions):  # as Qwen3LLMModel.forward
+                hidden = hidden + additions[layer_idx][present]
         hidden, _ = model.norm(hidden, residual)
         full = hidden.new_zeros(padded, hidden.shape[-1])
         full[present] = hidden  # pruned rows are visual, never sampled from
@@ -234,6 +254,11 @@ class PruningDecoder:
         }
         if not pruners:
             return None
+        if layer < self.first_layer:  # the scheduler and the processor never plan this
+            raise RuntimeError(
+                f"aim-vllm: a request prunes after layer {layer}, before layer {self.first_layer} "
+                "(the last layer whose output gets additions its pruned rows would need)"
+            )
         keep, start = [], 0
         for r, count in enumerate(plan.rows[layer].tolist()):
             local = torch.arange(count)
@@ -245,7 +270,9 @@ class PruningDecoder:
         return torch.cat(keep)
 
     def _kept_rows(self, plan: BatchPlan, r: int, q, k, attn_layer, rows: torch.Tensor, num_kept: int):
-        """Local indices (CPU) kept among request r's `rows`: all text + the top visual prompt rows.
+        """Local indices (CPU) kept among request r's `rows`: all text + the top visual prompt rows
+        (of `num_kept` visual rows, those pruning may not drop included: a Qwen3-VL video's
+        timestamp text).
 
         Importance (PageRank, or the FastV baseline) runs over the prompt rows only (they come
         first), as in the request's original prefill; rows of tokens generated before a preemption
@@ -253,13 +280,25 @@ class PruningDecoder:
         use all ranks' heads.
         """
         prompt = int(plan.step_rows.prompt[rows].sum())
-        is_visual = plan.step_rows.visual[rows[:prompt]].to(q.device)
+        fixed = plan.step_rows.visual & ~plan.step_rows.prunable  # visual rows never pruned
+        num_kept -= int(fixed[rows[:prompt]].sum())
+        is_visual = plan.step_rows.prunable[rows[:prompt]].to(q.device)
         q_r = q[:prompt].view(prompt, attn_layer.num_heads, attn_layer.head_size)
         k_r = k[:prompt].view(prompt, attn_layer.num_kv_heads, attn_layer.head_size)
         method = plan.steps[r].schedule.prune_method
         scores = importance(method, q_r, k_r, is_visual, head_sum=self.parallel.head_sum)
         kept = self.parallel.agree(select_kept_tokens(scores, is_visual, num_kept)).cpu()
         return torch.cat([kept, torch.arange(prompt, len(rows))])
+
+
+def _qk_norm(attn, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen3's per-head RMSNorm of q and k before RoPE, as in `Qwen3Attention.forward` @
+    vllm==0.32.0; q and k as they are for attentions without `q_norm` (Qwen2, LLaMA)."""
+    if not hasattr(attn, "q_norm"):
+        return q, k
+    q = attn.q_norm(q.view(*q.shape[:-1], q.shape[-1] // attn.head_dim, attn.head_dim)).view(q.shape)
+    k = attn.k_norm(k.view(*k.shape[:-1], k.shape[-1] // attn.head_dim, attn.head_dim)).view(k.shape)
+    return q, k
 
 
 def _install(fc, layer_name: str, metadata) -> None:

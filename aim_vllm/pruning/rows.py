@@ -24,6 +24,7 @@ class StepRows:
     position: torch.Tensor  # index of the row in its request's sequence
     prompt: torch.Tensor  # bool: a prompt token (not one generated before a preemption)
     visual: torch.Tensor  # bool: one of its request's visual placeholder tokens
+    prunable: torch.Tensor  # bool: a visual row pruning may drop (`RequestStep.prunable_spans`)
 
     @classmethod
     def of(cls, requests: Sequence[RequestStep], computed: list[int], scheduled: list[int]) -> StepRows:
@@ -32,10 +33,12 @@ class StepRows:
         position = torch.cat([torch.arange(c, c + q) for c, q in zip(computed, scheduled, strict=True)])
         num_prompt = torch.tensor([req.num_prompt for req in requests], dtype=torch.int64)
         visual = torch.zeros_like(position, dtype=torch.bool)
+        prunable = torch.zeros_like(visual)
         for r, req in enumerate(requests):
-            for offset, length in req.visual_spans:
-                visual |= (request == r) & (position >= offset) & (position < offset + length)
-        return cls(request, position, position < num_prompt[request], visual)
+            for mask, spans in ((visual, req.visual_spans), (prunable, req.prunable_spans)):
+                for offset, length in spans:
+                    mask |= (request == r) & (position >= offset) & (position < offset + length)
+        return cls(request, position, position < num_prompt[request], visual, prunable)
 
 
 class RowCounts:

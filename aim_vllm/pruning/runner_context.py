@@ -64,9 +64,10 @@ def request_step(req_id: str, num_prompt: int, mm_features, sampling_params) -> 
     """
     extra = getattr(sampling_params, "extra_args", None) or {}
     copies = extra.get(ITEMS_KEY) or []
-    spans, params = [], []
+    spans, params, embeds = [], [], []
     for index, feature in enumerate(mm_features):
         spans.append((feature.mm_position.offset, feature.mm_position.length))
+        embeds += _embed_spans(feature.mm_position)
         item, name = feature.data, field_name(feature.modality)
         if item is not None and name in item:
             params.append(ItemParams.from_tensor(item[name].data))
@@ -95,7 +96,16 @@ def request_step(req_id: str, num_prompt: int, mm_features, sampling_params) -> 
         encoder_flops,
         verdict if isinstance(verdict, str) else None,
         known[0].budget_of if known else None,
+        None if embeds == spans else tuple(embeds),
     )
+
+
+def _embed_spans(position) -> list[tuple[int, int]]:
+    """(offset, length) of the runs of a `PlaceholderRange` that hold embeddings (`is_embed`; the
+    whole range when it has none)."""
+    if getattr(position, "is_embed", None) is None:
+        return [(position.offset, position.length)]
+    return [(start, end + 1 - start) for start, end in position.extract_embeds_range()]
 
 
 def item_values(mm_features) -> list[list[float]]:

@@ -52,10 +52,22 @@ class RequestStep:
     encoder_flops: tuple[float, float] | None = None  # its items' (stock, executed) encoder FLOPs
     verdict: str | None = None  # AIM's scheduler's: WHOLE or "skipped: why" (None: no such verdict)
     budget: tuple[float, bool] | None = None  # a budget level's (budget, over the whole prefill)
+    # (offset, length) of the placeholder rows that hold item embeddings, the rows pruning may
+    # drop (None: all of `visual_spans`; a Qwen3-VL video's timestamp text is not among them)
+    embed_spans: tuple[tuple[int, int], ...] | None = None
 
     @property
     def num_visual(self) -> int:
         return sum(length for _, length in self.visual_spans)
+
+    @property
+    def prunable_spans(self) -> tuple[tuple[int, int], ...]:
+        return self.visual_spans if self.embed_spans is None else self.embed_spans
+
+    @property
+    def num_prunable(self) -> int:
+        """Visual rows pruning may drop; the other `num_visual - num_prunable` are always kept."""
+        return sum(length for _, length in self.prunable_spans)
 
     @property
     def prune_layers(self) -> tuple[int, int] | None:
@@ -131,8 +143,10 @@ class PruneRecord:
 
     @classmethod
     def planned(cls, req: RequestStep, num_layers: int) -> PruneRecord:
-        """The record a whole-prompt prefill of `req` produces (counts are deterministic)."""
-        kept = req.schedule.visual_kept(req.num_visual, num_layers)
+        """The record a whole-prompt prefill of `req` produces (counts are deterministic): the
+        schedule's counts of its prunable rows, plus its visual rows that are never pruned."""
+        fixed = req.num_visual - req.num_prunable
+        kept = [fixed + k for k in req.schedule.visual_kept(req.num_prunable, num_layers)]
         entering = [req.num_visual, *kept[:-1]]  # visual tokens each layer processes
         text = req.num_prompt - req.num_visual
         return cls(
@@ -147,7 +161,7 @@ class PruneRecord:
 def request_reason(req: RequestStep) -> str:
     """'' when `req` asks to prune and nothing about the request itself rules it out, else
     NOT_PRUNED (it does not ask) or "skipped: why" (prompt_logprobs, a prompt ending in visual rows)."""
-    if req.prune_layers is None or req.num_visual == 0:
+    if req.prune_layers is None or req.num_prunable == 0:
         return NOT_PRUNED
     if req.skip_reason:
         return req.skip_reason

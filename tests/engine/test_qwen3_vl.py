@@ -1,12 +1,17 @@
 """AIM on Qwen3-VL in vLLM: merging per temporal slice with DeepStack rows, M-RoPE by rule,
-timestamps untouched, pruning reported as skipped, AIM off == stock (tiny model, fp32)."""
+timestamps untouched, pruning from layer L (after the DeepStack injections) on, AIM off ==
+stock (tiny model, fp32)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import httpx
 import pytest
+import torch
 
 from aim_vllm.core.budget import VisualLayout, solve_budget
 from aim_vllm.core.flops import LLMShape
@@ -35,6 +40,51 @@ def qwen3_model_dir():
     from aim_vllm.model_builders import default_model_dir
 
     return default_model_dir("qwen3-vl")
+
+
+DEEPSTACK_LEVELS = 3  # L of the tiny model: DeepStack added after LLM layers 0, 1, 2
+DEEP_LAYERS = 6  # the deeper tiny model's LLM layers: pruning from layer 3 has 3 layers to run
+
+
+def deeper_checkpoint(source: Path, target: Path, layers: int = DEEP_LAYERS) -> Path:
+    """The tiny Qwen3-VL with `layers` LLM layers (its ViT and DeepStack taps unchanged): layer i
+    past the source's n is layer i % n with seeded noise. The tiny model's 4 layers leave one
+    after the DeepStack layers, where pruning drops rows no later layer reads."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    n = config["text_config"]["num_hidden_layers"]
+    config["text_config"]["num_hidden_layers"] = layers
+    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    weights = load_file(target / "model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    prefix = "model.language_model.layers."
+    for layer in range(n, layers):
+        source_prefix = f"{prefix}{layer % n}."
+        for name, tensor in sorted(weights.items()):
+            if name.startswith(source_prefix):
+                noise = 0.02 * torch.randn(tensor.shape, generator=generator)
+                weights[f"{prefix}{layer}.{name[len(source_prefix) :]}"] = tensor + noise
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+@pytest.fixture(scope="session")
+def qwen3_deep_dir(qwen3_model_dir, tmp_path_factory) -> Path:
+    return deeper_checkpoint(qwen3_model_dir, tmp_path_factory.mktemp("qwen3-deep") / "model")
+
+
+@pytest.fixture(scope="module")
+def qwen3_deep_engine(qwen3_deep_dir, tmp_path_factory):
+    server = servers.start(qwen3_deep_dir, tmp_path_factory.mktemp("qwen3-deep-engine") / "log.txt")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def qwen3_deep_reference(qwen3_deep_dir) -> Qwen3VLReference:
+    return Qwen3VLReference(qwen3_deep_dir)
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +183,78 @@ def test_prompt_logprobs_follow_the_merged_positions(qwen3_engine, qwen3_referen
             assert abs(entry[str(token)]["logprob"] - float(want[i - 1, token])) < 1e-4, i
 
 
-def test_pruning_is_skipped_with_its_reason(qwen3_engine, qwen3_reference, image) -> None:
-    """A level that prunes merges as asked and says why it did not prune (never a silent wrong
-    answer): the answer is the merge-only reference's."""
-    response = chat(qwen3_engine, [image], QUESTION, aim_kwargs(AimSchedule(0.5, (1, 3))), max_tokens=4)
+@pytest.mark.parametrize("kind", ["image", "video"])
+@pytest.mark.parametrize(
+    "schedule",
+    [AimSchedule(1.0, (3, 6)), AimSchedule(0.5, (3, 6)), AimSchedule(0.4, (4, 6), prune_method="fastv")],
+    ids=["prune", "merge+prune", "merge+fastv"],
+)
+def test_prune_matches_reference(
+    qwen3_deep_engine, qwen3_deep_reference, image, video, kind, schedule
+) -> None:
+    """Pruning from layer L on (rows dropped after layers 3-5 of 6): greedy tokens and logprobs
+    equal the removal reference on transformers' layers (q/k norms, DeepStack after layers 0-2,
+    PageRank on the normed and rotated q/k), prefill and the decodes over the compacted KV. Only
+    placeholder rows are pruned: a video's `<t seconds>` and vision start/end text stays."""
+    item = image if kind == "image" else video
+    response = chat(qwen3_deep_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=6)
     aim = response["usage"]["aim"]
-    assert aim["pruning"].startswith("skipped: Qwen3-VL")
-    assert aim["rows_per_layer"] == [response["usage"]["prompt_tokens"]] * 4
-    assert_matches_reference(qwen3_reference, response, [image], AimSchedule(0.5))
+    assert aim["pruning"] == "pruned", aim
+    run = assert_matches_reference(qwen3_deep_reference, response, [item], schedule)
+    media = set(qwen3_deep_reference.visual_token_ids)
+    pads = sum(token in media for token in response["prompt_token_ids"])  # a video's stamps stay
+    kept = schedule.visual_kept(pads, DEEP_LAYERS)
+    assert aim["rows_per_layer"] == [run.num_prompt_tokens - pads + v for v in [pads, *kept[:-1]]]
+    assert aim["rows_per_layer"][3] == run.num_prompt_tokens > aim["rows_per_layer"][-1]
+
+
+def test_pruning_before_the_deepstack_layers_is_refused(qwen3_deep_engine, image) -> None:
+    """Explicit layers that would drop rows before the last DeepStack injection (l1 < L = 3): a 400
+    naming the earliest layer, never a silently different schedule."""
+    for kwargs in (aim_kwargs(AimSchedule(0.5, (1, 4))), {"aim_prune_l1": 2, "aim_prune_l2": 6}):
+        response = _post(qwen3_deep_engine, image, kwargs)
+        assert response.status_code == 400, response.text
+        assert "l1 >= 3" in response.json()["error"]["message"]
+
+
+def test_preset_window_starts_after_the_deepstack_layers(
+    qwen3_deep_engine, qwen3_deep_reference, image
+) -> None:
+    """`max` on 6 layers is the window (1, 3); here it starts at L and keeps its width: (3, 5),
+    pruned and exact."""
+    response = chat(qwen3_deep_engine, [image], QUESTION, {"aim_preset": "max"}, max_tokens=4)
+    aim = response["usage"]["aim"]
+    assert (aim["prune_layers"], aim["pruning"]) == ([3, 5], "pruned"), aim
+    assert_matches_reference(qwen3_deep_reference, response, [image], AimSchedule(0.125, (3, 5)))
+
+
+def test_mixed_batch_of_pruned_merged_and_plain(
+    qwen3_deep_engine, qwen3_deep_reference, image, video
+) -> None:
+    """Pruning prefills batched with merge-only, unmerged and other pruned requests (their
+    decodes over compacted KV in the same steps), each equal to its own reference."""
+    jobs = [
+        (video, AimSchedule(0.25, (3, 6))),
+        (image, AimSchedule(0.5)),
+        (video, AimSchedule(1.0)),
+        (image, AimSchedule(0.6, (3, 5))),
+        (video, AimSchedule(1.0, (4, 6))),
+    ]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(chat, qwen3_deep_engine, [m], QUESTION, aim_kwargs(s), 5) for m, s in jobs]
+        responses = [f.result() for f in futures]
+    for (item, schedule), response in zip(jobs, responses, strict=True):
+        assert_matches_reference(qwen3_deep_reference, response, [item], schedule)
+
+
+def _post(server, item: Media, kwargs: dict) -> httpx.Response:
+    body = {
+        "model": server.model,
+        "messages": [{"role": "user", "content": [item.part, {"type": "text", "text": QUESTION}]}],
+        "max_tokens": 1,
+        "mm_processor_kwargs": kwargs,
+    }
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
 
 
 def test_concurrent_requests_with_different_levels(qwen3_engine, qwen3_reference, image, video) -> None:
@@ -155,32 +269,35 @@ def test_concurrent_requests_with_different_levels(qwen3_engine, qwen3_reference
         assert_matches_reference(qwen3_reference, response, [item], AimSchedule(ratio))
 
 
+@pytest.mark.parametrize("budget", [0.4, 0.7])
 @pytest.mark.parametrize("kind", ["image", "video"])
-def test_budget_is_met_by_merging_alone(qwen3_engine, qwen3_model_dir, image, video, kind) -> None:
-    """`aim_budget` resolves to the solver's merge-only schedule (this engine cannot prune) for
-    this prompt's layout: one group per slice, a video's timestamp text counted as unmerged
-    tokens of the item, as usage counts it; the reported FLOPs ratio stays within the budget."""
+def test_budget_prunes_after_the_deepstack_layers(
+    qwen3_deep_engine, qwen3_deep_dir, qwen3_deep_reference, image, video, kind, budget
+) -> None:
+    """`aim_budget` resolves to the solver's schedule for this prompt's layout (one group per
+    slice; a video's timestamp text, counted by usage with the item, is text the LLM never
+    prunes), pruning included, unless its window starts before L = 3: then merging alone. The reported
+    FLOPs ratio stays within the budget and the answer is the reference's."""
     item, groups = (image, (IMAGE_TOKENS,)) if kind == "image" else (video, (SLICE_TOKENS,) * VIDEO_SLICES)
-    usage = chat(qwen3_engine, [item], QUESTION, {"aim_budget": 0.4}, max_tokens=1)["usage"]
+    response = chat(qwen3_deep_engine, [item], QUESTION, {"aim_budget": budget}, max_tokens=3)
+    usage = response["usage"]
     aim = usage["aim"]
-    shape = LLMShape.from_hf_config(json.loads((qwen3_model_dir / "config.json").read_text()))
-    layout = VisualLayout(groups, aim["visual_tokens_in"] - sum(groups))
-    want = solve_budget(0.4, shape, layout, usage["prompt_tokens"] - aim["visual_tokens_merged"], prune=False)
-    assert (aim["merge_ratio"], aim["prune_layers"]) == (want.merge_ratio, None)
-    assert want.merge_ratio < 1.0 and aim["flops_ratio"] <= 0.4
+    shape = LLMShape.from_hf_config(json.loads((qwen3_deep_dir / "config.json").read_text()))
+    layout = VisualLayout(groups)
+    stamps = aim["visual_tokens_in"] - sum(groups)  # a video's timestamp text: never pruned
+    text = usage["prompt_tokens"] - aim["visual_tokens_merged"] + stamps
+    want = solve_budget(budget, shape, layout, text)
+    if want.prunes and want.prune_layers[0] < DEEPSTACK_LEVELS:
+        want = solve_budget(budget, shape, layout, text, prune=False)
+    layers = None if want.prune_layers is None else list(want.prune_layers)
+    assert (aim["merge_ratio"], aim["prune_layers"]) == (want.merge_ratio, layers)
+    assert aim["flops_ratio"] <= budget
+    assert_matches_reference(qwen3_deep_reference, response, [item], want)
 
 
 def test_encoder_merging_is_refused(qwen3_engine, image) -> None:
     """`encoder_keep` is not available for Qwen3-VL: a clear 400, not a silent no-op."""
-    import httpx
-
-    body = {
-        "model": qwen3_engine.model,
-        "messages": [{"role": "user", "content": [image.part, {"type": "text", "text": QUESTION}]}],
-        "max_tokens": 1,
-        "mm_processor_kwargs": {"aim_encoder_keep": 0.5},
-    }
-    response = httpx.post(qwen3_engine.url + "/v1/chat/completions", json=body, timeout=120)
+    response = _post(qwen3_engine, image, {"aim_encoder_keep": 0.5})
     assert response.status_code == 400, response.text
     assert "encoder_keep" in response.json()["error"]["message"]
 
@@ -200,15 +317,28 @@ def test_two_tensor_parallel_ranks_merge_like_the_reference(
         server.stop()
 
 
+def test_two_tensor_parallel_ranks_prune_like_the_reference(
+    qwen3_deep_dir, qwen3_deep_reference, image, video, tmp_path
+) -> None:
+    """TP=2 pruning: each rank q/k-norms its own heads, PageRank sums over both ranks' heads and
+    every rank keeps rank 0's rows, DeepStack added on every rank: the reference's answers."""
+    server = servers.start_tensor_parallel(qwen3_deep_dir, tmp_path / "log.txt")
+    try:
+        for item, schedule in ((video, AimSchedule(0.25, (3, 6))), (image, AimSchedule(1.0, (3, 5)))):
+            response = chat(server, [item], QUESTION, aim_kwargs(schedule), max_tokens=6, timeout=300)
+            assert response["usage"]["aim"]["pruning"] == "pruned", response["usage"]["aim"]
+            assert_matches_reference(qwen3_deep_reference, response, [item], schedule)
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["2b", "4b", "8b"])
 def test_published_config_serves_an_image_and_a_video(size, image, video, tmp_path) -> None:
     """`make-tiny-model --arch qwen3-vl --size <size> --layers 1`: the published widths, ViT and
     processors with one LLM layer and the DeepStack taps moved into the shrunk tower, served with
     dummy weights; one image and one video through the gateway at `balanced` merge (pruning is
-    reported skipped) and count their tokens."""
-    import httpx
-
+    reported skipped: no layer follows the DeepStack ones) and count their tokens."""
     from aim_vllm.model_builders import default_model_dir
 
     model = default_model_dir("qwen3-vl", size, layers=1)
@@ -227,7 +357,9 @@ def test_published_config_serves_an_image_and_a_video(size, image, video, tmp_pa
                 response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
                 assert response.status_code == 200, (item.kind, response.text)
                 aim = response.json()["usage"]["aim"]
-                assert aim["level"] == "balanced" and aim["pruning"].startswith("skipped: Qwen3-VL"), aim
+                assert aim["level"] == "balanced" and aim["pruning"].startswith(
+                    "skipped: no layer follows"
+                ), aim
                 assert 0 < aim["visual_tokens_merged"] < aim["visual_tokens_in"], (item.kind, aim)
     finally:
         server.stop()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.reference.qwen3_vl import Qwen3VLReference
 
 PROMPT = "<|im_start|>user\n<|vision_start|>{pad}<|vision_end|>What colour is the square?<|im_end|>\n"
@@ -93,3 +94,66 @@ def test_merged_tokens_sit_at_their_survivors(reference) -> None:
         ]
     )
     torch.testing.assert_close(positions[:, rows], full[:, survivors], rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def deep_reference(tmp_path_factory) -> Qwen3VLReference:
+    from aim_vllm.model_builders import default_model_dir
+    from tests.engine.test_qwen3_vl import deeper_checkpoint
+
+    return Qwen3VLReference(
+        deeper_checkpoint(default_model_dir("qwen3-vl"), tmp_path_factory.mktemp("deep") / "m")
+    )
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_removal_loop_without_pruning_is_transformers(deep_reference, kind) -> None:
+    """The removal loop (`prefill` / `decode`, transformers' layer modules written out: q/k norms,
+    interleaved M-RoPE, DeepStack after layers 0..L-1, a per-layer cache) with nothing pruned
+    equals transformers' own forward of the whole sequence, prompt and teacher-forced decodes."""
+    data = _data(kind)
+    ids = _hf_inputs(deep_reference, kind, data)["input_ids"][0].tolist()
+    item = deep_reference.item(kind, data, 0.5)
+    ids = _merged_prompt(deep_reference, ids, item)
+    positions, offset = deep_reference.positions(ids, [item])
+    logits, cache, _ = deep_reference.prefill(ids, [item], positions, AimSchedule(0.5))
+    want = deep_reference.logits(ids, [item], positions)[-1]
+    torch.testing.assert_close(logits, want, rtol=0, atol=1e-5)
+    for token in (5, 17):
+        n = len(ids)
+        logits = deep_reference.decode(cache, token, n + offset)
+        ids = [*ids, token]
+        positions = torch.cat([positions, torch.full((3, 1), n + offset)], dim=1)
+        torch.testing.assert_close(
+            logits, deep_reference.logits(ids, [item], positions)[-1], rtol=0, atol=1e-5
+        )
+
+
+def test_pruning_drops_rows_from_layer_l_only(deep_reference) -> None:
+    """A schedule from layer L = 3 on drops rows after layers 3, 4, 5 (kept counts of the
+    schedule) and changes the answer; one starting earlier is refused (its pruned rows would
+    still need their DeepStack rows)."""
+    data = _data("image")
+    ids = _hf_inputs(deep_reference, "image", data)["input_ids"][0].tolist()
+    item = deep_reference.item("image", data, 0.5)
+    ids = _merged_prompt(deep_reference, ids, item)
+    positions, _ = deep_reference.positions(ids, [item])
+    schedule = AimSchedule(0.5, (3, 6))
+    logits, _, kept = deep_reference.prefill(ids, [item], positions, schedule)
+    visual = item.rows.shape[0]
+    text = len(ids) - visual
+    assert [len(k) for k in kept] == [text + v for v in schedule.visual_kept(visual, 6)]
+    assert (logits - deep_reference.logits(ids, [item], positions)[-1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="DeepStack"):
+        deep_reference.prefill(ids, [item], positions, AimSchedule(0.5, (2, 6)))
+
+
+def _merged_prompt(reference: Qwen3VLReference, ids: list[int], item) -> list[int]:
+    """`ids` with each placeholder run cut to the item's merged tokens per slice."""
+    media = set(reference.visual_token_ids)
+    out, run = [], 0
+    for token in ids:
+        run = run + 1 if token in media else 0
+        if run <= item.merged_per_slice:
+            out.append(token)
+    return out
