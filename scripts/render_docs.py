@@ -514,8 +514,17 @@ def _stage_shapes(stage: dict) -> str:
 
 def render_training(stem: str) -> str:
     """The trainings an index file lists (`{"runs": [STEM, ...]}`): recipe, CPU, steps, wall time,
-    held-out probes and final held-out accuracy, each from that run's `training.json` copy."""
-    header = ["run", "stages: steps x colour shape side (px)", "CPU", "threads", "steps", "wall (min)"]
+    held-out probes and final held-out accuracy, each from that run's `training.json` copy (all ran
+    on one torch thread)."""
+    header = [
+        "run",
+        "stages: steps x colour shape side (px)",
+        "CPU",
+        "peak lr",
+        "seed",
+        "steps",
+        "wall (min)",
+    ]
     header += ["held-out probes", "held-out accuracy (n)"]
     rows = []
     for run in load(stem)["runs"]:
@@ -523,7 +532,8 @@ def render_training(stem: str) -> str:
         stages = ", ".join(f"{st['steps']} x {_stage_shapes(st)}" for st in record["config"]["stages"])
         probes = ", ".join(f"{p['probe_accuracy']:.2f}" for p in record["curve"])
         rows.append(
-            [f"[{run}](results/{run}.json)", stages, _cpu(record["machine"]), record["machine"]["threads"]]
+            [f"[{run}](results/{run}.json)", stages, _cpu(record["machine"])]
+            + [f"{record['config']['lr']:g}", record["config"]["seed"]]
             + [record["steps"], f"{record['train_wall_s'] / 60:.1f}", probes]
             + [f"{record['eval']['accuracy']:.3f} ({record['eval']['items']})"]
         )

@@ -105,8 +105,10 @@ def test_learning_rate_warms_up_decays_then_cycles() -> None:
     ("early_stop", "step", "accuracy", "stop"),
     [
         (False, 20, 1.0, False),  # the stages run to their end unless early stopping is on
-        (True, 20, 0.95, True),
-        (True, 20, 0.5, False),
+        (True, 20, 0.95, False),  # early stopping waits for the last stage (steps 20-49) ...
+        (True, 10, 0.95, False),
+        (True, 30, 0.95, True),  # ... and stops inside it at the target
+        (True, 30, 0.5, False),
         (False, 50, 0.95, True),  # the stages' end at the target
         (False, 50, 0.5, False),  # below it: continue past the stages
         (False, 60, 0.5, False),

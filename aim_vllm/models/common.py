@@ -15,16 +15,17 @@ Flow (vllm==0.32.0, `BaseMultiModalProcessor.apply`):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import cached_property
 
+from aim_vllm.compat import MultiModalFieldConfig
 from aim_vllm.config import default_level
 from aim_vllm.core.budget import EncoderCost, VisualLayout, solve_budget, solve_prefill_budget
 from aim_vllm.core.encoder_flops import VisionShape
 from aim_vllm.core.flops import LLMShape
-from aim_vllm.core.item_params import ItemParams
+from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import (
     BUDGET_OF,
     AimLevel,
@@ -59,6 +60,14 @@ class AimProcessorMixin:
     def aim_layout(self, mm_items) -> VisualLayout:
         """The request's visual tokens as the merger sees them (model specific)."""
         raise NotImplementedError
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        """vLLM's fields, plus each modality's per-item `aim_<modality>` parameters (kept on the CPU)."""
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        for modality in ("image", "video"):
+            if field_name(modality) in hf_inputs:
+                fields[field_name(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+        return fields
 
     def apply(self, inputs, timing_ctx):  # overrides BaseMultiModalProcessor.apply
         if BUDGET_OF in inputs.hf_processor_mm_kwargs:

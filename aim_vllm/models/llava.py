@@ -26,7 +26,7 @@ Dimensions:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import CLIPVisionConfig
@@ -38,7 +38,6 @@ from aim_vllm.compat import (
     LlavaForConditionalGeneration,
     LlavaMultiModalProcessor,
     LlavaProcessingInfo,
-    MultiModalFieldConfig,
     PromptReplacement,
     PromptUpdate,
     build_llava_or_pixtral_info,
@@ -74,12 +73,6 @@ class AimLlavaMultiModalProcessor(AimProcessorMixin, LlavaMultiModalProcessor):
         return VisualLayout(
             tuple(self.info.get_num_image_tokens(image_width=w, image_height=h) for w, h in _sizes(mm_items))
         )
-
-    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
-        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        if field_name(IMAGE) in hf_inputs:
-            fields[field_name(IMAGE)] = MultiModalFieldConfig.batched(IMAGE, keep_on_cpu=True)
-        return fields
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))

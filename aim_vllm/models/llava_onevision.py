@@ -15,7 +15,7 @@ AIM off (no AIM keys) is stock vLLM: same prompt, same tensors, same outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
@@ -27,7 +27,6 @@ from aim_vllm.compat import (
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionMultiModalProcessor,
     LlavaOnevisionProcessingInfo,
-    MultiModalFieldConfig,
     PromptReplacement,
     PromptUpdate,
     VideoProcessorItems,
@@ -101,13 +100,6 @@ class AimLlavaOnevisionMultiModalProcessor(AimProcessorMixin, LlavaOnevisionMult
             groups += [base, grid]
             extra += rows
         return VisualLayout(tuple(groups), extra)
-
-    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
-        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        for modality in ("image", "video"):
-            if field_name(modality) in hf_inputs:
-                fields[field_name(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
-        return fields
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))

@@ -35,7 +35,7 @@ Dimensions:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property, partial
 
@@ -45,7 +45,6 @@ import torch
 from aim_vllm.compat import (
     MULTIMODAL_REGISTRY,
     ImageProcessorItems,
-    MultiModalFieldConfig,
     PromptReplacement,
     PromptUpdate,
     Qwen2_5_VLDummyInputsBuilder,
@@ -142,13 +141,6 @@ class AimQwen2_5_VLMultiModalProcessor(AimProcessorMixin, Qwen2_5_VLMultiModalPr
             slices = max(1, -(-frames // vision.temporal_patch_size))
             grids.append((slices, size.height // vision.patch_size, size.width // vision.patch_size))
         return grids
-
-    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
-        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        for modality in MODALITIES:
-            if field_name(modality) in hf_inputs:
-                fields[field_name(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
-        return fields
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))

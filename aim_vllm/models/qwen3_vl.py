@@ -44,7 +44,7 @@ Dimensions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -52,7 +52,6 @@ import torch
 
 from aim_vllm.compat import (
     MULTIMODAL_REGISTRY,
-    MultiModalFieldConfig,
     PromptReplacement,
     PromptUpdate,
     PromptUpdateDetails,
@@ -204,13 +203,6 @@ class AimQwen3VLMultiModalProcessor(AimProcessorMixin, Qwen3VLMultiModalProcesso
 
     def aim_encoder_cost(self, mm_items) -> EncoderCost:
         return lambda keep: 0.0  # no FLOPs model of the Qwen3-VL ViT yet
-
-    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
-        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        for modality in MODALITIES:
-            if field_name(modality) in hf_inputs:
-                fields[field_name(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
-        return fields
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))
