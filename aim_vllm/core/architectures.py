@@ -7,8 +7,8 @@ tokens, one newline token per video (vLLM `get_num_video_tokens`); a LLaVA-OneVi
 LLaVA-1.5 images are 576 CLIP-336 tokens; Qwen2.5-VL frames/images at 448x448 give 256 tokens
 per temporal slice of 2 frames (PatchMerger 2x2); Qwen3-VL frames/images at 512x512 give 256
 tokens per slice (patch 16, merger 2x2), a video's `<t seconds>` text between slices not counted.
-The FLOPs model takes the attention width as the hidden size: Qwen3-VL-4B (32 heads x 128 = 4096
-over a 2560 hidden size) is left out until it models the two apart.
+Qwen3-VL-4B's attention (32 heads x 128 = 4096) is wider than its 2560 hidden size
+(`core.flops`: the query width).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ _LLAMA_7B = LLMShape(
 
 _QWEN3_2B = LLMShape(  # Qwen3-VL-2B's LLM
     hidden_size=2048, num_layers=28, intermediate_size=6144, num_heads=16, num_kv_heads=8, head_dim=128
+)
+_QWEN3_4B = LLMShape(  # Qwen3-VL-4B's LLM
+    hidden_size=2560, num_layers=36, intermediate_size=9728, num_heads=32, num_kv_heads=8, head_dim=128
 )
 _QWEN3_8B = LLMShape(  # Qwen3-VL-8B's LLM
     hidden_size=4096, num_layers=36, intermediate_size=12288, num_heads=32, num_kv_heads=8, head_dim=128
@@ -70,6 +73,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec("qwen2.5-vl-3b", _QWEN2_5_3B, 256, 2, 0, (256,), 0),
         ArchSpec("qwen2.5-vl-7b", _QWEN2_7B, 256, 2, 0, (256,), 0),
         ArchSpec("qwen3-vl-2b", _QWEN3_2B, 256, 2, 0, (256,), 0),
+        ArchSpec("qwen3-vl-4b", _QWEN3_4B, 256, 2, 0, (256,), 0),
         ArchSpec("qwen3-vl-8b", _QWEN3_8B, 256, 2, 0, (256,), 0),
     )
 }

@@ -4,6 +4,10 @@ Per decoder layer processing n tokens (hidden d, key/value width d_kv, MLP width
 
     2n(2d^2 + 2d*d_kv + 3d*d_ff) + 4n^2*d + 5hn^2 + 17dn
 
+where the attention is as wide as the hidden state (h * head_dim = d). Where it is not (Qwen3-VL-4B:
+32 x 128 = 4096 over d = 2560), the query width d_q = h * head_dim replaces d in the q and o
+projections and in the scores and weighted sum: 2n(2d*d_q + 2d*d_kv + 3d*d_ff) + 4n^2*d_q + ...
+
 Two conventions:
 - paper: layer l is counted with n_l = text + visual kept *after* layer l, as if it already ran on
   the reduced set. This reproduces the paper's tables (99.63 -> 14.76 TFLOPs for LLaVA-OV-7B).
@@ -35,6 +39,11 @@ class LLMShape:
     def kv_width(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def q_width(self) -> int:
+        """Width of the queries and of the attention output (the hidden size in most models)."""
+        return self.num_heads * self.head_dim
+
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any]) -> LLMShape:
         """Read a HF config dict (a multimodal one uses its `text_config`)."""
@@ -52,15 +61,15 @@ class LLMShape:
 
 def _linear_flops(n: float, shape: LLMShape) -> tuple[float, float]:
     """(QKV projections, o_proj + MLP) multiply-add FLOPs for n tokens."""
-    d = shape.hidden_size
-    qkv = 2 * n * (d * d + 2 * d * shape.kv_width)
-    out_mlp = 2 * n * (d * d + 3 * d * shape.intermediate_size)
+    d, d_q = shape.hidden_size, shape.q_width
+    qkv = 2 * n * (d * d_q + 2 * d * shape.kv_width)
+    out_mlp = 2 * n * (d_q * d + 3 * d * shape.intermediate_size)
     return qkv, out_mlp
 
 
 def _attention_flops(n: float, shape: LLMShape) -> float:
     """Scores, weighted sum, softmax and the per-token element-wise work for n tokens."""
-    return 4 * n * n * shape.hidden_size + 5 * shape.num_heads * n * n + 17 * shape.hidden_size * n
+    return 4 * n * n * shape.q_width + 5 * shape.num_heads * n * n + 17 * shape.hidden_size * n
 
 
 def layer_flops(n: float, shape: LLMShape) -> float:

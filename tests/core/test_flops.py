@@ -52,6 +52,21 @@ def test_layer_flops_formula() -> None:
     assert layer_flops(2, shape) == expected
 
 
+def test_a_wider_attention_counts_its_query_width() -> None:
+    """Hand-computed, n=2, d=4, h=2 heads of 4 (d_q=8 > d), d_kv=4, d_ff=8: q and o projections
+    are d x d_q, scores and weighted sum d_q wide; kv, MLP and element-wise work as before."""
+    shape = LLMShape(
+        hidden_size=4, num_layers=1, intermediate_size=8, num_heads=2, num_kv_heads=1, head_dim=4
+    )
+    projections = 2 * 2 * (4 * 8 + 2 * 4 * 4) + 2 * 2 * (8 * 4 + 3 * 4 * 8)
+    expected = projections + 4 * 4 * 8 + 5 * 2 * 4 + 17 * 4 * 2
+    assert layer_flops(2, shape) == expected
+    narrower = LLMShape(
+        hidden_size=4, num_layers=1, intermediate_size=8, num_heads=2, num_kv_heads=1, head_dim=2
+    )
+    assert layer_flops(2, narrower) < expected
+
+
 def test_shape_from_hf_config_reads_text_config() -> None:
     config = {
         "text_config": {
