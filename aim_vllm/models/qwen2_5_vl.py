@@ -299,18 +299,23 @@ def content_positions(
     return stripped, out
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    AimQwen2_5_VLMultiModalProcessor,
-    info=Qwen2_5_VLProcessingInfo,
-    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
-)
-class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditionalGeneration):
-    """Merges each item per its `aim_<modality>` parameters; M-RoPE follows; prunes in the decoder."""
+class MergedMropeMixin:
+    """M-RoPE of merged items, shared by the Qwen-VL models (put before vLLM's model class): counted
+    positions when a request is added, survivors' positions after the encoder (module docstring)."""
 
     aim_positions_after_encoder = False  # set by the runner patch that enables the recompute
 
+    def _aim_unmerged_layout(self, input_tokens: list[int], features, merges):
+        """The prompt as if unmerged, its features, and the indices the merged prompt keeps."""
+        return unmerged_layout(input_tokens, features, merges)
+
+    @property
+    def _aim_row_width(self) -> int:
+        """Channels of one merged embedding row, before the position channels."""
+        return self.config.get_text_config().hidden_size
+
     def get_mrope_input_positions(self, input_tokens, mm_features):
-        """Overrides `Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions` (vllm==0.32.0).
+        """Overrides vLLM's `get_mrope_input_positions` (Qwen2.5-VL, Qwen3-VL; vllm==0.32.0).
 
         Stock positions of the unmerged prompt, restricted to the tokens the merged prompt keeps.
         """
@@ -318,7 +323,7 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
         merges = [item_merge(f, self.config.vision_config.spatial_merge_size) for f in features]
         if all(m is None for m in merges):
             return super().get_mrope_input_positions(input_tokens, mm_features)
-        tokens, shifted, keep = unmerged_layout(list(input_tokens), features, merges)
+        tokens, shifted, keep = self._aim_unmerged_layout(list(input_tokens), features, merges)
         positions, _ = super().get_mrope_input_positions(tokens, shifted)
         positions = positions[:, keep]  # (3, len(input_tokens))
         return positions, int(positions.max()) + 1 - len(input_tokens)
@@ -326,7 +331,7 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
     def recompute_mrope_positions(
         self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
     ):
-        """Overrides `Qwen2_5_VLForConditionalGeneration.recompute_mrope_positions` (vllm==0.32.0):
+        """Overrides vLLM's `recompute_mrope_positions` (Qwen2.5-VL, Qwen3-VL; vllm==0.32.0):
         vLLM's EVS when the server prunes with it, else merged tokens at their survivors."""
         if self.is_multimodal_pruning_enabled:
             return super().recompute_mrope_positions(
@@ -334,11 +339,21 @@ class AimQwen2_5_VLForConditionalGeneration(AimModelMixin, Qwen2_5_VLForConditio
             )
         ids = torch.as_tensor(input_ids, dtype=torch.long).cpu()
         media = (self.config.image_token_id, self.config.video_token_id)
-        width = self.config.get_text_config().hidden_size
         embeddings, positions = content_positions(
-            ids, multimodal_embeddings, mrope_positions, num_computed_tokens, media, width
+            ids, multimodal_embeddings, mrope_positions, num_computed_tokens, media, self._aim_row_width
         )
         return embeddings, positions, int(positions.max()) + 1 - len(ids)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    AimQwen2_5_VLMultiModalProcessor,
+    info=Qwen2_5_VLProcessingInfo,
+    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
+)
+class AimQwen2_5_VLForConditionalGeneration(
+    AimModelMixin, MergedMropeMixin, Qwen2_5_VLForConditionalGeneration
+):
+    """Merges each item per its `aim_<modality>` parameters; M-RoPE follows; prunes in the decoder."""
 
     def embed_multimodal(self, **kwargs: object):
         # Adapted from Qwen2_5_VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0

@@ -70,8 +70,7 @@ from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import AimModelMixin, AimProcessorMixin, decode_items, schedule_from_kwargs
 from aim_vllm.models.qwen2_5_vl import (
     AimQwen2_5_VLMultiModalProcessor,
-    content_positions,
-    item_merge,
+    MergedMropeMixin,
     slice_shape,
 )
 
@@ -301,11 +300,9 @@ def _video_timestamps(info, mm_items) -> list[list[float] | None]:
     info=Qwen3VLProcessingInfo,
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
-class AimQwen3VLForConditionalGeneration(AimModelMixin, Qwen3VLForConditionalGeneration):
+class AimQwen3VLForConditionalGeneration(AimModelMixin, MergedMropeMixin, Qwen3VLForConditionalGeneration):
     """Merges each item per its `aim_<modality>` parameters (DeepStack rows with their tokens);
     M-RoPE follows; prunes in the decoder from layer L on (module docstring)."""
-
-    aim_positions_after_encoder = False  # set by the runner patch that enables the recompute
 
     @property
     def aim_first_prune_layer(self) -> int:
@@ -331,36 +328,10 @@ class AimQwen3VLForConditionalGeneration(AimModelMixin, Qwen3VLForConditionalGen
         """Channels of one vision-tower row: main + DeepStack levels (C)."""
         return self.visual_dim * (1 + self.deepstack_num_level)
 
-    def get_mrope_input_positions(self, input_tokens, mm_features):
-        """Overrides `Qwen3VLForConditionalGeneration.get_mrope_input_positions` (vllm==0.32.0).
-
-        Stock positions of the unmerged prompt, restricted to the tokens the merged prompt keeps.
-        """
-        features = sorted(mm_features, key=lambda f: f.mm_position.offset)
-        merges = [item_merge(f, self.config.vision_config.spatial_merge_size) for f in features]
-        if all(m is None for m in merges):
-            return super().get_mrope_input_positions(input_tokens, mm_features)
+    def _aim_unmerged_layout(self, input_tokens: list[int], features, merges):
+        """A video's t placeholder runs (timestamp text between) each unmerged on its own."""
         media = (self.config.image_token_id, self.config.video_token_id)
-        tokens, shifted, keep = unmerged_frames_layout(list(input_tokens), features, merges, media)
-        positions, _ = super().get_mrope_input_positions(tokens, shifted)
-        positions = positions[:, keep]  # (3, len(input_tokens))
-        return positions, int(positions.max()) + 1 - len(input_tokens)
-
-    def recompute_mrope_positions(
-        self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
-    ):
-        """Overrides `Qwen3VLForConditionalGeneration.recompute_mrope_positions` (vllm==0.32.0):
-        vLLM's EVS when the server prunes with it, else merged tokens at their survivors."""
-        if self.is_multimodal_pruning_enabled:
-            return super().recompute_mrope_positions(
-                input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
-            )
-        ids = torch.as_tensor(input_ids, dtype=torch.long).cpu()
-        media = (self.config.image_token_id, self.config.video_token_id)
-        embeddings, positions = content_positions(
-            ids, multimodal_embeddings, mrope_positions, num_computed_tokens, media, self._aim_row_width
-        )
-        return embeddings, positions, int(positions.max()) + 1 - len(ids)
+        return unmerged_frames_layout(input_tokens, features, merges, media)
 
     def embed_multimodal(self, **kwargs: object):
         # Adapted from Qwen3VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0
