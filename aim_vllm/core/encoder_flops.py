@@ -1,14 +1,17 @@
 """Vision-encoder FLOPs, stock and with merging inside the tower (`core.encoder_merge`).
 
 One ViT layer on n tokens attending in segments of lengths s (one per frame or crop; per window
-or per frame in Qwen2.5-VL's ViT), hidden d, MLP width d_ff, h heads:
+or per frame in Qwen2.5-VL's ViT; per temporal slice in Qwen3-VL's), hidden d, MLP width d_ff,
+h heads:
 
     2n(4d^2 + m*d*d_ff) + (4d + 5h) * sum(s^2) + 17dn
 
-m = 2 for a plain MLP (SigLIP, CLIP) and 3 for a gated one (Qwen2.5-VL). As in `core.flops`, the
-terms are the projections, scores and weighted sum, softmax, and per-token element-wise work.
-Patch embedding and the projector after the tower are not counted (merging leaves them as they
-are), nor are the merging and copying back themselves. Plain Python (no torch).
+m = 2 for a plain MLP (SigLIP, CLIP, Qwen3-VL) and 3 for a gated one (Qwen2.5-VL). As in
+`core.flops`, the terms are the projections, scores and weighted sum, softmax, and per-token
+element-wise work.
+Patch embedding and the projector after the tower (Qwen3-VL: its DeepStack mergers too) are not
+counted (merging leaves them as they are), nor are the merging and copying back themselves.
+Plain Python (no torch).
 """
 
 from __future__ import annotations
@@ -139,5 +142,39 @@ class WindowedVisionShape:
             segments = [frame] * t if layer in self.full_attention else list(windows) * t
             total += vit_layer_flops(
                 t * frame, self.hidden_size, self.intermediate_size, self.num_heads, 3, segments
+            )
+        return total
+
+
+@dataclass(frozen=True)
+class FrameVisionShape:
+    """Qwen3-VL's ViT: every block attends over each temporal slice (h x w patches), a plain MLP.
+    Grids are (t, h, w) in patches (vLLM's `*_grid_thw`)."""
+
+    hidden_size: int
+    depth: int
+    intermediate_size: int
+    num_heads: int
+
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any]) -> FrameVisionShape | None:
+        """The ViT of a Qwen3-VL HF config (it names DeepStack taps); None for other towers."""
+        vision = config.get("vision_config") or {}
+        if "deepstack_visual_indexes" not in vision:
+            return None
+        return cls(vision["hidden_size"], vision["depth"], vision["intermediate_size"], vision["num_heads"])
+
+    def item_flops(self, grid: Sequence[int], keep: float = 1.0) -> float:
+        """FLOPs of one item (grid t, h, w) through the tower, each slice merged to `keep` from
+        `merge_start_layer` (`models.qwen3_encoder_merging`)."""
+        t, h, w = grid
+        stock = h * w
+        merged = stock if keep >= 1.0 else kept_token_count(stock, keep)
+        start = merge_start_layer(self.depth)
+        total = 0.0
+        for layer in range(self.depth):
+            frame = stock if layer < start else merged
+            total += vit_layer_flops(
+                t * frame, self.hidden_size, self.intermediate_size, self.num_heads, 2, [frame] * t
             )
         return total

@@ -91,7 +91,7 @@ class AimProcessorMixin:
             if schedule.merges_in_encoder and not self.aim_encoder_merging:
                 raise ValueError(
                     "encoder_keep (merging inside the vision encoder) is not available for this model "
-                    "(available for LLaVA-OneVision, LLaVA-1.5 and Qwen2.5-VL)"
+                    "(available for LLaVA-OneVision, LLaVA-1.5, Qwen2.5-VL and Qwen3-VL)"
                 )
             kwargs.update(schedule_kwargs(schedule))
             if not schedule.is_off:

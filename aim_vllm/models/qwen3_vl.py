@@ -33,9 +33,16 @@ Subclasses of vllm==0.32.0 `model_executor/models/qwen3_vl.py`, overriding only 
   no layer after L - 1 (a config shrunk below L + 1 layers) pruning is off for the engine,
   reported as skipped. Compaction of pruned decodes, per-layer KV (Design C) and TP come with
   `AimModelMixin`, as for the other models.
-- not here: merging inside the ViT (`encoder_keep` is refused with the list of models that have
-  it), precomputed `image_embeds` / `video_embeds` inputs (never merged), vLLM's EVS / VidCom2
-  (`--video-pruning-rate`; AIM levels are refused alongside them). AIM off (no AIM keys) is stock.
+- `encoder_keep` < 1 (opt-in, not AIM's): the ViT merges each temporal slice's tokens from an
+  early block and copies them back before its patch merger and every DeepStack merger after that
+  block (`models.qwen3_encoder_merging`); the prompt layout and positions are those of the same
+  level without it; usage reports the ViT's FLOPs (`core.encoder_flops.FrameVisionShape`).
+- baselines at AIM's counts (`method:pool` / `method:random`, `core.baselines`): per slice, on
+  whole rows (a token's DeepStack rows stand for the same tokens as its main row), each token at
+  the position of the index it stands for, as for Qwen2.5-VL.
+- not here: precomputed `image_embeds` / `video_embeds` inputs (never merged, nor encoded), vLLM's
+  EVS / VidCom2 (`--video-pruning-rate`; AIM levels are refused alongside them). AIM off (no AIM
+  keys) is stock.
 
 Dimensions:
     t: temporal slices of an item; n: tokens per slice; k: merged tokens per slice;
@@ -47,6 +54,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import cached_property, partial
 
 import torch
 
@@ -62,31 +70,46 @@ from aim_vllm.compat import (
     VideoProcessorItems,
 )
 from aim_vllm.core import position_channels
+from aim_vllm.core.baselines import reduce_frames_with_origin
 from aim_vllm.core.budget import EncoderCost, VisualLayout
+from aim_vllm.core.encoder_flops import FrameVisionShape
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import budget_of, without_engine_keys
 from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
 from aim_vllm.core.token_counts import merged_token_count
-from aim_vllm.models.common import AimModelMixin, AimProcessorMixin, decode_items, schedule_from_kwargs
+from aim_vllm.models.common import (
+    AimModelMixin,
+    AimProcessorMixin,
+    decode_items,
+    encoder_flops_fields,
+    schedule_from_kwargs,
+)
 from aim_vllm.models.qwen2_5_vl import (
     AimQwen2_5_VLMultiModalProcessor,
     MergedMropeMixin,
+    _encoder_keeps,  # the same pixel keys
     slice_shape,
 )
+from aim_vllm.models.qwen3_encoder_merging import encode_items
 
 MODALITIES = ("image", "video")
 _PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
 
 
 def merge_item(
-    rows: torch.Tensor, num_slices: int, ratio: float, main_width: int
+    rows: torch.Tensor, num_slices: int, ratio: float, main_width: int, method: str = "aim"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge each temporal slice of one item's tower output [t * n, C] -> [t * k, C], the plan from
-    the first `main_width` (main) channels, and the raster index of each token's survivor [t, k]."""
+    the first `main_width` (main) channels, and the raster index of each token's survivor [t, k].
+    `method` "pool" / "random": the equal-count baselines (`core.baselines`) on whole rows, so a
+    token's DeepStack rows stand for the same tokens as its main row, each at the index it stands for."""
     per_slice = rows.shape[0] // num_slices
     frames = rows.view(num_slices, per_slice, -1)  # (t, n, C)
     target = merged_token_count(per_slice, ratio)
-    merged, origin = merge_frames_with_origin(frames, target, metric=frames[..., :main_width])
+    if method == "aim":
+        merged, origin = merge_frames_with_origin(frames, target, metric=frames[..., :main_width])
+    else:
+        merged, origin = reduce_frames_with_origin(frames, target, method)
     return merged.flatten(0, 1), origin
 
 
@@ -174,6 +197,14 @@ class AimQwen3VLMultiModalProcessor(AimProcessorMixin, Qwen3VLMultiModalProcesso
     """Merged placeholder counts and the per-item `aim_image` / `aim_video` fields."""
 
     _aim_grids = AimQwen2_5_VLMultiModalProcessor._aim_grids  # same ProcessingInfo API, no super()
+    aim_merge_methods = AimQwen2_5_VLMultiModalProcessor.aim_merge_methods  # AIM, per-slice baselines
+    aim_encoder_merging = True
+
+    @cached_property
+    def _aim_vit(self) -> FrameVisionShape:
+        shape = FrameVisionShape.from_hf_config(self.info.get_hf_config().to_dict())
+        assert shape is not None, "a Qwen3-VL config names its ViT's DeepStack taps"
+        return shape
 
     @property
     def aim_first_prune_layer(self) -> int:
@@ -201,7 +232,8 @@ class AimQwen3VLMultiModalProcessor(AimProcessorMixin, Qwen3VLMultiModalProcesso
         )
 
     def aim_encoder_cost(self, mm_items) -> EncoderCost:
-        return lambda keep: 0.0  # no FLOPs model of the Qwen3-VL ViT yet
+        grids = self._aim_grids(mm_items)
+        return lambda keep: sum(self._aim_vit.item_flops(grid, keep) for grid in grids)
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         processed = super()._apply_hf_processor_main(mm_items, without_engine_keys(hf_kwargs))
@@ -218,10 +250,11 @@ class AimQwen3VLMultiModalProcessor(AimProcessorMixin, Qwen3VLMultiModalProcesso
                 continue
             grids = processed[f"{modality}_grid_thw"].tolist()
             stamps = processed["timestamps"] if modality == "video" else [None] * len(grids)
-            params = [
-                ItemParams(schedule, self._aim_tokens_in(grid, times)).with_budget(budget).to_tensor()
-                for grid, times in zip(grids, stamps, strict=True)
-            ]
+            params = []
+            for grid, times in zip(grids, stamps, strict=True):
+                flops = encoder_flops_fields(partial(self._aim_vit.item_flops, grid), schedule.encoder_keep)
+                item = ItemParams(schedule, self._aim_tokens_in(grid, times), **flops)
+                params.append(item.with_budget(budget).to_tensor())
             processed[field_name(modality)] = torch.stack(params)
         return processed
 
@@ -301,8 +334,9 @@ def _video_timestamps(info, mm_items) -> list[list[float] | None]:
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
 class AimQwen3VLForConditionalGeneration(AimModelMixin, MergedMropeMixin, Qwen3VLForConditionalGeneration):
-    """Merges each item per its `aim_<modality>` parameters (DeepStack rows with their tokens);
-    M-RoPE follows; prunes in the decoder from layer L on (module docstring)."""
+    """Merges each item per its `aim_<modality>` parameters (DeepStack rows with their tokens; inside
+    the ViT at its `encoder_keep`); M-RoPE follows; prunes in the decoder from layer L on (module
+    docstring)."""
 
     @property
     def aim_first_prune_layer(self) -> int:
@@ -342,7 +376,10 @@ class AimQwen3VLForConditionalGeneration(AimModelMixin, MergedMropeMixin, Qwen3V
             raise ValueError("AIM merging cannot run with vLLM's EVS / VidCom2 video pruning enabled")
         embeddings: tuple[torch.Tensor, ...] = ()
         for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
-            if modality == "image":
+            if (keeps := _encoder_keeps(modality, inputs, params[modality])) is not None:
+                grid = inputs[f"{modality}_grid_thw"].tolist()
+                items = encode_items(self.visual, inputs[_PIXEL_KEYS[modality]], grid, keeps)
+            elif modality == "image":
                 items = self._process_image_input(inputs)
             else:
                 items = self._process_video_input(inputs)
@@ -360,7 +397,7 @@ class AimQwen3VLForConditionalGeneration(AimModelMixin, MergedMropeMixin, Qwen3V
             if ratio >= 1.0:
                 merged.append(rows)
                 continue
-            rows, origin = merge_item(rows, grid[0], ratio, self.visual_dim)
+            rows, origin = merge_item(rows, grid[0], ratio, self.visual_dim, item.schedule.merge_method)
             if self.aim_positions_after_encoder:
                 rows = position_channels.attach(rows, slice_channels(origin, grid[2] // merge_size))
             merged.append(rows)

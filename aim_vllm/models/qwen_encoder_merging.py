@@ -6,12 +6,13 @@ merge (metric: the hidden state entering the start block), the remaining blocks 
 merged tokens (window or frame segments, rotary position of each merged token's first member,
 proportional attention), and the tokens are copied back before the patch merger, so the output
 has the stock shape. Under tensor parallelism the blocks' qkv / proj hold this rank's heads and
-all-reduce as in the stock forward.
+all-reduce as in the stock forward. `encode_items` and `merged_attention` are shared with
+Qwen3-VL's tower (`models.qwen3_encoder_merging`), whose blocks use the same attention module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -20,12 +21,20 @@ from aim_vllm.core.encoder_merge import merge_tokens, unmerge_tokens
 from aim_vllm.core.token_counts import merge_start_layer
 from aim_vllm.core.window_merge import first_members, regroup, segment_attention, window_merge_plan
 
+MergedEncoder = Callable[[object, torch.Tensor, list[list[int]], float], torch.Tensor]
+
 
 def encode_items(
-    visual, pixel_values: torch.Tensor, grid_thw: Sequence[Sequence[int]], keeps: Sequence[float]
+    visual,
+    pixel_values: torch.Tensor,
+    grid_thw: Sequence[Sequence[int]],
+    keeps: Sequence[float],
+    encode: MergedEncoder | None = None,
 ) -> list[torch.Tensor]:
     """Each item's embedding [t * h * w / 4, C]; items of one keep fraction run as one batch
-    (a fraction of 1 runs the stock tower)."""
+    (a fraction of 1 runs the stock tower, others `encode`: this module's `encode_merged` unless
+    given)."""
+    encode = encode_merged if encode is None else encode
     patches = [int(t) * int(h) * int(w) for t, h, w in grid_thw]
     pixels = pixel_values.split(patches)
     unit = visual.spatial_merge_size**2
@@ -33,7 +42,7 @@ def encode_items(
     for keep in sorted(set(keeps)):
         members = [i for i, k in enumerate(keeps) if k == keep]
         batch, grids = torch.cat([pixels[i] for i in members]), [list(grid_thw[i]) for i in members]
-        embeds = visual(batch, grid_thw=grids) if keep >= 1.0 else encode_merged(visual, batch, grids, keep)
+        embeds = visual(batch, grid_thw=grids) if keep >= 1.0 else encode(visual, batch, grids, keep)
         for i, embed in zip(members, embeds.split([patches[i] // unit for i in members]), strict=True):
             out[i] = embed
     return out  # type: ignore[return-value]
@@ -96,13 +105,27 @@ def merged_block(
     sin: torch.Tensor,
 ) -> torch.Tensor:
     """`Qwen2_5_VisionBlock.forward` on merged tokens [M, 1, C] (segments: window or frame lengths)."""
-    # Adapted from Qwen2_5_VisionBlock.forward / Qwen2_5_VisionAttention.forward @ vllm==0.32.0
-    attn = block.attn
-    heads, head_dim = attn.num_attention_heads_per_partition, attn.hidden_size_per_attention_head
-    qkv, _ = attn.qkv(block.norm1(hidden))
-    q, k, v = qkv.reshape(hidden.shape[0], 3, heads, head_dim).unbind(1)  # [M, heads, head_dim]
-    q, k = attn.apply_rotary_emb(torch.stack([q, k]).contiguous(), cos, sin).unbind(0)
-    context = segment_attention(q, k, v, sizes, segments, head_dim**-0.5)
-    out, _ = attn.proj(context.reshape(hidden.shape[0], 1, heads * head_dim))
+    # Adapted from Qwen2_5_VisionBlock.forward @ vllm==0.32.0
+    out = merged_attention(block.attn, block.norm1(hidden), sizes, segments, cos, sin)
     normed, residual = block.norm2(hidden, residual=out)
     return residual + block.mlp(normed)
+
+
+def merged_attention(
+    attn,
+    normed: torch.Tensor,
+    sizes: torch.Tensor,
+    segments: list[int],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+) -> torch.Tensor:
+    """`Qwen2_5_VisionAttention.forward` [M, 1, C] on merged tokens [M, 1, C]: proportional attention
+    inside each segment (lengths summing to M), rotary angles `cos` / `sin` of each merged token."""
+    # Adapted from Qwen2_5_VisionAttention.forward @ vllm==0.32.0
+    heads, head_dim = attn.num_attention_heads_per_partition, attn.hidden_size_per_attention_head
+    qkv, _ = attn.qkv(normed)
+    q, k, v = qkv.reshape(normed.shape[0], 3, heads, head_dim).unbind(1)  # [M, heads, head_dim]
+    q, k = attn.apply_rotary_emb(torch.stack([q, k]).contiguous(), cos, sin).unbind(0)
+    context = segment_attention(q, k, v, sizes, segments, head_dim**-0.5)
+    out, _ = attn.proj(context.reshape(normed.shape[0], 1, heads * head_dim))
+    return out

@@ -5,7 +5,8 @@ their additive attention mask (transformers' attention, not `proportional_attent
 `merged_tower` stands in for the model's vision tower while transformers' `get_image_features` /
 `get_video_features` run, so its projector, pooling and anyres packing are the stock ones.
 Qwen2.5-VL (`qwen_merged_features`): transformers' ViT forward written out with its own modules,
-merging per window (`core.window_merge`).
+merging per window (`core.window_merge`). Qwen3-VL (`qwen3_merged_features`): the same, merging
+per temporal slice, its DeepStack taps after the start block reading the tokens copied back.
 """
 
 from __future__ import annotations
@@ -109,8 +110,56 @@ def qwen_merged_features(visual: nn.Module, pixel_values: torch.Tensor, grid_thw
     return visual.merger(hidden)[torch.argsort(window_index)]
 
 
+@torch.no_grad()
+def qwen3_merged_features(
+    visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, keep: float
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(main features [tokens, D], each DeepStack level's [tokens, D]) of transformers' Qwen3-VL ViT
+    with its blocks from `merge_start_layer` on run on tokens merged per temporal slice
+    (`core.window_merge` with one segment per `cu_seqlens` entry).
+
+    Follows `Qwen3VLVisionModel.forward` (transformers 5.x) with its own helpers, blocks and
+    mergers. A DeepStack tap at a block from the start on, and the final merger, read every patch
+    its merged token's value (`unmerge_tokens`); taps before the start read the stock states.
+    """
+    from transformers.vision_utils import (
+        get_vision_attention_seqlens,
+        get_vision_interpolation_indices_and_weights,
+        get_vision_position_ids,
+    )
+
+    indices, weights = get_vision_interpolation_indices_and_weights(
+        grid_thw, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+        align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.spatial_merge_size,
+        kwargs={},
+    )  # fmt: skip
+    positions = get_vision_position_ids(grid_thw, visual.spatial_merge_size, kwargs={})
+    cu_slices, _ = get_vision_attention_seqlens(grid_thw, visual.config, kwargs={})
+    hidden = visual.patch_embed(pixel_values.to(visual.dtype))
+    hidden = hidden + (visual.pos_embed(indices) * weights[:, :, None]).sum(1).to(hidden.dtype)
+    cos, sin = visual.rotary_pos_emb(hidden, positions)
+    start = merge_start_layer(len(visual.blocks))
+    levels: list[torch.Tensor] = []
+    for i, block in enumerate(visual.blocks[:start]):
+        hidden = block(hidden, cu_seqlens=cu_slices, position_embeddings=(cos, sin))
+        if i in visual.deepstack_visual_indexes:
+            levels.append(visual.deepstack_merger_list[visual.deepstack_visual_indexes.index(i)](hidden))
+    slices = torch.diff(cu_slices).tolist()
+    dest, merged_slices = window_merge_plan(hidden, slices, keep)
+    merged, sizes = merge_tokens(hidden[None], dest[None])
+    first = first_members(dest, merged.shape[1])
+    hidden = merged[0]
+    for i, block in enumerate(visual.blocks[start:], start):
+        hidden = _qwen_merged_block(block, hidden, sizes[0], merged_slices, cos[first], sin[first])
+        if i in visual.deepstack_visual_indexes:
+            copied = unmerge_tokens(hidden[None], dest[None])[0]
+            levels.append(visual.deepstack_merger_list[visual.deepstack_visual_indexes.index(i)](copied))
+    return visual.merger(unmerge_tokens(hidden[None], dest[None])[0]), levels
+
+
 def _qwen_merged_block(block, x, sizes, segments, cos, sin) -> torch.Tensor:
-    """transformers' `Qwen2_5_VLVisionBlock` on merged tokens [M, C], proportional attention per segment."""
+    """transformers' `Qwen2_5_VLVisionBlock` (or `Qwen3VLVisionBlock`, the same residual layout and
+    rotary) on merged tokens [M, C], proportional attention per segment."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
     attn, n = block.attn, x.shape[0]

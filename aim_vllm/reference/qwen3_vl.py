@@ -4,7 +4,9 @@ transformers' vision tower gives each item's unmerged features: the main feature
 one DeepStack feature [t * n, D] per level, temporal slices in order, each slice in raster order
 of the merged (h/2, w/2) grid. Every slice merges on its own (`core.merge.merge_frames_with_origin`
 to `merged_token_count(n, r)` tokens) with the plan of its main features, applied alike to the main
-and the DeepStack rows. M-RoPE positions are written out here from the item grids:
+and the DeepStack rows; with an encoder keep < 1 the tower's blocks from `merge_start_layer` on
+run on tokens merged per temporal slice (`reference.encoder_merging.qwen3_merged_features`). M-RoPE
+positions are written out here from the item grids:
 - every placeholder run is one slice (an image; one frame pair of a video, its `<t seconds>` and
   vision start/end tokens being text); text runs on all three axes from the previous run's
   largest position + 1 (the unmerged grid's), and a slice at `start` has (start, start + row,
@@ -31,11 +33,13 @@ from typing import Any
 
 import torch
 
+from aim_vllm.core.baselines import reduce_frames_with_origin
 from aim_vllm.core.importance import importance, select_kept_tokens
 from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.reference.decoder import KVCache
+from aim_vllm.reference.encoder_merging import qwen3_merged_features
 from aim_vllm.reference.pipeline import ReferenceRun
 from aim_vllm.reference.qwen2_5_vl import _placeholder_runs
 
@@ -94,39 +98,53 @@ def mrope_positions(
 class Qwen3VLReference:
     """A Qwen3-VL checkpoint loaded for reference computations (float32, CPU)."""
 
-    def __init__(self, model_dir: str | Path) -> None:
-        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+    hf_class = "Qwen3VLForConditionalGeneration"  # transformers' model class (MoE: `qwen3_vl_moe.py`)
 
-        self.hf = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-        self.processor = AutoProcessor.from_pretrained(model_dir)
+    def __init__(self, model_dir: str | Path) -> None:
+        import transformers
+
+        model_cls = getattr(transformers, self.hf_class)
+        self.hf = model_cls.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.processor = transformers.AutoProcessor.from_pretrained(model_dir)
         config = self.hf.config
         self.visual_token_ids = (config.image_token_id, config.video_token_id)
         self.merge_size = config.vision_config.spatial_merge_size
         self.width = config.vision_config.out_hidden_size  # D
 
     @torch.no_grad()
-    def features(self, kind: str, data: Any) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """Unmerged rows [t * n, D * (1 + L)] of a PIL image or frames [F, H, W, 3], and the grid."""
+    def features(
+        self, kind: str, data: Any, encoder_keep: float = 1.0
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Unmerged rows [t * n, D * (1 + L)] of a PIL image or frames [F, H, W, 3], and the grid;
+        with `encoder_keep` < 1 the ViT merges per temporal slice (`reference.encoder_merging`)."""
         if kind == "image":
             out = self.processor.image_processor(images=[data], return_tensors="pt")
             pixels, grid = out["pixel_values"], out["image_grid_thw"]
         else:
             out = self.processor.video_processor(videos=[data], return_tensors="pt", do_sample_frames=False)
             pixels, grid = out["pixel_values_videos"], out["video_grid_thw"]
-        tower = self.hf.model.visual(pixels, grid_thw=grid, return_dict=True)
-        rows = torch.cat([tower.pooler_output, *tower.deepstack_features], dim=1)
-        return rows, tuple(grid[0].tolist())
+        if encoder_keep < 1.0:
+            main, levels = qwen3_merged_features(self.hf.model.visual, pixels, grid, encoder_keep)
+        else:
+            tower = self.hf.model.visual(pixels, grid_thw=grid, return_dict=True)
+            main, levels = tower.pooler_output, tower.deepstack_features
+        return torch.cat([main, *levels], dim=1), tuple(grid[0].tolist())
 
-    def item(self, kind: str, data: Any, ratio: float, method: str = "aim") -> Qwen3Item:
-        """The item merged per temporal slice at `ratio`, the plan from its main features."""
-        if method != "aim":
-            raise ValueError(f"Qwen3-VL implements merge_method 'aim' only, not {method!r}")
-        rows, grid = self.features(kind, data)
+    def item(
+        self, kind: str, data: Any, ratio: float, method: str = "aim", encoder_keep: float = 1.0
+    ) -> Qwen3Item:
+        """The item merged per temporal slice at `ratio`, the plan from its main features (the ViT
+        merged at `encoder_keep`); `method` "pool" / "random": the baselines of `core.baselines`
+        on whole rows (main and DeepStack channels reduced alike)."""
+        rows, grid = self.features(kind, data, encoder_keep)
         slices = grid[0]
         per_slice = rows.shape[0] // slices
         merged = merged_token_count(per_slice, ratio)
         frames = rows.view(slices, per_slice, -1)  # (t, n, C)
-        rows, origin = merge_frames_with_origin(frames, merged, metric=frames[..., : self.width])
+        if method == "aim":
+            rows, origin = merge_frames_with_origin(frames, merged, metric=frames[..., : self.width])
+        else:
+            rows, origin = reduce_frames_with_origin(frames, merged, method)
         return Qwen3Item(rows.flatten(0, 1), grid, merged, origin)  # (t * k, C)
 
     def positions(self, prompt_ids: list[int], items: list[Qwen3Item]) -> tuple[torch.Tensor, int]:

@@ -1,9 +1,10 @@
-"""Vision-encoder FLOPs (`core.encoder_flops`): LLaVA-style towers per frame / crop and Qwen2.5-VL's
-windowed ViT per item, stock and merged inside the tower."""
+"""Vision-encoder FLOPs (`core.encoder_flops`): LLaVA-style towers per frame / crop, Qwen2.5-VL's
+windowed ViT and Qwen3-VL's per-slice ViT per item, stock and merged inside the tower."""
 
 import pytest
 
 from aim_vllm.core.encoder_flops import (
+    FrameVisionShape,
     VisionShape,
     WindowedVisionShape,
     encoder_flops,
@@ -110,3 +111,28 @@ def test_qwen_3b_item_flops() -> None:
     ratio = vit.item_flops((1, 16, 16), 0.5) / stock
     assert 0.6 < ratio < 0.64
     assert vit.item_flops((1, 16, 16), 1.0) == stock
+
+
+def test_frame_item_flops_written_out() -> None:
+    """Qwen3-VL's ViT: every block attends per temporal slice, a plain MLP (m = 2); from the start
+    block on each slice carries its kept count."""
+    vit = FrameVisionShape(hidden_size=8, depth=4, intermediate_size=16, num_heads=2)
+    grid = (2, 6, 4)  # two slices of 24 patches
+    block = lambda n, segments: vit_layer_flops(n, 8, 16, 2, 2, segments)  # noqa: E731
+    assert vit.item_flops(grid) == 4 * block(48, [24, 24])
+    assert merge_start_layer(4) == 1
+    kept = kept_token_count(24, 0.5)
+    assert vit.item_flops(grid, 0.5) == block(48, [24, 24]) + 3 * block(2 * kept, [kept, kept])
+
+
+def test_qwen3_vit_from_published_config() -> None:
+    """Qwen3-VL-8B's ViT (27 blocks of 1152, merging from block 6): a 512 x 512 image is 32 x 32
+    patches; at keep 0.5 its linear layers do (6 + 21 / 2) / 27 = 61% of their work, its scores a
+    quarter in the merged blocks, so the tower a little less. Other towers' configs give None."""
+    config = {"vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                                "deepstack_visual_indexes": [8, 16, 24]}}  # fmt: skip
+    vit = FrameVisionShape.from_hf_config(config)
+    assert vit == FrameVisionShape(1152, 27, 4304, 16)
+    ratio = vit.item_flops((1, 32, 32), 0.5) / vit.item_flops((1, 32, 32))
+    assert 0.57 < ratio < (6 + 21 / 2) / 27
+    assert FrameVisionShape.from_hf_config({"vision_config": QWEN_3B_VIT}) is None
