@@ -42,6 +42,10 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLMultiModalProcessor,
     Qwen3VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen3_vl_moe import (
+    Qwen3VLMoeForConditionalGeneration,
+    Qwen3VLMoeProcessingInfo,
+)
 from vllm.model_executor.models.utils import cast_overflow_tensors
 from vllm.model_executor.models.vision import resolve_visual_encoder_outputs
 from vllm.multimodal import MULTIMODAL_REGISTRY
@@ -99,6 +103,8 @@ __all__ = [
     "Qwen3VLForConditionalGeneration",
     "Qwen3VLMultiModalProcessor",
     "Qwen3VLProcessingInfo",
+    "Qwen3VLMoeForConditionalGeneration",
+    "Qwen3VLMoeProcessingInfo",
     "VideoProcessorItems",
     "build_llava_or_pixtral_info",
     "build_llava_or_pixtral_processor",

@@ -27,6 +27,9 @@ MODELS = {
     "Qwen2_5_VLForConditionalGeneration": "aim_vllm.models.qwen2_5_vl:AimQwen2_5_VLForConditionalGeneration",
     "LlavaForConditionalGeneration": "aim_vllm.models.llava:AimLlavaForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "aim_vllm.models.qwen3_vl:AimQwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration": (
+        "aim_vllm.models.qwen3_vl_moe:AimQwen3VLMoeForConditionalGeneration"
+    ),
 }
 
 _registered = False

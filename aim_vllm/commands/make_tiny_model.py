@@ -2,7 +2,8 @@
 
 `--size tiny` (default) writes random weights (fixed seed); `--size 0.5b|2b|3b|4b|7b|8b` writes the published
 architecture's config, tokenizer and processor with no weights, for `--load-format dummy`;
-`--layers N` shrinks such a config to N LLM layers (widths, vocabulary and limits unchanged).
+`--layers N` shrinks such a config to N LLM layers (widths, vocabulary and limits unchanged), and
+its vision tower to `--vision-layers M` blocks (default max(2, N)).
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=SIZES, default="tiny", help="tiny (random weights) or a real shape")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (tiny only)")
     parser.add_argument("--layers", type=int, help="keep only this many LLM layers (published sizes)")
+    parser.add_argument(
+        "--vision-layers", type=int, help="with --layers: vision tower blocks to keep (default max(2, N))"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from aim_vllm.model_builders import build_model
 
-    out = build_model(args.out_dir, args.arch, args.size, args.seed, layers=args.layers)
+    out = build_model(
+        args.out_dir, args.arch, args.size, args.seed, layers=args.layers, vision_layers=args.vision_layers
+    )
     print(out)
     return 0

@@ -52,11 +52,19 @@ class LLMShape:
         return cls(
             hidden_size=text["hidden_size"],
             num_layers=text["num_hidden_layers"],
-            intermediate_size=text["intermediate_size"],
+            intermediate_size=_mlp_width(text),
             num_heads=heads,
             num_kv_heads=text.get("num_key_value_heads") or heads,
             head_dim=text.get("head_dim") or text["hidden_size"] // heads,
         )
+
+
+def _mlp_width(text: Mapping[str, Any]) -> int:
+    """d_ff a token passes through: a sparse MoE's is its experts per token x the expert width
+    (Qwen3-VL-30B-A3B: 8 x 768; the router's d x E multiply-adds left out), else the MLP's."""
+    if text.get("num_experts") or text.get("num_local_experts"):
+        return text["num_experts_per_tok"] * text["moe_intermediate_size"]
+    return text["intermediate_size"]
 
 
 def _linear_flops(n: float, shape: LLMShape) -> tuple[float, float]:

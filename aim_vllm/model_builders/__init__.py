@@ -23,8 +23,9 @@ BUILDERS = {
     "llava-1.5": "aim_vllm.model_builders.llava",
     "qwen3-vl": "aim_vllm.model_builders.qwen3_vl",
 }
-# each builder accepts a subset (0.5b: llava-onevision; 3b: qwen2.5-vl; 2b, 4b, 8b: qwen3-vl)
-SIZES = ("tiny", "0.5b", "2b", "3b", "4b", "7b", "8b")
+# each builder accepts a subset (0.5b: llava-onevision; 3b: qwen2.5-vl; 2b, 4b, 8b, tiny-moe, 30b-a3b:
+# qwen3-vl)
+SIZES = ("tiny", "tiny-moe", "0.5b", "2b", "3b", "4b", "7b", "8b", "30b-a3b")
 
 
 def cache_root() -> Path:
@@ -32,21 +33,29 @@ def cache_root() -> Path:
 
 
 def build_model(
-    out_dir: Path, arch: str = DEFAULT_ARCH, size: str = "tiny", seed: int = 0, layers: int | None = None
+    out_dir: Path,
+    arch: str = DEFAULT_ARCH,
+    size: str = "tiny",
+    seed: int = 0,
+    layers: int | None = None,
+    vision_layers: int | None = None,
 ) -> Path:
     """Write the checkpoint of `arch` at `size` into `out_dir` (weights only for `tiny`).
 
-    `layers`: a published size shrunk to this many LLM layers (`shrink_checkpoint`).
+    `layers`: a published size shrunk to this many LLM layers (`shrink_checkpoint`);
+    `vision_layers` (with `layers`): its vision tower to this many blocks.
     """
     import importlib
 
     if arch not in BUILDERS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(BUILDERS)}")
-    if layers is not None and size == "tiny":
+    if layers is not None and size.startswith("tiny"):
         raise ValueError("--layers shrinks a published size (config only); the tiny model has weights")
+    if vision_layers is not None and layers is None:
+        raise ValueError("--vision-layers needs --layers (it shrinks a published config)")
     out = importlib.import_module(BUILDERS[arch]).build(Path(out_dir), size=size, seed=seed)
     if layers is not None:
-        shrink_checkpoint(out, layers)
+        shrink_checkpoint(out, layers, vision_layers)
     return out
 
 
@@ -62,12 +71,13 @@ def default_model_dir(arch: str = DEFAULT_ARCH, size: str = "tiny", layers: int 
     return _cached(target, build)
 
 
-def shrink_checkpoint(checkpoint: Path, layers: int) -> None:
-    """Keep a published config's shapes but only `layers` LLM layers and max(2, layers) vision
-    layers (LLaVA-1.5 reads CLIP's second-to-last layer): a real model's widths, vocabulary,
-    processors and length limits, cheap enough to serve on a CPU with `--load-format dummy`."""
-    if layers < 1:
-        raise ValueError(f"layers must be at least 1, got {layers}")
+def shrink_checkpoint(checkpoint: Path, layers: int, vision_layers: int | None = None) -> None:
+    """Keep a published config's shapes but only `layers` LLM layers and `vision_layers` (default
+    max(2, layers)) vision layers (LLaVA-1.5 reads CLIP's second-to-last layer): a real model's
+    widths, vocabulary, processors and length limits, cheap enough to serve on a CPU with
+    `--load-format dummy`."""
+    if layers < 1 or (vision_layers is not None and vision_layers < 2):
+        raise ValueError(f"layers must be at least 1 and vision layers 2, got {layers}, {vision_layers}")
     path = Path(checkpoint) / "config.json"
     config = json.loads(path.read_text())
     text = config.get("text_config", config)
@@ -75,7 +85,7 @@ def shrink_checkpoint(checkpoint: Path, layers: int) -> None:
     if isinstance(text.get("layer_types"), list):
         text["layer_types"] = text["layer_types"][:layers]
     vision = config.get("vision_config") or {}
-    depth = max(2, layers)
+    depth = max(2, layers) if vision_layers is None else vision_layers
     vision["depth" if "depth" in vision else "num_hidden_layers"] = depth
     if "fullatt_block_indexes" in vision:  # Qwen2.5-VL: window attention except in these blocks
         vision["fullatt_block_indexes"] = [i for i in vision["fullatt_block_indexes"] if i < depth] or [
@@ -126,11 +136,11 @@ def trained_model_dir(config=None, threads: int | None = None) -> Path:
     the cache under a key of the training, data and builder code, the torch and transformers
     versions and `config` (a `training.TrainConfig`; default: its defaults).
     """
-    from aim_vllm.training import TrainConfig, train
+    from aim_vllm.training import TrainConfig, train_best_of
 
     config = config or TrainConfig()
     target = cache_root() / "models" / f"{DEFAULT_ARCH}-synthetic-{config.size}-{_train_key(config)}"
-    return _cached(target, lambda out: train(out, config, threads=threads))
+    return _cached(target, lambda out: train_best_of(out, config, threads=threads))
 
 
 def _train_key(config) -> str:

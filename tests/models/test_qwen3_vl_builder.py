@@ -42,3 +42,16 @@ def test_shrunk_published_config_keeps_widths_and_valid_taps(tmp_path, layers) -
     assert json.loads((out / "config.json").read_text())["architectures"] == [
         "Qwen3VLForConditionalGeneration"
     ]
+
+
+def test_vision_layers_shrink_the_tower_on_its_own(tmp_path) -> None:
+    """`--vision-layers`: the ViT's depth apart from the LLM's, the DeepStack taps spread over it."""
+    out = build_model(tmp_path / "m", "qwen3-vl", "8b", layers=4, vision_layers=9)
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["num_hidden_layers"] == 4
+    assert config["vision_config"]["depth"] == 9
+    assert config["vision_config"]["deepstack_visual_indexes"] == deepstack_indexes(3, 9) == [1, 3, 5]
+    with pytest.raises(ValueError, match="needs --layers"):
+        build_model(tmp_path / "n", "qwen3-vl", "8b", vision_layers=9)
+    with pytest.raises(ValueError, match="vision layers 2"):
+        build_model(tmp_path / "o", "qwen3-vl", "8b", layers=4, vision_layers=1)
