@@ -177,6 +177,28 @@ COMMANDS = {
         "python scripts/compare_eval_runs.py <eval-position-qwen> <eval-position-qwen-spread> --levels "
         "off merge:0.25 merge:0.125 --names content-aware spread"
     ),
+    "eval-qwen3-colour": (
+        "aim-vllm make-synthetic-data DATA --n 192 --types colour --colour-size 16,24 --seed 6161; "
+        "aim-vllm train-synthetic --recipe qwen3-colour MODEL; aim-vllm eval --data DATA/items.jsonl "
+        "--model MODEL --concurrency 4 --levels off balanced merge:0.25 merge:0.05 merge:0.05,method:pool "
+        "merge:0.05,method:random --compare merge:0.05,method:pool merge:0.05 --compare "
+        "merge:0.05,method:random merge:0.05 --seeds 200"
+    ),
+    "eval-qwen3-position": (
+        "aim-vllm make-synthetic-data DATA --n 192 --types position --seed 6262; aim-vllm "
+        "train-synthetic --recipe qwen3-position MODEL; aim-vllm eval --data DATA/items.jsonl "
+        "--model MODEL --concurrency 4 --levels off balanced merge:0.25 merge:0.05 merge:0.05,method:pool "
+        "merge:0.05,method:random --compare merge:0.05,method:pool merge:0.05 --compare "
+        "merge:0.05,method:random merge:0.05 --seeds 200"
+    ),
+    "eval-qwen3-position-spread": (
+        "the same as eval-qwen3-position with --levels off merge:0.25 merge:0.05 and "
+        "`AIM_VLLM_SPREAD_POSITIONS=1` in the environment (merged tokens keep count-based positions)"
+    ),
+    "eval-qwen3-position-spread-compare": (
+        "python scripts/compare_eval_runs.py <eval-qwen3-position> <eval-qwen3-position-spread> "
+        "--levels merge:0.25 merge:0.05 --names content-aware spread"
+    ),
     "eval-evs-local": (
         "aim-vllm eval --data runs/data-colour-small/items.jsonl --model <local> --concurrency 4 "
         "--levels off merge:0.05 merge:0.05,method:evs merge:0.05,method:pool merge:0.25,prune:3-5 "
@@ -210,6 +232,12 @@ PROVENANCE = {
     "eval-paired-colour-288-avx512": {"date": "2026-12-07", "machine": _XEON},
     "eval-position-qwen-spread": {"date": "2026-12-07", "machine": _XEON},
     "eval-position-qwen-compare": {"date": "2026-12-07", "machine": _XEON},
+    "eval-qwen3-colour": {"date": "2026-12-07", "machine": _XEON},
+    "eval-qwen3-colour-compare": {"date": "2026-12-07", "machine": _XEON},
+    "eval-qwen3-position": {"date": "2026-12-07", "machine": _XEON},
+    "eval-qwen3-position-compare": {"date": "2026-12-07", "machine": _XEON},
+    "eval-qwen3-position-spread": {"date": "2026-12-07", "machine": _XEON},
+    "eval-qwen3-position-spread-compare": {"date": "2026-12-07", "machine": _XEON},
 }
 
 
@@ -657,6 +685,13 @@ def _across_runs(stem: str, level: str) -> str:
     return f"`{level}`: {accuracy_a:.3f} {a} vs {accuracy_b:.3f} {b}, Δ {difference}"
 
 
+def _compared(stem: str, level: str) -> str:
+    """`aim-vllm eval --compare`'s pair of `level` with its reference (paired.json)."""
+    c = next(c for c in load(stem)["comparisons"] if c["level"] == level)
+    difference = _difference(c["difference"], c["low"], c["high"])
+    return f"`{level}` vs `{c['reference']}` Δ {difference}, McNemar p {c['p_value']:.2g}"
+
+
 def _kv(stem: str, frames: int, level: str) -> dict:
     return next(b for b in load(stem)["blocks"] if b["frames"] == frames and b["level"] == level)
 
@@ -731,6 +766,14 @@ SUMMARY: list[tuple[str, str, Callable[[str], str]]] = [
         "survivors' M-RoPE positions (content-aware, the default) vs count-based (spread), paired (n=128)",
         "eval-position-qwen-compare",
         lambda s: f"{_across_runs(s, 'merge:0.25')}; {_across_runs(s, 'merge:0.125')}",
+    ),
+    (
+        "accuracy, position task (synthetic Qwen3-VL, n=192): `merge:0.25` against `off`, and pooling "
+        "against AIM's merging at 5% of the tokens, paired",
+        "eval-qwen3-position",
+        lambda s: (
+            f"`merge:0.25` {_paired(s, 'merge:0.25')}; {_compared(s + '-compare', 'merge:0.05,method:pool')}"
+        ),
     ),
 ]
 

@@ -162,22 +162,34 @@ def test_machine_record_reads_the_cpu_flags() -> None:
     assert record["torch"] and record["transformers"] and record["torch_cpu_capability"]
 
 
-@pytest.mark.parametrize("recipe", ["colour", "local", "qwen-position"])
+@pytest.mark.parametrize("recipe", ["colour", "local", "qwen-position", "qwen3-colour", "qwen3-position"])
 def test_cli_trains_the_recipe(recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from aim_vllm.cli import main
 
     seen = []
 
-    def fake_train(out: Path, config, threads=None) -> None:
-        seen.append(config)
-        (out / "training.json").write_text('{"train_wall_s": 1.0, "eval": {"accuracy": 1.0}}')
-
-    monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(training, "train", _fake_train({3: 1.0}, {3: 1.0}, seen))
     out = tmp_path / "model"
     out.mkdir()
     assert main(["train-synthetic", str(out), "--recipe", recipe, "--seed", "3"]) == 0
-    assert seen == [dataclasses.replace(training.RECIPES[recipe], seed=3)]
+    assert seen == [dataclasses.replace(training.RECIPES[recipe], seed=3)]  # converged: one seed
+    assert training.RECIPES[recipe].seeds >= 2  # a stalled first seed would get another
     assert str(out) in capsys.readouterr().out
+
+
+def _fake_train(probes: dict[int, float], evals: dict[int, float], seen: list | None = None):
+    """A `training.train` that writes a record with one probe per seed and the seed as its weights."""
+
+    def fake_train(out: Path, config, threads=None) -> None:
+        if seen is not None:
+            seen.append(config)
+        curve = [{"step": 10, "probe_accuracy": probes[config.seed]}]
+        record = {"config": config.to_json(), "steps": 10, "train_wall_s": 1.0, "curve": curve,
+                  "eval": {"accuracy": evals[config.seed]}}  # fmt: skip
+        (out / "training.json").write_text(json.dumps(record))
+        (out / "model.safetensors").write_text(f"seed {config.seed}")
+
+    return fake_train
 
 
 def _tiny_run(**kw) -> training.TrainConfig:
@@ -210,22 +222,29 @@ def test_best_of_seeds_keeps_the_best_probe_and_lists_every_seed(
 ) -> None:
     """Seed 5's probe is best (0.9) while seed 4's final eval is higher: the probe chooses, so the
     reported eval accuracy is not the maximum of several draws."""
-    probes, evals = {3: 0.5, 4: 0.75, 5: 0.9}, {3: 0.5, 4: 0.95, 5: 0.85}
-
-    def fake_train(out: Path, config, threads=None) -> None:
-        curve = [{"step": 10, "probe_accuracy": probes[config.seed]}]
-        record = {"config": config.to_json(), "steps": 10, "train_wall_s": 1.0, "curve": curve,
-                  "eval": {"accuracy": evals[config.seed]}}  # fmt: skip
-        (out / "training.json").write_text(json.dumps(record))
-        (out / "model.safetensors").write_text(f"seed {config.seed}")
-
-    monkeypatch.setattr(training, "train", fake_train)
+    probes, evals = {3: 0.5, 4: 0.75, 5: 0.85}, {3: 0.5, 4: 0.95, 5: 0.85}
+    monkeypatch.setattr(training, "train", _fake_train(probes, evals))
     record = training.train_best_of(tmp_path, dataclasses.replace(training.TrainConfig(), seed=3), 3)
     assert record["config"]["seed"] == 5 and record["eval"]["accuracy"] == 0.85
-    assert [(r["seed"], r["probe_accuracy"]) for r in record["seeds"]] == [(3, 0.5), (4, 0.75), (5, 0.9)]
+    assert [(r["seed"], r["probe_accuracy"]) for r in record["seeds"]] == [(3, 0.5), (4, 0.75), (5, 0.85)]
     assert (tmp_path / "model.safetensors").read_text() == "seed 5" and not (tmp_path / "_seeds").exists()
     with pytest.raises(ValueError):
         training.train_best_of(tmp_path, training.TrainConfig(), 0)
+
+
+def test_seeds_stop_at_the_first_that_meets_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 0 stalls (0.75), seed 1 meets the target (0.9): seed 2 never trains; the recipe's
+    `seeds` is the bound when none is given."""
+    seen: list = []
+    monkeypatch.setattr(
+        training, "train", _fake_train({0: 0.75, 1: 0.95, 2: 1.0}, {0: 0.7, 1: 0.9, 2: 1.0}, seen)
+    )
+    record = training.train_best_of(tmp_path, dataclasses.replace(training.TrainConfig(), seeds=3))
+    assert [config.seed for config in seen] == [0, 1]
+    assert record["config"]["seed"] == 1 and [r["seed"] for r in record["seeds"]] == [0, 1]
+    assert (tmp_path / "model.safetensors").read_text() == "seed 1"
 
 
 # ---------------------------------------------------------------- the Qwen2.5-VL path
@@ -291,3 +310,151 @@ def test_train_qwen_writes_a_checkpoint_vllm_loads(tmp_path: Path) -> None:
     assert proj and all(float(weights[n].abs().max()) == 0.0 for n in proj)
     record = json.loads((tmp_path / "training.json").read_text())
     assert record["config"]["arch"] == "qwen2.5-vl" and not (tmp_path / "_train").exists()
+
+
+# ---------------------------------------------------------------- the Qwen3-VL path
+
+
+def test_qwen3_recipes() -> None:
+    """Both Qwen3-VL recipes are patch-local and multiple choice; the colour one follows `local`'s
+    curriculum on images and one-slice videos, the position one is `qwen-position` on Qwen3-VL."""
+    colour, position = training.RECIPES["qwen3-colour"], training.RECIPES["qwen3-position"]
+    assert (
+        colour.arch == position.arch == "qwen3-vl"
+        and colour.patch_local_vision
+        and position.patch_local_vision
+    )
+    assert colour.types == ("colour",) and position.types == ("position",)
+    assert [s.colour_size for s in colour.stages] == [s.colour_size for s in training.RECIPES["local"].stages]
+    assert all(s.frames == (2,) and 0.0 < s.image < 1.0 and s.free_form == 0.0 for s in colour.stages)
+    assert colour.rope_theta is None and colour.early_stop
+    assert position == dataclasses.replace(training.RECIPES["qwen-position"], arch="qwen3-vl")
+    assert position.rope_theta is not None and position.rope_theta < 1e3
+
+
+def test_qwen3_patch_local_vision_gives_each_token_its_own_pixels() -> None:
+    """After `make_patch_local`, changing one 16x16 patch changes only the LLM token (2x2 patches)
+    that holds it, in the merged features and in every DeepStack feature; the position embedding
+    is zeroed and frozen. The stock ViT (the control) spreads the change to other tokens."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from aim_vllm.model_builders import default_model_dir
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(
+        default_model_dir("qwen3-vl"), dtype=torch.float32
+    )
+    visual, grid = model.model.visual, torch.tensor([[1, 8, 8]])  # 8x8 patches: 4x4 tokens
+    pixels = torch.randn(64, 3 * 2 * 16 * 16, generator=torch.Generator().manual_seed(0))
+    changed = pixels.clone()
+    changed[4 * 5 + 2] += 1.0  # one patch of token 5 (patches come grouped by token, 4 each)
+
+    def moved() -> list[torch.Tensor]:
+        """[16] largest change per token: merged features, then each DeepStack feature."""
+        with torch.no_grad():
+            a, b = (visual(p, grid_thw=grid) for p in (pixels, changed))
+        pairs = [
+            (a.pooler_output, b.pooler_output),
+            *zip(a.deepstack_features, b.deepstack_features, strict=True),
+        ]
+        return [(x - y).abs().amax(dim=-1) for x, y in pairs]
+
+    stock = moved()
+    assert len(stock) == 4 and all((m > 1e-6).sum() > 1 for m in stock)
+    training.make_patch_local(visual, "qwen3-vl")
+    for local in moved():
+        assert local[5] > 1e-3 and float(local[torch.arange(16) != 5].max()) == 0.0
+    frozen = [n for n, p in visual.named_parameters() if not p.requires_grad]
+    assert "pos_embed.weight" in frozen and all(".attn." in n for n in frozen if n != "pos_embed.weight")
+    assert float(visual.pos_embed.weight.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("frames", "stamps"), [(2, ["<0.5 seconds>"]), (8, ["<0.5 seconds>", "<2.5 seconds>"])]
+)
+def test_qwen3_video_timestamps_are_vllms(frames: int, stamps: list[str]) -> None:
+    """A training video's `<t seconds>` text is vLLM's for a `video/jpeg` data URL (fps 1, frames
+    0..F-1): one per temporal slice (2 frames), the mean time of its frames."""
+    from transformers import Qwen3VLProcessor
+
+    from aim_vllm.model_builders import default_model_dir
+
+    processor = Qwen3VLProcessor.from_pretrained(default_model_dir("qwen3-vl"))
+    video = np.zeros((frames, 64, 64, 3), np.uint8)
+    inputs, labels = training.encode(processor, video, True, [("Which colour?", "A")], "qwen3-vl")
+    text = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert text.count("seconds>") == frames // 2 and all(stamp in text for stamp in stamps)
+    assert int(inputs["video_grid_thw"][0, 0]) == frames // 2
+    assert processor.tokenizer.decode(labels[labels != -100]) == "A<|im_end|>"
+
+
+def test_train_qwen3_writes_a_checkpoint_transformers_loads(tmp_path: Path) -> None:
+    """Two steps of the Qwen3-VL path (a 2-frame video, then an image): the checkpoint loads in
+    transformers with the trained weights, the recipe's RoPE base and interleaved M-RoPE, the
+    zeroed ViT attention and position embedding, and DeepStack as built."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from aim_vllm.model_builders import default_model_dir
+
+    stages = (
+        training.Stage(1, (2,), image=0.0, types=("colour",), free_form=0.0),
+        training.Stage(1, (2,), image=1.0, types=("colour",), free_form=0.0),
+    )
+    config = training.TrainConfig(
+        stages=stages, batch_size=2, warmup_steps=1, probe_every=2, probe_items=2, eval_items=2,
+        extra_steps=0, arch="qwen3-vl", rope_theta=20.0, patch_local_vision=True,
+    )  # fmt: skip
+    assert [training.batch_at(config, step)[:2] for step in range(2)] == [(True, 2), (False, 2)]
+    metrics = training.train(tmp_path, config)
+    assert metrics["steps"] == 2 and metrics["eval"]["by_type"].keys() == {"colour"}
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architectures"] == ["Qwen3VLForConditionalGeneration"]
+    rope = saved["text_config"]["rope_parameters"]
+    assert rope["rope_theta"] == 20.0 and rope["mrope_interleaved"] and rope["mrope_section"] == [6, 5, 5]
+    assert saved["vision_config"]["deepstack_visual_indexes"] == [0, 1, 2]
+    weights = load_file(tmp_path / "model.safetensors")
+    init = load_file(default_model_dir("qwen3-vl") / "model.safetensors")  # seed 0, as build_init
+    assert weights.keys() == init.keys()  # the builder's names (vLLM's loader maps them)
+    moved = [n for n in weights if not torch.equal(weights[n], init[n])]
+    assert any(n.startswith("model.language_model.") for n in moved) and "lm_head.weight" in moved
+    proj = [n for n in weights if n.startswith("model.visual.blocks.") and ".attn.proj." in n]
+    assert proj and all(float(weights[n].abs().max()) == 0.0 for n in proj)
+    assert float(weights["model.visual.pos_embed.weight"].abs().max()) == 0.0
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32)
+    assert torch.equal(model.lm_head.weight, weights["lm_head.weight"])
+    assert model.config.text_config.rope_parameters["rope_theta"] == 20.0
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["config"]["arch"] == "qwen3-vl" and not (tmp_path / "_train").exists()
+
+
+def test_tied_lm_head_is_written_once_and_stays_tied(tmp_path: Path) -> None:
+    """A tied LM head (Qwen3-VL 2B/4B) is one tensor: the checkpoint stores the embedding alone
+    (as the builder does) and transformers ties it again on load."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from aim_vllm.model_builders import build_model
+
+    init = tmp_path / "init"
+    build_model(init, "qwen3-vl", "tiny")
+    path = init / "config.json"
+    record = json.loads(path.read_text())
+    record["tie_word_embeddings"] = record["text_config"]["tie_word_embeddings"] = True
+    path.write_text(json.dumps(record))
+    weights = load_file(init / "model.safetensors")
+    del weights["lm_head.weight"]  # a tied checkpoint holds the embedding alone
+    save_file(weights, init / "model.safetensors", metadata={"format": "pt"})
+    model = Qwen3VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(1.0)  # "trained"
+    out = tmp_path / "out"
+    out.mkdir()
+    training._write_checkpoint(model, init, out, training.RECIPES["qwen3-colour"], {})
+    assert "lm_head.weight" not in load_file(out / "model.safetensors")
+    loaded = Qwen3VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+    assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
