@@ -20,6 +20,7 @@ from tests.engine.client import (
     image_item,
     reference_item,
 )
+from tests.engine.stock import assert_off_matches_stock
 
 QUESTION = "What colour is the square?"
 IMAGE_TOKENS = 576  # CLIP-336 / 14, CLS dropped
@@ -55,16 +56,7 @@ def image() -> Media:
 
 def test_off_is_identical_to_plain_vllm(llava_engine, llava_model_dir, image, tmp_path) -> None:
     """No AIM keys, ratio 1.0 and preset off: same prompt, tokens and logprobs as stock vLLM."""
-    plain = servers.start(llava_model_dir, tmp_path / "plain.txt", plain=True)
-    try:
-        stock = chat(plain, [image], QUESTION)
-    finally:
-        plain.stop()
-    for aim in (None, {"aim_merge_ratio": 1.0}, {"aim_preset": "off"}):
-        ours = chat(llava_engine, [image], QUESTION, aim)
-        assert ours["prompt_token_ids"] == stock["prompt_token_ids"]
-        assert ours["choices"][0]["token_ids"] == stock["choices"][0]["token_ids"]
-        assert ours["choices"][0]["logprobs"] == stock["choices"][0]["logprobs"]
+    assert_off_matches_stock(llava_engine, llava_model_dir, [image], QUESTION, tmp_path / "plain.txt")
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.4375, 0.125, 0.3])

@@ -10,6 +10,7 @@ import pytest
 from aim_vllm.core.schedule import AimSchedule
 from tests.engine import servers
 from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, video_item
+from tests.engine.stock import assert_same_answer
 
 QUESTION = "What colour is the square?"
 
@@ -46,11 +47,7 @@ def test_off_is_identical_to_plain_vllm(aim_engine, plain_engine, aim, seed) -> 
     logprobs by float rounding: compare like with like)."""
     for item in (image_item(seed), video_item(seed, 8)):
         for _ in ("cold", "cached"):
-            ours = chat(aim_engine, [item], QUESTION, aim)
-            plain = chat(plain_engine, [item], QUESTION)
-            assert ours["prompt_token_ids"] == plain["prompt_token_ids"]
-            assert ours["choices"][0]["token_ids"] == plain["choices"][0]["token_ids"]
-            assert ours["choices"][0]["logprobs"] == plain["choices"][0]["logprobs"]
+            assert_same_answer(chat(aim_engine, [item], QUESTION, aim), chat(plain_engine, [item], QUESTION))
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.3])

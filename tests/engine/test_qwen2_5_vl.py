@@ -23,6 +23,7 @@ from tests.engine.client import (
     reference_item,
     video_item,
 )
+from tests.engine.stock import assert_off_matches_stock
 
 QUESTION = "What colour is the square?"
 # The tiny model's processors: a 400x300 image -> 14 x 11 merged grid; 8 frames of 384x384 ->
@@ -61,17 +62,7 @@ def video() -> Media:
 
 def test_off_is_identical_to_plain_vllm(qwen_engine, qwen_model_dir, image, video, tmp_path) -> None:
     """No AIM keys, ratio 1.0 and preset off: same prompt, tokens and logprobs as stock vLLM."""
-    plain = servers.start(qwen_model_dir, tmp_path / "plain.txt", plain=True)
-    try:
-        expected = {item.kind: chat(plain, [item], QUESTION) for item in (image, video)}
-    finally:
-        plain.stop()
-    for aim in (None, {"aim_merge_ratio": 1.0}, {"aim_preset": "off"}):
-        for item in (image, video):
-            ours, stock = chat(qwen_engine, [item], QUESTION, aim), expected[item.kind]
-            assert ours["prompt_token_ids"] == stock["prompt_token_ids"]
-            assert ours["choices"][0]["token_ids"] == stock["choices"][0]["token_ids"]
-            assert ours["choices"][0]["logprobs"] == stock["choices"][0]["logprobs"]
+    assert_off_matches_stock(qwen_engine, qwen_model_dir, [image, video], QUESTION, tmp_path / "plain.txt")
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.3])

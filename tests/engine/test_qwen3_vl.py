@@ -28,6 +28,7 @@ from tests.engine.client import (
     reference_item,
     video_item,
 )
+from tests.engine.stock import assert_off_matches_stock
 
 QUESTION = "What colour is the square?"
 # The tiny model's processors: a 400x300 image -> 12 x 9 merged grid (patch 16, merge 2);
@@ -112,17 +113,7 @@ def video() -> Media:
 def test_off_is_identical_to_plain_vllm(qwen3_engine, qwen3_model_dir, image, video, tmp_path) -> None:
     """No AIM keys and ratio 1.0: same prompt, tokens and logprobs as stock vLLM (which the AIM
     engine runs with the runner's position recompute on, so this checks it passes them through)."""
-    plain = servers.start(qwen3_model_dir, tmp_path / "plain.txt", plain=True)
-    try:
-        expected = {item.kind: chat(plain, [item], QUESTION) for item in (image, video)}
-    finally:
-        plain.stop()
-    for aim in (None, {"aim_merge_ratio": 1.0}):
-        for item in (image, video):
-            ours, stock = chat(qwen3_engine, [item], QUESTION, aim), expected[item.kind]
-            assert ours["prompt_token_ids"] == stock["prompt_token_ids"]
-            assert ours["choices"][0]["token_ids"] == stock["choices"][0]["token_ids"]
-            assert ours["choices"][0]["logprobs"] == stock["choices"][0]["logprobs"]
+    assert_off_matches_stock(qwen3_engine, qwen3_model_dir, [image, video], QUESTION, tmp_path / "plain.txt")
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.25, 0.4])

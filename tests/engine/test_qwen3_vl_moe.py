@@ -15,6 +15,7 @@ from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.reference.qwen3_vl_moe import Qwen3VLMoeReference
 from tests.engine import servers
 from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, image_item, video_item
+from tests.engine.stock import assert_off_matches_stock
 from tests.engine.test_qwen3_vl import DEEP_LAYERS, deeper_checkpoint
 
 QUESTION = "What colour is the square?"
@@ -54,17 +55,7 @@ def video() -> Media:
 def test_off_is_identical_to_plain_vllm(moe_engine, moe_dir, image, video, tmp_path) -> None:
     """No AIM keys and ratio 1.0: same prompt, tokens and logprobs as stock vLLM's
     `Qwen3VLMoeForConditionalGeneration`."""
-    plain = servers.start(moe_dir, tmp_path / "plain.txt", plain=True)
-    try:
-        expected = {item.kind: chat(plain, [item], QUESTION) for item in (image, video)}
-    finally:
-        plain.stop()
-    for aim in (None, {"aim_merge_ratio": 1.0}):
-        for item in (image, video):
-            ours, stock = chat(moe_engine, [item], QUESTION, aim), expected[item.kind]
-            assert ours["prompt_token_ids"] == stock["prompt_token_ids"]
-            assert ours["choices"][0]["token_ids"] == stock["choices"][0]["token_ids"]
-            assert ours["choices"][0]["logprobs"] == stock["choices"][0]["logprobs"]
+    assert_off_matches_stock(moe_engine, moe_dir, [image, video], QUESTION, tmp_path / "plain.txt")
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.25])
