@@ -30,10 +30,13 @@ decode, an image chat's second turn, decode streams during a long prefill, start
 --evs RATE: stock vLLM with its own video pruning (EVS, `--video-pruning-rate RATE`, plugin
 disabled) against the AIM engine at `off`, merging to 1 - RATE (as many tokens as EVS in every
 layer), the same merge plus pruning (as many tokens entering the LLM) and `budget:` EVS's FLOPs;
-each engine up alone for its turn of every round; videos only. A Qwen2.5-VL model (vLLM's EVS
-supports the Qwen-VL family). On the CPU the stock engine needs `bench/evs_cpu` (said in the report).
+each engine up alone for its turn of every round; videos only. A Qwen2.5-VL or Qwen3-VL model (vLLM's
+EVS supports the Qwen-VL family). The stock engines need `bench/evs_cpu` (said in the report).
 --evs-encoder KEEP (with --evs): also `aim-merge+encoder` and `aim-tokens+encoder`, the same levels
 with the ViT merging at KEEP (`encoder:KEEP`).
+--evs-methods evs vidcom2 (with --evs): one stock engine turn per vLLM video pruning method at RATE
+(`vidcom2`: `--video-pruning-method vidcom2`, Qwen3-VL); default `evs` alone. On Qwen3-VL,
+`aim-tokens` prunes from the layer after its DeepStack layers on.
 --quick: a smoke run on the embedded tiny model (image + 8-frame video, concurrency 1 and 2,
 one request per slot, one round): a few minutes on a laptop CPU.
 """
@@ -57,7 +60,7 @@ _DEFAULT_MAX_MODEL_LEN = "16384"  # a 16-frame video plus an anyres image fit wi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bench.workload import DEFAULT_LEVELS
+    from bench.workload import DEFAULT_LEVELS, STOCK_METHODS
 
     parser.add_argument(
         "--model", help="checkpoint dir or name (default: LLaVA-OV-0.5B shapes, dummy weights)"
@@ -79,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="KEEP",
         help="with --evs: also aim-merge and aim-tokens with encoder:KEEP (the ViT merging too)",
+    )
+    parser.add_argument(
+        "--evs-methods",
+        nargs="+",
+        choices=STOCK_METHODS,
+        metavar="METHOD",
+        help=f"with --evs: stock engines, one turn each ({', '.join(STOCK_METHODS)}; default: evs)",
     )
     parser.add_argument(
         "--media", nargs="+", help="image, video<frames> (default: image video8 video16; --evs: videos)"
@@ -156,6 +166,9 @@ def options_from_args(args: argparse.Namespace):
         raise ValueError(
             f"--evs-encoder takes a keep fraction in (0, 1) and needs --evs, got {args.evs_encoder}"
         )
+    if args.evs_methods is not None and args.evs is None:
+        raise ValueError(f"--evs-methods needs --evs, got {args.evs_methods}")
+    methods = tuple(dict.fromkeys(args.evs_methods or ["evs"]))
     media = _pick(args, "media") if args.evs is None or args.media else ["video8", "video16"]
     model, label, flags = model_and_flags(args)
     prefix = "plugin-overhead" if args.plugin_overhead else "evs" if args.evs is not None else "bench"
@@ -167,7 +180,7 @@ def options_from_args(args: argparse.Namespace):
         split_pairs=counts["split_pairs"], max_tokens=counts["max_tokens"], image_size=args.image_size,
         frame_size=args.frame_size, out_dir=out, startup_timeout_s=args.startup_timeout,
         plugin_overhead=args.plugin_overhead, evs_rate=args.evs, evs_encoder_keep=args.evs_encoder,
-        seed=args.seed,
+        evs_methods=methods, seed=args.seed,
         progress=not args.no_progress,
     )  # fmt: skip
 

@@ -82,6 +82,88 @@ def split_table(result: dict[str, Any]) -> str:
     return _table(rows, ("media", "level"), _SPLIT_COLUMNS, result["reference"])
 
 
+# issue 30: AIM merge + prune at least level with the better stock method (TTFT, requests/s) at
+# equal tokens; with encoder merging at least this many times the better one's requests/s
+STOCK_ENCODER_GOAL = 1.3
+_TOKENS_LEVEL, _ENCODER_LEVEL = "aim-tokens", "aim-tokens+encoder"
+
+
+def _stock_methods(result: dict[str, Any]) -> list[str]:
+    return list(result.get("evs_methods") or ["evs"])
+
+
+def _best_stock(cells: dict[tuple, dict[str, Any]], stock: list[str], media: str, concurrency: int) -> dict:
+    """The better stock engine's TTFT p50 (lowest) and requests/s (highest) in one (media, c)."""
+    found = [cells[(media, concurrency, m)] for m in stock if (media, concurrency, m) in cells]
+    ttfts = [c["ttft_p50_s"] for c in found if c.get("ttft_p50_s") is not None]
+    rates = [c["requests_per_s"] for c in found if c.get("requests_per_s") is not None]
+    return {"ttft_p50_s": min(ttfts, default=None), "requests_per_s": max(rates, default=None)}
+
+
+def comparison_table(result: dict[str, Any]) -> str:
+    """EVS mode, every level in one table: per media, LLM prompt tokens, FLOPs, then per concurrency
+    TTFT p50 and requests/s with their ratios to the better stock engine (xstock: lowest TTFT,
+    highest requests/s of the stock methods), and the LLM part (split: the repeat's TTFT, c=1)."""
+    stock = _stock_methods(result)
+    cells = {(c["media"], c["concurrency"], c["level"]): c for c in result["cells"]}
+    concurrencies = sorted({c["concurrency"] for c in result["cells"]})
+    split = {(m, row["level"]): row for m, rows in result.get("split", {}).items() for row in rows}
+    headers = ["media", "level", "LLM tok", "FLOPs"]
+    for c in concurrencies:
+        headers += [f"TTFT c={c} s", "xstock", f"req/s c={c}", "xstock"]
+    headers.append("LLM part s")
+    lines = ["| " + " | ".join(headers) + " |", "|---|---|" + "---:|" * (len(headers) - 2)]
+    for media in dict.fromkeys(c["media"] for c in result["cells"]):
+        for level in result["levels"]:
+            row_cells = [cells.get((media, c, level)) for c in concurrencies]
+            if not any(row_cells):
+                continue
+            first = next(c for c in row_cells if c)
+            row = [media, level, _format(first.get("prompt_tokens"), "{:.0f}")]
+            row.append(_format(first.get("flops_ratio"), "{:.3f}"))
+            for c, cell in zip(concurrencies, row_cells, strict=True):
+                best = _best_stock(cells, stock, media, c)
+                ttft, rate = (cell or {}).get("ttft_p50_s"), (cell or {}).get("requests_per_s")
+                row += [_format(ttft, "{:.3f}"), _format(_ratio(ttft, best["ttft_p50_s"]), "{:.2f}")]
+                row += [_format(rate, "{:.3f}"), _format(_ratio(rate, best["requests_per_s"]), "{:.2f}")]
+            row.append(_format(split.get((media, level), {}).get("ttft_repeat_p50_s"), "{:.3f}"))
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
+
+
+def stock_verdict(result: dict[str, Any]) -> list[str]:
+    """The issue-30 goals per (media, concurrency): aim-tokens at least level with the better stock
+    engine on TTFT and requests/s; aim-tokens+encoder at >= STOCK_ENCODER_GOAL x its requests/s."""
+    stock = _stock_methods(result)
+    cells = {(c["media"], c["concurrency"], c["level"]): c for c in result["cells"]}
+    lines = []
+    for media, concurrency in dict.fromkeys((c["media"], c["concurrency"]) for c in result["cells"]):
+        best = _best_stock(cells, stock, media, concurrency)
+        parts = []
+        tokens = cells.get((media, concurrency, _TOKENS_LEVEL), {})
+        ttft = _ratio(tokens.get("ttft_p50_s"), best["ttft_p50_s"])
+        rate = _ratio(tokens.get("requests_per_s"), best["requests_per_s"])
+        if ttft is not None and rate is not None:
+            met = ttft <= 1.0 and rate >= 1.0
+            parts.append(
+                f"{_TOKENS_LEVEL} TTFT x{ttft:.2f}, req/s x{rate:.2f} ({'meets' if met else 'misses'} level)"
+            )
+        encoder_cell = cells.get((media, concurrency, _ENCODER_LEVEL), {})
+        encoder = _ratio(encoder_cell.get("requests_per_s"), best["requests_per_s"])
+        if encoder is not None:
+            verdict = "meets" if encoder >= STOCK_ENCODER_GOAL else "misses"
+            parts.append(f"{_ENCODER_LEVEL} req/s x{encoder:.2f} ({verdict} >= {STOCK_ENCODER_GOAL})")
+        if parts:
+            lines.append(
+                f"- {media} c={concurrency}, against the better of {'/'.join(stock)}: " + "; ".join(parts)
+            )
+    return lines
+
+
 def serving_table(result: dict[str, Any]) -> str:
     """One row per `bench.serving` figure: each engine's value and the ratio to the reference."""
     reference = result["reference"]
@@ -172,6 +254,16 @@ def markdown(result: dict[str, Any]) -> str:
     if result["mode"] == "evs":
         levels = "; ".join(f"`{label}`: {text}" for label, text in result["levels"].items())
         parts += ["", f"levels: {levels}", "", f"Note: {result['evs_cpu_fix']}."]
+        stock = ", ".join(_stock_methods(result))
+        parts += [
+            "",
+            f"## Every level side by side (xstock = ratio to the better of {stock}; "
+            "LLM part = TTFT of a repeat request reusing the encoder output, c=1)",
+            "",
+            comparison_table(result),
+        ]
+        verdict = stock_verdict(result)
+        parts += ["", "Goals (issue 30):", *verdict] if verdict else []
     if result.get("split"):
         parts += ["", "## Where the time goes: first token, end to end vs LLM part (concurrency 1)", ""]
         parts.append(split_table(result))

@@ -20,9 +20,12 @@ AIM engine: `off` (the reference), `aim-merge` (merging to 1 - RATE: as many vis
 every layer as EVS keeps), `aim-tokens` (the same merge plus the balanced preset's pruning: as
 many visual tokens entering the LLM as EVS) and `aim-flops` (`budget:` EVS's LLM FLOPs ratio,
 i.e. `aim-merge`'s); with `evs_encoder_keep` also `aim-merge+encoder` and `aim-tokens+encoder`
-(the same levels with `encoder:<keep>`: the ViT merges too, which EVS cannot). vLLM 0.32's CPU
-runner never switches EVS on (`bench/evs_cpu`): the stock engine gets the GPU runner's setting
-there, and the report says so.
+(the same levels with `encoder:<keep>`: the ViT merges too, which EVS cannot). `evs_methods`
+adds stock VidCom2 (`--video-pruning-method vidcom2`, Qwen3-VL) as one more stock engine turn at
+the same rate. vLLM 0.32's CPU runner never switches video pruning on (`bench/evs_cpu`): each
+stock engine gets the GPU runner's setting there, and the report says so. `aim-tokens` prunes
+over the window the engine reports for `balanced`, which on a model that adds DeepStack features
+after its first L LLM layers (Qwen3-VL) already starts at layer L (the plugin moves the preset).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import itertools
+import json
 import os
 import platform
 import shutil
@@ -52,6 +56,7 @@ from bench import client as bench_client
 from bench import processes, serving, stats
 from bench.workload import (
     REFERENCE_LEVEL,
+    STOCK_METHODS,
     Level,
     MediaSpec,
     Phase,
@@ -64,12 +69,20 @@ from bench.workload import (
 
 PLAIN, AIM_OFF = "plain", "aim-off"
 EVS, AIM_MERGE, AIM_TOKENS, AIM_FLOPS = "evs", "aim-merge", "aim-tokens", "aim-flops"
+VIDCOM2 = "vidcom2"  # STOCK_METHODS: EVS is vLLM's default method, VidCom2 needs its flag
 ENCODER_SUFFIX = "+encoder"  # EVS mode with `evs_encoder_keep`: the same level, the ViT merging too
 EVS_CPU_FIX = Path(__file__).with_name("evs_cpu")
 EVS_CPU_NOTE = (
-    "vLLM 0.32's CPUModelRunner.load_model never sets is_multimodal_pruning_enabled; the stock EVS "
-    "engine ran with bench/evs_cpu/sitecustomize.py, which sets it after load_model as "
-    "GPUModelRunner.load_model does"
+    "vLLM 0.32's CPUModelRunner.load_model never sets is_multimodal_pruning_enabled; the stock "
+    "video-pruning engines (EVS, VidCom2) ran with bench/evs_cpu/sitecustomize.py, which sets it "
+    "after load_model as GPUModelRunner.load_model does"
+)
+QWEN3_VL_NOTE = (
+    "; for Qwen3-VL the same file makes vLLM replace a video's whole <|vision_start|><|video_pad|>"
+    "<|vision_end|> by its frames (the prompt layout of transformers < 5.10): with the bare-token "
+    "layout of transformers >= 5.10, video_prune/evs.py:recompute_mrope_positions (EVS and VidCom2, "
+    "GPU runner too) reads the outer <|vision_start|> as the first frame's and the engine crashes; "
+    "the stock prompts are 2 tokens per video shorter than the AIM engine's"
 )
 
 
@@ -94,6 +107,7 @@ class BenchOptions:
     plugin_overhead: bool = False
     evs_rate: float | None = None  # EVS mode: stock vLLM's --video-pruning-rate against AIM
     evs_encoder_keep: float | None = None  # EVS mode: also the AIM levels with encoder:<keep>
+    evs_methods: tuple[str, ...] = (EVS,)  # EVS mode: stock engines, one turn each (STOCK_METHODS)
     seed: int = 10_000
     progress: bool = True
 
@@ -176,7 +190,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     if options.plugin_overhead:  # two fixed targets, no split phases: report the settings that ran
         options = dataclasses.replace(options, levels=(PLAIN, AIM_OFF), split_pairs=0)
     elif options.evs_rate is not None:
-        labels = (EVS, REFERENCE_LEVEL, AIM_MERGE, AIM_TOKENS, AIM_FLOPS)
+        labels = (*options.evs_methods, REFERENCE_LEVEL, AIM_MERGE, AIM_TOKENS, AIM_FLOPS)
         options = dataclasses.replace(options, levels=labels)
     log_dir = options.out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -252,9 +266,16 @@ async def _measure_plugin(options: BenchOptions, log_dir: Path) -> tuple[str, di
 
 
 async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tuple[str, dict[str, Any]]:
-    """Stock vLLM with EVS at `rate` against the AIM engine at equal tokens and equal FLOPs."""
+    """Stock vLLM's video pruning at `rate` (one engine per method of `options.evs_methods`) against
+    the AIM engine at equal tokens and equal FLOPs."""
     if not 0.0 < rate < 1.0:
         raise ValueError(f"the EVS rate must be in (0, 1), got {rate}")
+    first, depth = prune_floor(options.model)
+    if depth is not None and first >= depth:
+        raise ValueError(
+            f"{options.model} prunes from LLM layer {first} on (DeepStack) but has {depth} layers: "
+            f"aim-tokens needs at least {first + 1} (make-tiny-model --layers)"
+        )
     kept = round(1.0 - rate, 6)
     encoder = options.evs_encoder_keep
     merge = Level(AIM_MERGE, engine_kwargs=parse_text(f"merge:{kept}").engine_kwargs())
@@ -282,6 +303,8 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
         merged = await session.one(Target(merge, url), video)
         if not balanced.aim or "flops_ratio" not in merged.aim:
             raise RuntimeError("the AIM engine reported no usage.aim: is the plugin loaded?")
+        if not balanced.aim.get("prune_layers"):
+            raise RuntimeError(f"the AIM engine reported no pruning window for balanced: {balanced.aim}")
         schedule = AimSchedule(kept, tuple(balanced.aim["prune_layers"]))
         resolved[AIM_TOKENS] = AimLevel(schedule=schedule).text
         resolved[AIM_FLOPS] = f"budget:{merged.aim['flops_ratio']:.4f}"
@@ -293,16 +316,11 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
             for label, text in resolved.items()
         }
 
-    python_path = os.pathsep.join(filter(None, [str(EVS_CPU_FIX), os.environ.get("PYTHONPATH")]))
-    turns = [
-        EngineTurn("aim", aim_levels, resolve=resolve),
-        EngineTurn(
-            EVS, (Level(EVS),), plain=True, flags=("--video-pruning-rate", str(rate)),
-            env=(("PYTHONPATH", python_path),),
-        ),
-    ]  # fmt: skip
-    served, results = await _measure_engines(options, log_dir, turns)
-    same_flops = {EVS: AIM_MERGE}  # EVS keeps as many tokens as aim-merge, in every layer
+    stock = [stock_turn(method, rate) for method in options.evs_methods]
+    served, results = await _measure_engines(
+        options, log_dir, [EngineTurn("aim", aim_levels, resolve=resolve), *stock]
+    )
+    same_flops = {turn.name: AIM_MERGE for turn in stock}  # as many tokens as aim-merge, in every layer
     cells = stats.add_ratios(stats.borrow_flops(_load_cells(results["load"]), same_flops), REFERENCE_LEVEL)
     split = {
         media: stats.summarise_split(pairs, REFERENCE_LEVEL, same_flops)
@@ -312,9 +330,11 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
         "mode": "evs",
         "reference": REFERENCE_LEVEL,
         "evs_rate": rate,
-        "evs_cpu_fix": EVS_CPU_NOTE,
+        "evs_methods": list(options.evs_methods),
+        "first_prune_layer": first,
+        "evs_cpu_fix": EVS_CPU_NOTE + (QWEN3_VL_NOTE if is_qwen3_vl(options.model) else ""),
         "levels": {
-            EVS: f"--video-pruning-rate {rate}",
+            **{turn.name: " ".join(turn.flags) for turn in stock},
             REFERENCE_LEVEL: "off",
             **fixed,
             **resolved,
@@ -322,6 +342,47 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
         "cells": cells,
         "split": split,
     }
+
+
+def stock_turn(method: str, rate: float) -> EngineTurn:
+    """Stock vLLM (plugin disabled) pruning video tokens with its own `method` at `rate`
+    (`MultiModalConfig.video_pruning_method` / `video_pruning_rate`), with `bench/evs_cpu` first on
+    its PYTHONPATH (`EVS_CPU_NOTE`). EVS, vLLM's default method, gets the rate alone."""
+    if method not in STOCK_METHODS:
+        raise ValueError(
+            f"unknown video pruning method {method!r}; expected one of {', '.join(STOCK_METHODS)}"
+        )
+    flags = ("--video-pruning-rate", str(rate))
+    if method != EVS:
+        flags = ("--video-pruning-method", method, *flags)
+    python_path = os.pathsep.join(filter(None, [str(EVS_CPU_FIX), os.environ.get("PYTHONPATH")]))
+    return EngineTurn(method, (Level(method),), plain=True, flags=flags, env=(("PYTHONPATH", python_path),))
+
+
+def _config(model: str) -> dict[str, Any]:
+    """A local checkpoint's config.json ({} for a hub name)."""
+    path = Path(model) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def is_qwen3_vl(model: str) -> bool:
+    """A local Qwen3-VL checkpoint (the stock engines' prompt-layout fix applies, `QWEN3_VL_NOTE`)."""
+    return any(arch.startswith("Qwen3VL") for arch in _config(model).get("architectures") or ())
+
+
+def prune_floor(model: str) -> tuple[int, int | None]:
+    """(first LLM layer pruning may start at, LLM layers) from a local checkpoint's config.json.
+
+    The first layer is the number of DeepStack levels (Qwen3-VL: `len(vision_config.
+    deepstack_visual_indexes)`, as the plugin's `aim_first_prune_layer`; 0 for other models).
+    (0, None) when `model` is not a local directory (a hub name): the engine's answer decides.
+    """
+    config = _config(model)
+    if not config:
+        return 0, None
+    text = config.get("text_config") or config
+    vision = config.get("vision_config") or {}
+    return len(vision.get("deepstack_visual_indexes") or ()), text.get("num_hidden_layers")
 
 
 async def _measure_engines(

@@ -34,6 +34,9 @@ REFERENCE_LEVEL = "off"
 # warm-up request gives the model's own values (`usage.aim.merge_ratio`, `prune_layers`).
 MERGE_ONLY, PRUNE_ONLY = "merge", "prune"
 DEFAULT_LEVELS = ("off", MERGE_ONLY, PRUNE_ONLY, "balanced", "max", "budget:0.3", "budget:0.15")
+# vLLM 0.32's video pruning methods (`MultiModalConfig.video_pruning_method`): the stock engines an
+# EVS-mode run can compare AIM with, one engine turn each.
+STOCK_METHODS = ("evs", "vidcom2")
 PROMPTS = {"image": "Describe this image in detail.", "video": "Describe what happens in this video."}
 _MEDIA = re.compile(r"(image)|video:?([0-9]+)")
 

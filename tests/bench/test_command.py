@@ -107,3 +107,16 @@ def test_plain_engine_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert started["env"]["AIM_VLLM_DISABLE"] == "1" and started["new_session"]
     assert started["env"]["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "3600"
     assert replica.log_path == tmp_path / "plain-1.log"
+
+
+def test_evs_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--evs-methods picks the stock engines (vLLM's video pruning methods); `evs` alone by default."""
+    argv = ["--model", "/ckpt/qwen3-vl-8b-4l", "--dummy", "--evs", "0.75"]
+    assert _options(argv, monkeypatch).evs_methods == ("evs",)
+    both = _options([*argv, "--evs-methods", "evs", "vidcom2", "evs"], monkeypatch)
+    assert both.evs_methods == ("evs", "vidcom2") and [m.name for m in both.media] == ["video8", "video16"]
+    assert _options([*argv, "--evs-methods", "vidcom2"], monkeypatch).evs_methods == ("vidcom2",)
+    with pytest.raises(ValueError, match="needs --evs"):
+        _options(["--evs-methods", "vidcom2"], monkeypatch)
+    with pytest.raises(SystemExit):  # not a vLLM 0.32 method
+        _options([*argv, "--evs-methods", "fastv"], monkeypatch)

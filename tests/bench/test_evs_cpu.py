@@ -41,3 +41,24 @@ def test_the_cpu_runner_switches_evs_on_only_with_the_fix(with_fix: bool) -> Non
         assert lines[-4:] == ["load_model_with_evs", "True", "False", "False"]
     else:
         assert lines[-1] == "load_model"
+
+
+QWEN3_PROBE = """
+from transformers import Qwen3VLProcessor
+from vllm.model_executor.models.qwen3_vl import Qwen3VLMultiModalProcessor
+
+print(Qwen3VLMultiModalProcessor._expands_only_video_token(Qwen3VLProcessor.__new__(Qwen3VLProcessor)))
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("with_fix", [True, False], ids=["fix", "stock"])
+def test_qwen3_vl_videos_replace_the_whole_marker_triple_only_with_the_fix(with_fix: bool) -> None:
+    """transformers 5.x's Qwen3-VL processor expands the bare video token (the outer markers stay),
+    which vLLM 0.32's EVS/VidCom2 position recompute misreads; the fix expands the whole triple."""
+    paths = [str(FIX)] * with_fix + [os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    command = [sys.executable, "-c", QWEN3_PROBE]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(not with_fix)

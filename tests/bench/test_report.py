@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import markdown, plugin_verdict, summary_line, write_outputs
+from bench.report import (
+    comparison_table,
+    markdown,
+    plugin_verdict,
+    stock_verdict,
+    summary_line,
+    write_outputs,
+)
 
 META = {
     "model": "/m", "model_label": "tiny", "device": "cpu", "cpu_count": 2, "vllm": "0.32.0",
@@ -114,3 +121,60 @@ def test_summary_line_is_compact(levels_result: dict) -> None:
     assert line["device"] == "cpu" and line["outputs"] == {"json": "r/result.json"}
     assert line["cells"][1]["ratio"]["ttft_p50_s"] == 0.5 and "ttft_p90_s" not in line["cells"][1]
     json.dumps(line)
+
+
+def _evs_result() -> dict:
+    """EVS mode with both stock methods: EVS faster at c=1, VidCom2 at c=4; AIM levels in between."""
+    figures = {  # level: (prompt tokens, FLOPs, {concurrency: (TTFT, req/s)})
+        "evs": (180, None, {1: (2.0, 0.5), 4: (6.0, 0.6)}),
+        "vidcom2": (180, None, {1: (2.5, 0.4), 4: (5.0, 0.8)}),
+        "off": (600, 1.0, {1: (8.0, 0.12), 4: (20.0, 0.2)}),
+        "aim-tokens": (182, 0.2, {1: (1.6, 0.55), 4: (5.0, 0.8)}),
+        "aim-tokens+encoder": (182, 0.2, {1: (1.0, 0.8), 4: (3.0, 1.2)}),
+    }
+    cells = [
+        {"media": "video8", "concurrency": c, "level": level, "prompt_tokens": tokens, "flops_ratio": flops,
+         "ttft_p50_s": ttft, "requests_per_s": rps, "ratio": {}}
+        for level, (tokens, flops, by_c) in figures.items() for c, (ttft, rps) in by_c.items()
+    ]  # fmt: skip
+    split = [{"level": "evs", "ttft_repeat_p50_s": 0.4}, {"level": "aim-tokens", "ttft_repeat_p50_s": 0.25}]
+    return {
+        "bench": "aim-vllm bench", "mode": "evs", "meta": META, "reference": "off", "evs_rate": 0.75,
+        "evs_methods": ["evs", "vidcom2"], "evs_cpu_fix": "the fix", "levels": dict.fromkeys(figures, "x"),
+        "cells": cells, "split": {"video8": split},
+    }  # fmt: skip
+
+
+def test_comparison_table_has_every_level_against_the_better_stock_engine() -> None:
+    """One row per media and level; xstock divides by the lowest stock TTFT and the highest stock
+    requests/s of the same concurrency (EVS at c=1, VidCom2 at c=4); LLM part from the split."""
+    table = comparison_table(_evs_result())
+    lines = table.splitlines()
+    assert lines[0] == (
+        "| media | level | LLM tok | FLOPs | TTFT c=1 s | xstock | req/s c=1 | xstock | TTFT c=4 s | xstock "
+        "| req/s c=4 | xstock | LLM part s |"
+    )
+    assert len(lines) == 2 + 5
+    assert (
+        "| video8 | vidcom2 | 180 | - | 2.500 | 1.25 | 0.400 | 0.80 | 5.000 | 1.00 | 0.800 | 1.00 | - |"
+        in lines
+    )
+    tokens = (
+        "| video8 | aim-tokens | 182 | 0.200 | 1.600 | 0.80 | 0.550 | 1.10 | 5.000 | 1.00 | 0.800 | 1.00 |"
+    )
+    assert f"{tokens} 0.250 |" in lines
+
+
+def test_stock_verdict_and_evs_markdown() -> None:
+    result = _evs_result()
+    lines = stock_verdict(result)
+    assert lines == [
+        "- video8 c=1, against the better of evs/vidcom2: aim-tokens TTFT x0.80, req/s x1.10 (meets level); "
+        "aim-tokens+encoder req/s x1.60 (meets >= 1.3)",
+        "- video8 c=4, against the better of evs/vidcom2: aim-tokens TTFT x1.00, req/s x1.00 (meets level); "
+        "aim-tokens+encoder req/s x1.50 (meets >= 1.3)",
+    ]
+    result["cells"][-1]["requests_per_s"] = 0.9  # aim-tokens+encoder at c=4: 1.125x VidCom2
+    assert stock_verdict(result)[1].endswith("req/s x1.12 (misses >= 1.3)")
+    text = markdown(result)
+    assert "Every level side by side" in text and "Note: the fix." in text and "Goals (issue 30):" in text

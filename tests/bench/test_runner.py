@@ -121,6 +121,7 @@ def test_evs_mode(tmp_path: Path, fake_engines: Path, monkeypatch: pytest.Monkey
     assert {"aim_budget": 0.25} in sent
     markdown = report.markdown(result)
     assert "is_multimodal_pruning_enabled" in markdown and "prompt tok" in markdown
+    assert "transformers < 5.10" not in markdown  # not a Qwen3-VL checkpoint
     report.write_outputs(result, tmp_path / "out")
 
 
@@ -138,3 +139,85 @@ def test_evs_mode_with_encoder_levels(tmp_path: Path, fake_engines: Path) -> Non
     sent = [json.loads(line) for line in fake_engines.read_text().splitlines()]
     assert {"aim_merge_ratio": 0.25, "aim_prune_l1": 3, "aim_prune_l2": 5, "aim_encoder_keep": 0.5} in sent
     assert "aim-tokens+encoder" in report.markdown(result)
+
+
+def test_stock_turns_flags_and_env() -> None:
+    """EVS (vLLM's default method) gets the rate alone; VidCom2 also its method; both the CPU fix."""
+    evs, vidcom2 = runner.stock_turn("evs", 0.75), runner.stock_turn("vidcom2", 0.75)
+    assert evs.flags == ("--video-pruning-rate", "0.75") and evs.plain and evs.name == "evs"
+    assert vidcom2.flags == ("--video-pruning-method", "vidcom2", "--video-pruning-rate", "0.75")
+    assert vidcom2.plain and [level.label for level in vidcom2.levels] == ["vidcom2"]
+    for turn in (evs, vidcom2):
+        assert dict(turn.env)["PYTHONPATH"].split(os.pathsep)[0] == str(runner.EVS_CPU_FIX)
+    with pytest.raises(ValueError, match="unknown video pruning method"):
+        runner.stock_turn("fastv", 0.75)
+
+
+def _qwen3_vl_config(path: Path, layers: int, deepstack: list[int]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    config = {
+        "architectures": ["Qwen3VLForConditionalGeneration"],
+        "text_config": {"num_hidden_layers": layers, "max_position_embeddings": 4096},
+        "vision_config": {"depth": 4, "deepstack_visual_indexes": deepstack},
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_prune_floor_reads_deepstack_levels(tmp_path: Path) -> None:
+    qwen3 = _qwen3_vl_config(tmp_path / "q3", 8, [1, 2, 3, 4])
+    assert runner.prune_floor(str(qwen3)) == (4, 8)
+    (tmp_path / "q25").mkdir()
+    (tmp_path / "q25" / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 12}}))
+    assert runner.prune_floor(str(tmp_path / "q25")) == (0, 12)
+    assert runner.prune_floor("Qwen/Qwen3-VL-8B-Instruct") == (0, None)
+
+
+@pytest.mark.timeout(120)
+def test_evs_mode_with_vidcom2_on_a_deepstack_model(
+    tmp_path: Path, fake_engines: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EVS and VidCom2 each a stock engine turn; aim-tokens prunes over the window the engine reports
+    for balanced (the plugin has moved it past the DeepStack layers); one table compares every level."""
+    started = []
+    start_plain = processes.start_plain_engine
+
+    def spy(model, flags, log_dir, index=1, env=None):
+        started.append(flags)
+        return start_plain(model, flags, log_dir, index, env)
+
+    monkeypatch.setattr(processes, "start_plain_engine", spy)
+    model = _qwen3_vl_config(tmp_path / "qwen3-vl", 8, [1, 2, 3, 4])
+    options = _options(
+        tmp_path / "run", model=str(model), evs_rate=0.75, evs_encoder_keep=0.5,
+        evs_methods=("evs", "vidcom2"), media=(MediaSpec("video", 2),), concurrency=(1, 2),
+    )  # fmt: skip
+    result = runner.run(options)
+    assert result["evs_methods"] == ["evs", "vidcom2"] and result["first_prune_layer"] == 4
+    assert result["levels"]["vidcom2"] == "--video-pruning-method vidcom2 --video-pruning-rate 0.75"
+    assert result["levels"]["aim-tokens"] == "merge:0.25,prune:3-5"
+    assert result["levels"]["aim-tokens+encoder"] == "merge:0.25,prune:3-5,encoder:0.5"
+    cells = {(c["concurrency"], c["level"]): c for c in result["cells"]}
+    assert {"evs", "vidcom2", "aim-tokens+encoder"} <= {level for _, level in cells}
+    assert all(c["errors"] == 0 for c in cells.values())
+    assert cells[(1, "vidcom2")]["flops_ratio"] == 0.25  # aim-merge's: as many tokens in every layer
+    assert started == [  # round 0: aim, evs, vidcom2
+        ["--video-pruning-rate", "0.75"],
+        ["--video-pruning-method", "vidcom2", "--video-pruning-rate", "0.75"],
+    ]
+    sent = [json.loads(line) for line in fake_engines.read_text().splitlines()]
+    assert {"aim_merge_ratio": 0.25, "aim_prune_l1": 3, "aim_prune_l2": 5} in sent
+    markdown = report.markdown(result)
+    assert "Every level side by side" in markdown and "| video2 | vidcom2 |" in markdown
+    assert "TTFT c=2 s" in markdown and "against the better of evs/vidcom2" in markdown
+    assert "is_multimodal_pruning_enabled" in markdown and "transformers < 5.10" in markdown
+    report.write_outputs(result, tmp_path / "out")
+
+
+@pytest.mark.timeout(60)
+def test_evs_mode_refuses_a_model_with_no_layer_after_deepstack(tmp_path: Path) -> None:
+    model = _qwen3_vl_config(tmp_path / "qwen3-vl", 3, [0, 1, 2])
+    with pytest.raises(ValueError, match="at least 4"):
+        runner.run(
+            _options(tmp_path / "run", model=str(model), evs_rate=0.75, media=(MediaSpec("video", 2),))
+        )
