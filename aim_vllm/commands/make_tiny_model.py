@@ -1,7 +1,8 @@
 """`aim-vllm make-tiny-model DIR`: build a model checkpoint offline and deterministically.
 
-`--size tiny` (default) writes random weights (fixed seed); `--size 0.5b|2b|3b|4b|7b|8b` writes the published
-architecture's config, tokenizer and processor with no weights, for `--load-format dummy`;
+`--size tiny` (default; `tiny-moe`: Qwen3-VL-MoE) writes random weights (fixed seed); `--size
+0.5b|2b|3b|4b|7b|8b|30b-a3b` writes the published architecture's config, tokenizer and processor
+with no weights, for `--load-format dummy`;
 `--layers N` shrinks such a config to N LLM layers (widths, vocabulary and limits unchanged), and
 its vision tower to `--vision-layers M` blocks (default max(2, N)).
 """

@@ -42,6 +42,9 @@ _QWEN3_4B = LLMShape(  # Qwen3-VL-4B's LLM
 _QWEN3_8B = LLMShape(  # Qwen3-VL-8B's LLM
     hidden_size=4096, num_layers=36, intermediate_size=12288, num_heads=32, num_kv_heads=8, head_dim=128
 )
+_QWEN3_30B_A3B = LLMShape(  # Qwen3-VL-30B-A3B's LLM: the MLP a token passes is 8 experts x 768
+    hidden_size=2048, num_layers=48, intermediate_size=8 * 768, num_heads=32, num_kv_heads=4, head_dim=128
+)
 
 
 @dataclass(frozen=True)
@@ -75,5 +78,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec("qwen3-vl-2b", _QWEN3_2B, 256, 2, 0, (256,), 0),
         ArchSpec("qwen3-vl-4b", _QWEN3_4B, 256, 2, 0, (256,), 0),
         ArchSpec("qwen3-vl-8b", _QWEN3_8B, 256, 2, 0, (256,), 0),
+        ArchSpec("qwen3-vl-30b-a3b", _QWEN3_30B_A3B, 256, 2, 0, (256,), 0),
     )
 }
