@@ -364,7 +364,7 @@ class AimQwen2_5_VLForConditionalGeneration(
             raise ValueError("AIM merging cannot run with vLLM's EVS video pruning enabled")
         embeddings: tuple[torch.Tensor, ...] = ()
         for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
-            if (keeps := _encoder_keeps(modality, inputs, params[modality])) is not None:
+            if (keeps := pixel_encoder_keeps(modality, inputs, params[modality])) is not None:
                 grid = inputs[f"{modality}_grid_thw"].tolist()
                 items = encode_items(self.visual, inputs[_PIXEL_KEYS[modality]], grid, keeps)
             elif modality == "image":
@@ -398,7 +398,7 @@ class AimQwen2_5_VLForConditionalGeneration(
         return replace(super().get_encoder_cudagraph_config(), modalities=[])
 
 
-def _encoder_keeps(modality: str, inputs, params: list[ItemParams] | None) -> list[float] | None:
+def pixel_encoder_keeps(modality: str, inputs, params: list[ItemParams] | None) -> list[float] | None:
     """Each pixel item's encoder keep fraction (None when all are 1: the stock tower runs)."""
     if params is None or inputs["type"] != _PIXEL_KEYS[modality]:  # embedding inputs: nothing to encode
         return None

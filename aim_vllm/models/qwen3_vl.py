@@ -87,7 +87,7 @@ from aim_vllm.models.common import (
 from aim_vllm.models.qwen2_5_vl import (
     AimQwen2_5_VLMultiModalProcessor,
     MergedMropeMixin,
-    _encoder_keeps,  # the same pixel keys
+    pixel_encoder_keeps,
     slice_shape,
 )
 from aim_vllm.models.qwen3_encoder_merging import encode_items
@@ -376,7 +376,7 @@ class AimQwen3VLForConditionalGeneration(AimModelMixin, MergedMropeMixin, Qwen3V
             raise ValueError("AIM merging cannot run with vLLM's EVS / VidCom2 video pruning enabled")
         embeddings: tuple[torch.Tensor, ...] = ()
         for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
-            if (keeps := _encoder_keeps(modality, inputs, params[modality])) is not None:
+            if (keeps := pixel_encoder_keeps(modality, inputs, params[modality])) is not None:
                 grid = inputs[f"{modality}_grid_thw"].tolist()
                 items = encode_items(self.visual, inputs[_PIXEL_KEYS[modality]], grid, keeps)
             elif modality == "image":
