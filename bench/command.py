@@ -37,6 +37,8 @@ with the ViT merging at KEEP (`encoder:KEEP`).
 --evs-methods evs vidcom2 (with --evs): one stock engine turn per vLLM video pruning method at RATE
 (`vidcom2`: `--video-pruning-method vidcom2`, Qwen3-VL); default `evs` alone. On Qwen3-VL,
 `aim-tokens` prunes from the layer after its DeepStack layers on.
+--evs-levels aim-tokens aim-tokens+encoder (with --evs): time only these AIM levels (and `off`),
+for more rounds in the same time; default all.
 --quick: a smoke run on the embedded tiny model (image + 8-frame video, concurrency 1 and 2,
 one request per slot, one round): a few minutes on a laptop CPU.
 """
@@ -60,7 +62,7 @@ _DEFAULT_MAX_MODEL_LEN = "16384"  # a 16-frame video plus an anyres image fit wi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bench.workload import DEFAULT_LEVELS, STOCK_METHODS
+    from bench.workload import DEFAULT_LEVELS, EVS_AIM_LEVELS, STOCK_METHODS
 
     parser.add_argument(
         "--model", help="checkpoint dir or name (default: LLaVA-OV-0.5B shapes, dummy weights)"
@@ -89,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=STOCK_METHODS,
         metavar="METHOD",
         help=f"with --evs: stock engines, one turn each ({', '.join(STOCK_METHODS)}; default: evs)",
+    )
+    parser.add_argument(
+        "--evs-levels",
+        nargs="+",
+        choices=EVS_AIM_LEVELS,
+        metavar="LEVEL",
+        help=f"with --evs: the AIM levels timed besides off ({', '.join(EVS_AIM_LEVELS)}; default all)",
     )
     parser.add_argument(
         "--media", nargs="+", help="image, video<frames> (default: image video8 video16; --evs: videos)"
@@ -169,6 +178,11 @@ def options_from_args(args: argparse.Namespace):
     if args.evs_methods is not None and args.evs is None:
         raise ValueError(f"--evs-methods needs --evs, got {args.evs_methods}")
     methods = tuple(dict.fromkeys(args.evs_methods or ["evs"]))
+    if args.evs_levels is not None and args.evs is None:
+        raise ValueError(f"--evs-levels needs --evs, got {args.evs_levels}")
+    evs_levels = None if args.evs_levels is None else tuple(dict.fromkeys(args.evs_levels))
+    if evs_levels and args.evs_encoder is None and any(level.endswith("+encoder") for level in evs_levels):
+        raise ValueError(f"--evs-levels {' '.join(evs_levels)} needs --evs-encoder")
     media = _pick(args, "media") if args.evs is None or args.media else ["video8", "video16"]
     model, label, flags = model_and_flags(args)
     prefix = "plugin-overhead" if args.plugin_overhead else "evs" if args.evs is not None else "bench"
@@ -180,7 +194,7 @@ def options_from_args(args: argparse.Namespace):
         split_pairs=counts["split_pairs"], max_tokens=counts["max_tokens"], image_size=args.image_size,
         frame_size=args.frame_size, out_dir=out, startup_timeout_s=args.startup_timeout,
         plugin_overhead=args.plugin_overhead, evs_rate=args.evs, evs_encoder_keep=args.evs_encoder,
-        evs_methods=methods, seed=args.seed,
+        evs_methods=methods, evs_levels=evs_levels, seed=args.seed,
         progress=not args.no_progress,
     )  # fmt: skip
 

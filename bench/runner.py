@@ -51,7 +51,7 @@ from typing import Any
 import httpx
 
 from aim_vllm.core.level import AimLevel, parse_text
-from aim_vllm.core.schedule import AimSchedule
+from aim_vllm.core.schedule import AimSchedule, first_prune_layer
 from bench import client as bench_client
 from bench import processes, serving, stats
 from bench.workload import (
@@ -108,6 +108,7 @@ class BenchOptions:
     evs_rate: float | None = None  # EVS mode: stock vLLM's --video-pruning-rate against AIM
     evs_encoder_keep: float | None = None  # EVS mode: also the AIM levels with encoder:<keep>
     evs_methods: tuple[str, ...] = (EVS,)  # EVS mode: stock engines, one turn each (STOCK_METHODS)
+    evs_levels: tuple[str, ...] | None = None  # EVS mode: AIM levels timed besides off (None: all)
     seed: int = 10_000
     progress: bool = True
 
@@ -293,6 +294,12 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
             Level(AIM_MERGE + ENCODER_SUFFIX, engine_kwargs=encoder_merge),
             Level(AIM_TOKENS + ENCODER_SUFFIX),
         )
+    if options.evs_levels is not None:
+        aim_levels = tuple(
+            level for level in aim_levels if level.label in (REFERENCE_LEVEL, *options.evs_levels)
+        )
+        fixed = {label: text for label, text in fixed.items() if label in options.evs_levels}
+    timed = {level.label for level in aim_levels}
     resolved: dict[str, str] = {}
 
     async def resolve(session: Session, url: str) -> dict[str, Level]:
@@ -311,6 +318,8 @@ async def _measure_evs(options: BenchOptions, log_dir: Path, rate: float) -> tup
         if encoder is not None:
             with_encoder = dataclasses.replace(schedule, encoder_keep=encoder)
             resolved[AIM_TOKENS + ENCODER_SUFFIX] = AimLevel(schedule=with_encoder).text
+        for label in [label for label in resolved if label not in timed]:
+            del resolved[label]
         return {
             label: Level(label, engine_kwargs=parse_text(text).engine_kwargs())
             for label, text in resolved.items()
@@ -373,16 +382,14 @@ def is_qwen3_vl(model: str) -> bool:
 def prune_floor(model: str) -> tuple[int, int | None]:
     """(first LLM layer pruning may start at, LLM layers) from a local checkpoint's config.json.
 
-    The first layer is the number of DeepStack levels (Qwen3-VL: `len(vision_config.
-    deepstack_visual_indexes)`, as the plugin's `aim_first_prune_layer`; 0 for other models).
-    (0, None) when `model` is not a local directory (a hub name): the engine's answer decides.
+    The first layer is `core.schedule.first_prune_layer` (Qwen3-VL: its DeepStack levels), as the
+    plugin reads it. (0, None) when `model` is not a local directory (a hub name): the engine's
+    answer decides.
     """
     config = _config(model)
     if not config:
         return 0, None
-    text = config.get("text_config") or config
-    vision = config.get("vision_config") or {}
-    return len(vision.get("deepstack_visual_indexes") or ()), text.get("num_hidden_layers")
+    return first_prune_layer(config), (config.get("text_config") or config).get("num_hidden_layers")
 
 
 async def _measure_engines(

@@ -37,6 +37,11 @@ DEFAULT_LEVELS = ("off", MERGE_ONLY, PRUNE_ONLY, "balanced", "max", "budget:0.3"
 # vLLM 0.32's video pruning methods (`MultiModalConfig.video_pruning_method`): the stock engines an
 # EVS-mode run can compare AIM with, one engine turn each.
 STOCK_METHODS = ("evs", "vidcom2")
+# The AIM engine's levels of an EVS-mode run besides `off` (`bench.runner._measure_evs`); the
+# `+encoder` ones need an encoder keep.
+EVS_AIM_LEVELS = (
+    "aim-merge", "aim-tokens", "aim-flops", "aim-merge+encoder", "aim-tokens+encoder",
+)  # fmt: skip
 PROMPTS = {"image": "Describe this image in detail.", "video": "Describe what happens in this video."}
 _MEDIA = re.compile(r"(image)|video:?([0-9]+)")
 

@@ -8,7 +8,9 @@ l1=13, l2=21 for 32-layer LLaMA LLMs). Plain Python: the gateway imports it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aim_vllm.core.token_counts import visual_kept_after_layer
 
@@ -132,3 +134,11 @@ def preset_schedule(name: str, num_layers: int) -> AimSchedule:
         quarter = max(0, num_layers // 4)
         return AimSchedule(0.125, (quarter, max(quarter + 1, num_layers // 2)))
     raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+
+
+def first_prune_layer(config: Mapping[str, Any]) -> int:
+    """L, the first LLM layer after which rows may be dropped, from a checkpoint's `config.json`:
+    a Qwen3-VL's DeepStack levels (`vision_config.deepstack_visual_indexes`, added to the visual
+    rows after layers 0..L-1), 0 for every other model."""
+    vision = config.get("vision_config") or {}
+    return len(vision.get("deepstack_visual_indexes") or ())

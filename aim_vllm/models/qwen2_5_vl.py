@@ -345,36 +345,56 @@ class MergedMropeMixin:
         return embeddings, positions, int(positions.max()) + 1 - len(ids)
 
 
+class QwenEmbedMixin:
+    """`embed_multimodal` of the Qwen-VL models (put before vLLM's model class): each pixel item
+    encoded at its encoder keep (`_aim_encode`; the stock tower at 1), then merged per its
+    `aim_<modality>` parameters (`_merge`); both model specific."""
+
+    aim_merge_embedding_inputs = True  # precomputed `*_embeds` items merge too (Qwen3-VL: never)
+
+    def _aim_encode(self, pixel_values: torch.Tensor, grid: list[list[int]], keeps: list[float]):
+        raise NotImplementedError
+
+    def _merge(self, items, grid_thw: torch.Tensor, params: list[ItemParams]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def embed_multimodal(self, **kwargs: object):
+        # Adapted from Qwen2_5_VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0 (Qwen3-VL's
+        # has the same structure)
+        params = {m: decode_items(kwargs.pop(field_name(m), None)) for m in MODALITIES}
+        if all(p is None for p in params.values()):
+            return super().embed_multimodal(**kwargs)
+        if self.is_multimodal_pruning_enabled:
+            raise ValueError("AIM merging cannot run with vLLM's video pruning (EVS, VidCom2) enabled")
+        embeddings: tuple[torch.Tensor, ...] = ()
+        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
+            pixels = inputs["type"] == _PIXEL_KEYS[modality]
+            if (keeps := pixel_encoder_keeps(modality, inputs, params[modality])) is not None:
+                items = self._aim_encode(
+                    inputs[_PIXEL_KEYS[modality]], inputs[f"{modality}_grid_thw"].tolist(), keeps
+                )
+            elif modality == "image":
+                items = self._process_image_input(inputs)
+            else:
+                items = self._process_video_input(inputs)
+            if params[modality] is not None and (pixels or self.aim_merge_embedding_inputs):
+                items = self._merge(items, inputs[f"{modality}_grid_thw"], params[modality])
+            embeddings += tuple(items)
+        return embeddings
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     AimQwen2_5_VLMultiModalProcessor,
     info=Qwen2_5_VLProcessingInfo,
     dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
 class AimQwen2_5_VLForConditionalGeneration(
-    AimModelMixin, MergedMropeMixin, Qwen2_5_VLForConditionalGeneration
+    AimModelMixin, QwenEmbedMixin, MergedMropeMixin, Qwen2_5_VLForConditionalGeneration
 ):
     """Merges each item per its `aim_<modality>` parameters; M-RoPE follows; prunes in the decoder."""
 
-    def embed_multimodal(self, **kwargs: object):
-        # Adapted from Qwen2_5_VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0
-        params = {m: decode_items(kwargs.pop(field_name(m), None)) for m in MODALITIES}
-        if all(p is None for p in params.values()):
-            return super().embed_multimodal(**kwargs)
-        if self.is_multimodal_pruning_enabled:
-            raise ValueError("AIM merging cannot run with vLLM's EVS video pruning enabled")
-        embeddings: tuple[torch.Tensor, ...] = ()
-        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
-            if (keeps := pixel_encoder_keeps(modality, inputs, params[modality])) is not None:
-                grid = inputs[f"{modality}_grid_thw"].tolist()
-                items = encode_items(self.visual, inputs[_PIXEL_KEYS[modality]], grid, keeps)
-            elif modality == "image":
-                items = self._process_image_input(inputs)
-            else:
-                items = self._process_video_input(inputs)
-            if params[modality] is not None:
-                items = self._merge(items, inputs[f"{modality}_grid_thw"], params[modality])
-            embeddings += tuple(items)
-        return embeddings
+    def _aim_encode(self, pixel_values: torch.Tensor, grid: list[list[int]], keeps: list[float]):
+        return encode_items(self.visual, pixel_values, grid, keeps)
 
     def _merge(self, items, grid_thw: torch.Tensor, params: list[ItemParams]) -> list[torch.Tensor]:
         # AIM: begin

@@ -76,18 +76,18 @@ from aim_vllm.core.encoder_flops import FrameVisionShape
 from aim_vllm.core.item_params import ItemParams, field_name
 from aim_vllm.core.level import budget_of, without_engine_keys
 from aim_vllm.core.merge import merge_frames_with_origin, spread_indices
+from aim_vllm.core.schedule import first_prune_layer
 from aim_vllm.core.token_counts import merged_token_count
 from aim_vllm.models.common import (
     AimModelMixin,
     AimProcessorMixin,
-    decode_items,
     encoder_flops_fields,
     schedule_from_kwargs,
 )
 from aim_vllm.models.qwen2_5_vl import (
     AimQwen2_5_VLMultiModalProcessor,
     MergedMropeMixin,
-    pixel_encoder_keeps,
+    QwenEmbedMixin,
     slice_shape,
 )
 from aim_vllm.models.qwen3_encoder_merging import encode_items
@@ -206,10 +206,10 @@ class AimQwen3VLMultiModalProcessor(AimProcessorMixin, Qwen3VLMultiModalProcesso
         assert shape is not None, "a Qwen3-VL config names its ViT's DeepStack taps"
         return shape
 
-    @property
+    @cached_property
     def aim_first_prune_layer(self) -> int:
         """L, the DeepStack levels: rows are dropped only after layers >= L (module docstring)."""
-        return len(getattr(self.info.get_hf_config().vision_config, "deepstack_visual_indexes", None) or ())
+        return first_prune_layer(self.info.get_hf_config().to_dict())
 
     def aim_layout(self, mm_items) -> VisualLayout:
         """One merge group per temporal slice (server-default processor sizes)."""
@@ -333,10 +333,14 @@ def _video_timestamps(info, mm_items) -> list[list[float] | None]:
     info=Qwen3VLProcessingInfo,
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
-class AimQwen3VLForConditionalGeneration(AimModelMixin, MergedMropeMixin, Qwen3VLForConditionalGeneration):
+class AimQwen3VLForConditionalGeneration(
+    AimModelMixin, QwenEmbedMixin, MergedMropeMixin, Qwen3VLForConditionalGeneration
+):
     """Merges each item per its `aim_<modality>` parameters (DeepStack rows with their tokens; inside
     the ViT at its `encoder_keep`); M-RoPE follows; prunes in the decoder from layer L on (module
     docstring)."""
+
+    aim_merge_embedding_inputs = False  # precomputed embeddings carry no DeepStack rows to merge with
 
     @property
     def aim_first_prune_layer(self) -> int:
@@ -367,26 +371,8 @@ class AimQwen3VLForConditionalGeneration(AimModelMixin, MergedMropeMixin, Qwen3V
         media = (self.config.image_token_id, self.config.video_token_id)
         return unmerged_frames_layout(input_tokens, features, merges, media)
 
-    def embed_multimodal(self, **kwargs: object):
-        # Adapted from Qwen3VLForConditionalGeneration.embed_multimodal @ vllm==0.32.0
-        params = {m: decode_items(kwargs.pop(field_name(m), None)) for m in MODALITIES}
-        if all(p is None for p in params.values()):
-            return super().embed_multimodal(**kwargs)
-        if self.is_multimodal_pruning_enabled:
-            raise ValueError("AIM merging cannot run with vLLM's EVS / VidCom2 video pruning enabled")
-        embeddings: tuple[torch.Tensor, ...] = ()
-        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
-            if (keeps := pixel_encoder_keeps(modality, inputs, params[modality])) is not None:
-                grid = inputs[f"{modality}_grid_thw"].tolist()
-                items = encode_items(self.visual, inputs[_PIXEL_KEYS[modality]], grid, keeps)
-            elif modality == "image":
-                items = self._process_image_input(inputs)
-            else:
-                items = self._process_video_input(inputs)
-            if params[modality] is not None and inputs["type"] == _PIXEL_KEYS[modality]:
-                items = self._merge(items, inputs[f"{modality}_grid_thw"], params[modality])
-            embeddings += tuple(items)
-        return embeddings
+    def _aim_encode(self, pixel_values: torch.Tensor, grid: list[list[int]], keeps: list[float]):
+        return encode_items(self.visual, pixel_values, grid, keeps)
 
     def _merge(self, items, grid_thw: torch.Tensor, params: list[ItemParams]) -> list[torch.Tensor]:
         # AIM: begin

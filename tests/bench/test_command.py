@@ -120,3 +120,18 @@ def test_evs_methods(monkeypatch: pytest.MonkeyPatch) -> None:
         _options(["--evs-methods", "vidcom2"], monkeypatch)
     with pytest.raises(SystemExit):  # not a vLLM 0.32 method
         _options([*argv, "--evs-methods", "fastv"], monkeypatch)
+
+
+def test_evs_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--evs-levels narrows the AIM levels of an EVS run; the +encoder ones need --evs-encoder."""
+    argv = ["--model", "/ckpt/qwen3-vl-8b-4l", "--dummy", "--evs", "0.75"]
+    assert _options(argv, monkeypatch).evs_levels is None
+    levels = ["--evs-levels", "aim-tokens", "aim-tokens+encoder"]
+    chosen = _options([*argv, "--evs-encoder", "0.5", *levels], monkeypatch)
+    assert chosen.evs_levels == ("aim-tokens", "aim-tokens+encoder")
+    with pytest.raises(ValueError, match="needs --evs-encoder"):
+        _options([*argv, "--evs-levels", "aim-tokens+encoder"], monkeypatch)
+    with pytest.raises(ValueError, match="needs --evs"):
+        _options(["--evs-levels", "aim-tokens"], monkeypatch)
+    with pytest.raises(SystemExit):
+        _options([*argv, "--evs-levels", "balanced"], monkeypatch)

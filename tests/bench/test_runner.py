@@ -141,6 +141,23 @@ def test_evs_mode_with_encoder_levels(tmp_path: Path, fake_engines: Path) -> Non
     assert "aim-tokens+encoder" in report.markdown(result)
 
 
+@pytest.mark.timeout(120)
+def test_evs_mode_times_only_the_chosen_levels(tmp_path: Path, fake_engines: Path) -> None:
+    """`evs_levels`: off and the chosen AIM levels run (aim-tokens still resolved from the engine's
+    balanced window); the others are neither sent nor reported."""
+    options = _options(
+        tmp_path, evs_rate=0.75, evs_encoder_keep=0.5, evs_levels=("aim-tokens+encoder",),
+        media=(MediaSpec("video", 2),), concurrency=(1,),
+    )  # fmt: skip
+    result = runner.run(options)
+    assert set(result["levels"]) == {"evs", "off", "aim-tokens+encoder"}
+    assert result["levels"]["aim-tokens+encoder"] == "merge:0.25,prune:3-5,encoder:0.5"
+    assert {c["level"] for c in result["cells"]} == {"evs", "off", "aim-tokens+encoder"}
+    sent = [json.loads(line) for line in fake_engines.read_text().splitlines()]
+    assert {"aim_budget": 0.25} not in sent  # aim-flops not timed
+    assert {"aim_merge_ratio": 0.25, "aim_encoder_keep": 0.5} not in sent  # nor aim-merge+encoder
+
+
 def test_stock_turns_flags_and_env() -> None:
     """EVS (vLLM's default method) gets the rate alone; VidCom2 also its method; both the CPU fix."""
     evs, vidcom2 = runner.stock_turn("evs", 0.75), runner.stock_turn("vidcom2", 0.75)

@@ -2,7 +2,13 @@
 
 import pytest
 
-from aim_vllm.core.schedule import PRESETS, AimSchedule, paper_prune_layers, preset_schedule
+from aim_vllm.core.schedule import (
+    PRESETS,
+    AimSchedule,
+    first_prune_layer,
+    paper_prune_layers,
+    preset_schedule,
+)
 from aim_vllm.core.token_counts import retention_at_layer, visual_kept_after_layer
 
 
@@ -82,3 +88,12 @@ def test_depth_check() -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(ValueError, match="unknown preset"):
         preset_schedule("fast", 28)
+
+
+def test_first_prune_layer_is_the_deepstack_levels() -> None:
+    """Qwen3-VL: rows may be dropped only after its DeepStack levels; 0 for other models."""
+    qwen3 = {"vision_config": {"deepstack_visual_indexes": [8, 16, 24]}, "text_config": {}}
+    assert first_prune_layer(qwen3) == 3
+    assert first_prune_layer({"vision_config": {"depth": 32}}) == 0  # Qwen2.5-VL
+    assert first_prune_layer({"vision_config": {"deepstack_visual_indexes": None}}) == 0
+    assert first_prune_layer({"text_config": {"num_hidden_layers": 24}}) == 0
