@@ -486,6 +486,50 @@ def render_flops(stem: str) -> str:
     return _table(header, rows)
 
 
+_QWEN3_VL_NAMES = {
+    "qwen3-vl-2b": "Qwen3-VL-2B",
+    "qwen3-vl-4b": "Qwen3-VL-4B",
+    "qwen3-vl-8b": "Qwen3-VL-8B",
+    "qwen3-vl-30b-a3b": "Qwen3-VL-30B-A3B (MoE)",
+}
+
+
+def _qwen3_vl_row(stem: str, arch: str, level: str) -> dict:
+    return next(
+        r for r in load(stem) if r["table"] == "qwen3-vl" and r["arch"] == arch and r["level"] == level
+    )
+
+
+def _qwen3_vl_flops(stem: str, arch: str, level: str) -> str:
+    """Executed TFLOPs of AIM off -> `level`, with the factor saved."""
+    off, aim = _qwen3_vl_row(stem, arch, "off"), _qwen3_vl_row(stem, arch, level)
+    return f"{off['tflops']:.2f} -> {aim['tflops']:.2f} TFLOPs ({_x(1 / aim['ratio'])})"
+
+
+def render_flops_qwen3_vl(stem: str) -> str:
+    """`bench/flops_table.py`'s Qwen3-VL rows: executed LLM prefill TFLOPs per size at `off`,
+    `merge:0.25` and `balanced` (ratio to `off` in brackets)."""
+    header = [
+        "model",
+        "visual tokens (merged)",
+        "`off`",
+        "`merge:0.25`",
+        "`balanced`",
+        "`balanced` prune layers",
+    ]
+    rows = []
+    for arch, name in _QWEN3_VL_NAMES.items():
+        off, merge, balanced = (
+            _qwen3_vl_row(stem, arch, level) for level in ("off", "merge:0.25", "balanced")
+        )
+        rows.append(
+            [name, balanced["visual_tokens"], f"{off['tflops']:.2f}"]
+            + [f"{r['tflops']:.2f} ({r['ratio']:.3f})" for r in (merge, balanced)]
+            + ["{}-{}".format(*balanced["prune_layers"])]
+        )
+    return _table(header, rows, right=2)
+
+
 def render_eval(stem: str) -> str:
     """`aim-vllm eval`'s summary: accuracy with its 95% Wilson interval against the FLOPs ratio."""
     header = ["name", "level", "n", "accuracy", "95% CI", "LLM prefill FLOPs ratio", "prompt tokens"]
@@ -736,6 +780,11 @@ SUMMARY: list[tuple[str, str, Callable[[str], str]]] = [
         ),
     ),
     (
+        "LLM prefill FLOPs, `balanced`, Qwen3-VL-30B-A3B (MoE), 16-frame video",
+        "flops-table",
+        lambda s: _qwen3_vl_flops(s, "qwen3-vl-30b-a3b", "balanced"),
+    ),
+    (
         "TTFT end to end, `balanced`, 16-frame video, vLLM defaults on",
         "bench-0.5b-video16-defaults",
         lambda s: (
@@ -834,6 +883,7 @@ RENDERERS: dict[str, Callable[[str], str]] = {
     "kv-decode": render_kv_decode,
     "prefill": render_prefill,
     "flops": render_flops,
+    "flops-qwen3-vl": render_flops_qwen3_vl,
     "eval": render_eval,
     "paired": render_paired,
     "compare": render_compare,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from aim_vllm.core.architectures import ARCHITECTURES
-from aim_vllm.core.budget import estimate_flops, solve_budget
+from aim_vllm.core.architectures import ARCHITECTURES, ArchSpec
+from aim_vllm.core.budget import VisualLayout, estimate_flops, solve_budget
 from aim_vllm.core.level import LevelError, parse_text
 from aim_vllm.core.schedule import AimSchedule
 
@@ -25,18 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def run(args: argparse.Namespace) -> int:
-    spec = ARCHITECTURES[args.arch]
-    layout = spec.layout(frames=args.frames or 0, images=args.images or 0)
+def llm_schedule(level: str, spec: ArchSpec, layout: VisualLayout, text_tokens: int) -> AimSchedule:
+    """`level` (gateway grammar) resolved for `spec`'s LLM; a budget is solved over the LLM prefill
+    alone (`encoder:auto` is refused: this counts no vision encoder)."""
 
     def solve(budget: float, whole_prefill: bool) -> AimSchedule:
         if whole_prefill:
             raise LevelError(
                 "encoder:auto needs the vision encoder's FLOPs; this command counts the LLM only"
             )
-        return solve_budget(budget, spec.llm, layout, args.text_tokens)
+        return solve_budget(budget, spec.llm, layout, text_tokens)
 
-    schedule = parse_text(args.level).resolve(spec.llm.num_layers, solve)
+    return parse_text(level).resolve(spec.llm.num_layers, solve)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = ARCHITECTURES[args.arch]
+    layout = spec.layout(frames=args.frames or 0, images=args.images or 0)
+    schedule = llm_schedule(args.level, spec, layout, args.text_tokens)
     est = estimate_flops(schedule, spec.llm, layout, args.text_tokens)
     result = {
         "arch": args.arch,
