@@ -53,6 +53,7 @@ import importlib.metadata
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import time
@@ -655,6 +656,9 @@ def deterministic(seed: int, threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[1])
 
 
+_ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine_record() -> dict[str, Any]:
     """The CPU (model name, AVX2/AVX-512 flags), torch's kernel level and threads, library versions."""
     cpu, flags = platform.processor(), set()
@@ -671,6 +675,8 @@ def machine_record() -> dict[str, Any]:
         "avx2": "avx2" in flags,
         "avx512": sorted(f for f in flags if f.startswith("avx512")),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # instruction-set caps a run may set to train as a smaller CPU would (docs/accuracy.md)
+        "isa_limits": {name: os.environ[name] for name in _ISA_LIMITS if name in os.environ},
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": importlib.metadata.version("transformers"),

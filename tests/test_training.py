@@ -162,6 +162,15 @@ def test_machine_record_reads_the_cpu_flags() -> None:
     assert record["torch"] and record["transformers"] and record["torch_cpu_capability"]
 
 
+def test_machine_record_names_the_instruction_set_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that caps the kernels (to train as an AVX2 machine would) says so in training.json."""
+    for name in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    assert training.machine_record()["isa_limits"] == {}
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    assert training.machine_record()["isa_limits"] == {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
 @pytest.mark.parametrize("recipe", ["colour", "local", "qwen-position", "qwen3-colour", "qwen3-position"])
 def test_cli_trains_the_recipe(recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from aim_vllm.cli import main
