@@ -99,7 +99,7 @@ def test_merged_tokens_sit_at_their_survivors(reference) -> None:
 @pytest.fixture(scope="module")
 def deep_reference(tmp_path_factory) -> Qwen3VLReference:
     from aim_vllm.model_builders import default_model_dir
-    from tests.engine.test_qwen3_vl import deeper_checkpoint
+    from tests.engine.qwen3.checkpoints import deeper_checkpoint
 
     return Qwen3VLReference(
         deeper_checkpoint(default_model_dir("qwen3-vl"), tmp_path_factory.mktemp("deep") / "m")

@@ -14,7 +14,7 @@ from tests.reference.test_qwen3_vl import _data, _hf_inputs, _merged_prompt
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Qwen3VLMoeReference:
     from aim_vllm.model_builders import default_model_dir
-    from tests.engine.test_qwen3_vl import deeper_checkpoint
+    from tests.engine.qwen3.checkpoints import deeper_checkpoint
 
     return Qwen3VLMoeReference(
         deeper_checkpoint(default_model_dir("qwen3-vl", "tiny-moe"), tmp_path_factory.mktemp("moe") / "m")

@@ -1,113 +1,21 @@
 """AIM on Qwen3-VL in vLLM: merging per temporal slice with DeepStack rows, M-RoPE by rule,
 timestamps untouched, pruning from layer L (after the DeepStack injections) on, AIM off ==
-stock (tiny model, fp32)."""
+stock (tiny model, fp32). Fixtures: `conftest`; the 6-layer engine runs compiled."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
-from aim_vllm.core.budget import VisualLayout, solve_budget
-from aim_vllm.core.flops import LLMShape
 from aim_vllm.core.schedule import AimSchedule
 from aim_vllm.core.token_counts import merged_token_count
-from aim_vllm.reference.qwen3_vl import Qwen3VLReference
 from tests.engine import servers
-from tests.engine.client import (
-    Media,
-    aim_kwargs,
-    assert_matches_reference,
-    chat,
-    image_item,
-    reference_item,
-    video_item,
-)
+from tests.engine.client import Media, aim_kwargs, assert_matches_reference, chat, reference_item
+from tests.engine.qwen3.budget import assert_resolved, solved_schedule
+from tests.engine.qwen3.checkpoints import DEEP_LAYERS, QUESTION, SLICE_TOKENS, VIDEO_SLICES
 from tests.engine.stock import assert_off_matches_stock
-
-QUESTION = "What colour is the square?"
-# The tiny model's processors: a 400x300 image -> 12 x 9 merged grid (patch 16, merge 2);
-# 4 frames of 384x384 -> 2 temporal slices of 8 x 8, each its own `<t seconds>` run.
-IMAGE_TOKENS, VIDEO_SLICES, SLICE_TOKENS = 108, 2, 64
-
-
-@pytest.fixture(scope="session")
-def qwen3_model_dir():
-    from aim_vllm.model_builders import default_model_dir
-
-    return default_model_dir("qwen3-vl")
-
-
-DEEPSTACK_LEVELS = 3  # L of the tiny model: DeepStack added after LLM layers 0, 1, 2
-DEEP_LAYERS = 6  # the deeper tiny model's LLM layers: pruning from layer 3 has 3 layers to run
-
-
-def deeper_checkpoint(source: Path, target: Path, layers: int = DEEP_LAYERS) -> Path:
-    """The tiny Qwen3-VL with `layers` LLM layers (its ViT and DeepStack taps unchanged): layer i
-    past the source's n is layer i % n with seeded noise. The tiny model's 4 layers leave one
-    after the DeepStack layers, where pruning drops rows no later layer reads."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(source, target)
-    config = json.loads((target / "config.json").read_text())
-    n = config["text_config"]["num_hidden_layers"]
-    config["text_config"]["num_hidden_layers"] = layers
-    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    weights = load_file(target / "model.safetensors")
-    generator = torch.Generator().manual_seed(0)
-    prefix = "model.language_model.layers."
-    for layer in range(n, layers):
-        source_prefix = f"{prefix}{layer % n}."
-        for name, tensor in sorted(weights.items()):
-            if name.startswith(source_prefix):
-                noise = 0.02 * torch.randn(tensor.shape, generator=generator)
-                weights[f"{prefix}{layer}.{name[len(source_prefix) :]}"] = tensor + noise
-    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
-    return target
-
-
-@pytest.fixture(scope="session")
-def qwen3_deep_dir(qwen3_model_dir, tmp_path_factory) -> Path:
-    return deeper_checkpoint(qwen3_model_dir, tmp_path_factory.mktemp("qwen3-deep") / "model")
-
-
-@pytest.fixture(scope="module")
-def qwen3_deep_engine(qwen3_deep_dir, tmp_path_factory):
-    server = servers.start(qwen3_deep_dir, tmp_path_factory.mktemp("qwen3-deep-engine") / "log.txt")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def qwen3_deep_reference(qwen3_deep_dir) -> Qwen3VLReference:
-    return Qwen3VLReference(qwen3_deep_dir)
-
-
-@pytest.fixture(scope="module")
-def qwen3_engine(qwen3_model_dir, tmp_path_factory):
-    server = servers.start(qwen3_model_dir, tmp_path_factory.mktemp("qwen3-engine") / "log.txt")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def qwen3_reference(qwen3_model_dir) -> Qwen3VLReference:
-    return Qwen3VLReference(qwen3_model_dir)
-
-
-@pytest.fixture(scope="module")
-def image() -> Media:
-    return image_item(0)
-
-
-@pytest.fixture(scope="module")
-def video() -> Media:
-    return video_item(1, 4)
 
 
 def test_off_is_identical_to_plain_vllm(qwen3_engine, qwen3_model_dir, image, video, tmp_path) -> None:
@@ -281,51 +189,37 @@ def test_budget_prunes_after_the_deepstack_layers(
     slice; a video's timestamp text, counted by usage with the item, is text the LLM never
     prunes), pruning included, unless its window starts before L = 3: then merging alone. The reported
     FLOPs ratio stays within the budget and the answer is the reference's."""
-    item, groups = (image, (IMAGE_TOKENS,)) if kind == "image" else (video, (SLICE_TOKENS,) * VIDEO_SLICES)
+    item = image if kind == "image" else video
     response = chat(qwen3_deep_engine, [item], QUESTION, {"aim_budget": budget}, max_tokens=3)
-    usage = response["usage"]
-    aim = usage["aim"]
-    shape = LLMShape.from_hf_config(json.loads((qwen3_deep_dir / "config.json").read_text()))
-    layout = VisualLayout(groups)
-    stamps = aim["visual_tokens_in"] - sum(groups)  # a video's timestamp text: never pruned
-    text = usage["prompt_tokens"] - aim["visual_tokens_merged"] + stamps
-    want = solve_budget(budget, shape, layout, text)
-    if want.prunes and want.prune_layers[0] < DEEPSTACK_LEVELS:
-        want = solve_budget(budget, shape, layout, text, prune=False)
-    layers = None if want.prune_layers is None else list(want.prune_layers)
-    assert (aim["merge_ratio"], aim["prune_layers"]) == (want.merge_ratio, layers)
-    assert aim["flops_ratio"] <= budget
+    want = solved_schedule(qwen3_deep_dir, response["usage"], budget, kind)
+    assert_resolved(response["usage"], want, budget)
     assert_matches_reference(qwen3_deep_reference, response, [item], want)
 
 
 def test_two_tensor_parallel_ranks_merge_like_the_reference(
-    qwen3_model_dir, qwen3_reference, image, video, tmp_path
+    qwen3_deep_tp_engine, qwen3_deep_reference, image, video
 ) -> None:
     """TP=2 (LLM heads and ViT heads split over ranks): every rank merges the same rows with the
-    same plan, and the answers are the reference's."""
-    server = servers.start_tensor_parallel(qwen3_model_dir, tmp_path / "log.txt")
-    try:
-        for item, ratio in ((video, 0.25), (image, 0.5), (video, 1.0)):
-            schedule = AimSchedule(ratio)
-            response = chat(server, [item], QUESTION, aim_kwargs(schedule), max_tokens=6, timeout=300)
-            assert_matches_reference(qwen3_reference, response, [item], schedule)
-    finally:
-        server.stop()
+    same plan, and the answers are the reference's (the pruning test's engine: one start for both)."""
+    for item, ratio in ((video, 0.25), (image, 0.5), (video, 1.0)):
+        schedule = AimSchedule(ratio)
+        response = chat(
+            qwen3_deep_tp_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=6, timeout=300
+        )
+        assert_matches_reference(qwen3_deep_reference, response, [item], schedule)
 
 
 def test_two_tensor_parallel_ranks_prune_like_the_reference(
-    qwen3_deep_dir, qwen3_deep_reference, image, video, tmp_path
+    qwen3_deep_tp_engine, qwen3_deep_reference, image, video
 ) -> None:
     """TP=2 pruning: each rank q/k-norms its own heads, PageRank sums over both ranks' heads and
     every rank keeps rank 0's rows, DeepStack added on every rank: the reference's answers."""
-    server = servers.start_tensor_parallel(qwen3_deep_dir, tmp_path / "log.txt")
-    try:
-        for item, schedule in ((video, AimSchedule(0.25, (3, 6))), (image, AimSchedule(1.0, (3, 5)))):
-            response = chat(server, [item], QUESTION, aim_kwargs(schedule), max_tokens=6, timeout=300)
-            assert response["usage"]["aim"]["pruning"] == "pruned", response["usage"]["aim"]
-            assert_matches_reference(qwen3_deep_reference, response, [item], schedule)
-    finally:
-        server.stop()
+    for item, schedule in ((video, AimSchedule(0.25, (3, 6))), (image, AimSchedule(1.0, (3, 5)))):
+        response = chat(
+            qwen3_deep_tp_engine, [item], QUESTION, aim_kwargs(schedule), max_tokens=6, timeout=300
+        )
+        assert response["usage"]["aim"]["pruning"] == "pruned", response["usage"]["aim"]
+        assert_matches_reference(qwen3_deep_reference, response, [item], schedule)
 
 
 @pytest.mark.slow
