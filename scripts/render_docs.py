@@ -151,6 +151,13 @@ COMMANDS = {
         "--levels off balanced merge:0.05 merge:0.05,method:pool --compare merge:0.05,method:pool "
         "merge:0.05 --compare merge:0.05 balanced --seeds 200"
     ),
+    "eval-paired-local-avx2-capped": (
+        "aim-vllm make-synthetic-data DATA --n 96 --types colour --colour-size 16,24 --seed 7; "
+        "ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 "
+        "aim-vllm train-synthetic MODEL --recipe local; aim-vllm eval --data DATA/items.jsonl --model MODEL "
+        "--levels off balanced merge:0.05 merge:0.05,method:pool --compare merge:0.05,method:pool "
+        "merge:0.05 --compare merge:0.05 balanced --seeds 200"
+    ),
     "eval-paired-local-288-avx512": (
         "aim-vllm make-synthetic-data DATA --n 288 --types colour --colour-size 16,24 --seed 11; "
         "aim-vllm train-synthetic --recipe local; aim-vllm eval --data DATA/items.jsonl --model <local> "
@@ -216,6 +223,7 @@ COMMANDS = {
 # machine its `.md` names.
 _DEV_VM = "AMD EPYC, 2 CPUs"
 _XEON = "Intel Xeon, 2 CPUs (AVX-512), shared with other jobs"
+_XEON_CAPPED = "Intel Xeon, 2 CPUs (AVX-512), the model trained with torch, MKL and oneDNN capped at AVX2"
 PROVENANCE = {
     "eval-local-small": {"date": "2026-11-27", "machine": _DEV_VM},
     "eval-colour-small": {"date": "2026-11-27", "machine": _DEV_VM},
@@ -232,6 +240,8 @@ PROVENANCE = {
     "flops-table": {"date": "2026-12-07", "machine": "any (arithmetic on the published shapes)"},
     "eval-position-qwen": {"date": "2026-12-07", "machine": _XEON},
     "eval-paired-local-avx512": {"date": "2026-12-07", "machine": _XEON},
+    "eval-paired-local-avx2-capped": {"date": "2026-12-08", "machine": _XEON_CAPPED},
+    "eval-paired-local-avx2-capped-compare": {"date": "2026-12-08", "machine": _XEON_CAPPED},
     "eval-position-gradeable": {"date": "2026-12-07", "machine": _XEON},
     "eval-position-gradeable-compare": {"date": "2026-12-07", "machine": _XEON},
     "eval-paired-local-288-avx512": {"date": "2026-12-07", "machine": _XEON},
@@ -589,8 +599,24 @@ def render_compare(stem: str) -> str:
 
 
 def _cpu(machine: dict) -> str:
-    """`training.json`'s machine as one cell: model and torch's kernel level."""
-    return f"{machine['cpu'].replace('(R)', '')} ({machine['torch_cpu_capability']})"
+    """`training.json`'s machine as one cell: model and torch's kernel level, "capped" when the run
+    limited the instruction sets (`isa_limits`: torch, MKL and oneDNN at AVX2 on an AVX-512 CPU)."""
+    capped = ", capped" if machine.get("isa_limits") else ""
+    return f"{machine['cpu'].replace('(R)', '')} ({machine['torch_cpu_capability']}{capped})"
+
+
+def _seeds(record: dict) -> str:
+    """The kept seed, after any that stalled (`seeds`: each try's seed, held-out accuracy, steps)."""
+    tries = record.get("seeds") or []
+    stalled = [t for t in tries if t["seed"] != record["config"]["seed"]]
+    after = "; ".join(f"{t['seed']}: {t['eval_accuracy']:.3f} at {t['steps']}" for t in stalled)
+    return f"{record['config']['seed']} (after {after})" if after else str(record["config"]["seed"])
+
+
+def _train_minutes(record: dict) -> str:
+    """Wall time of every seed the run tried."""
+    tries = record.get("seeds") or [record]
+    return f"{sum(t['train_wall_s'] for t in tries) / 60:.1f}"
 
 
 def _stage_shapes(stage: dict) -> str:
@@ -610,9 +636,9 @@ def render_training(stem: str) -> str:
         "stages: steps x colour shape side (px)",
         "CPU",
         "peak lr",
-        "seed",
+        "seed (after stalled seeds: held-out accuracy at steps)",
         "steps",
-        "wall (min)",
+        "wall, all seeds (min)",
     ]
     header += ["held-out probes", "held-out accuracy (n)"]
     rows = []
@@ -622,8 +648,8 @@ def render_training(stem: str) -> str:
         probes = ", ".join(f"{p['probe_accuracy']:.2f}" for p in record["curve"])
         rows.append(
             [f"[{run}](results/{run}.json)", stages, _cpu(record["machine"])]
-            + [f"{record['config']['lr']:g}", record["config"]["seed"]]
-            + [record["steps"], f"{record['train_wall_s'] / 60:.1f}", probes]
+            + [f"{record['config']['lr']:g}", _seeds(record)]
+            + [record["steps"], _train_minutes(record), probes]
             + [f"{record['eval']['accuracy']:.3f} ({record['eval']['items']})"]
         )
     return _table(header, rows, right=3)
