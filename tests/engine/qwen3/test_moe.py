@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from aim_vllm.core.flops import prefill_flops
 from aim_vllm.core.schedule import AimSchedule
-from tests.engine import servers
 from tests.engine.client import aim_kwargs, assert_matches_reference, chat
 from tests.engine.qwen3.budget import assert_resolved, llm_shape, solved_schedule
 from tests.engine.qwen3.checkpoints import DEEP_LAYERS, QUESTION
@@ -118,36 +116,3 @@ def test_two_tensor_parallel_ranks_merge_and_prune_like_the_reference(
         if schedule.prunes:
             assert response["usage"]["aim"]["pruning"] == "pruned", response["usage"]["aim"]
         assert_matches_reference(moe_reference, response, [item], schedule)
-
-
-@pytest.mark.slow
-def test_published_30b_a3b_serves_an_image_and_a_video(image, video, tmp_path) -> None:
-    """`make-tiny-model --arch qwen3-vl --size 30b-a3b --layers 1`: Qwen3-VL-30B-A3B-Instruct's
-    widths (128 experts of 768, 8 per token), ViT and processors with one LLM layer, served with
-    dummy weights (13 GB resident at fp32, about 2.4 GB more per layer); one image and one video
-    through the gateway at `balanced` merge (pruning is reported skipped: no layer follows the
-    DeepStack ones)."""
-    from aim_vllm.model_builders import default_model_dir
-
-    model = default_model_dir("qwen3-vl", "30b-a3b", layers=1)
-    server = servers.start(model, tmp_path / "log.txt", "--load-format", "dummy")
-    try:
-        with servers.running_gateway(server.url) as url:
-            for item in (image, video):
-                body = {
-                    "model": server.model,
-                    "messages": [
-                        {"role": "user", "content": [item.part, {"type": "text", "text": QUESTION}]}
-                    ],
-                    "max_tokens": 2,
-                    "aim": "balanced",
-                }
-                response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
-                assert response.status_code == 200, (item.kind, response.text)
-                aim = response.json()["usage"]["aim"]
-                assert aim["level"] == "balanced" and aim["pruning"].startswith(
-                    "skipped: no layer follows"
-                ), aim
-                assert 0 < aim["visual_tokens_merged"] < aim["visual_tokens_in"], (item.kind, aim)
-    finally:
-        server.stop()
