@@ -191,7 +191,10 @@ def run(options: BenchOptions) -> dict[str, Any]:
     if options.plugin_overhead:  # two fixed targets, no split phases: report the settings that ran
         options = dataclasses.replace(options, levels=(PLAIN, AIM_OFF), split_pairs=0)
     elif options.evs_rate is not None:
-        labels = (*options.evs_methods, REFERENCE_LEVEL, AIM_MERGE, AIM_TOKENS, AIM_FLOPS)
+        aim = (AIM_MERGE, AIM_TOKENS, AIM_FLOPS)
+        if options.evs_encoder_keep is not None:
+            aim += (AIM_MERGE + ENCODER_SUFFIX, AIM_TOKENS + ENCODER_SUFFIX)
+        labels = (*options.evs_methods, REFERENCE_LEVEL, *(options.evs_levels or aim))
         options = dataclasses.replace(options, levels=labels)
     log_dir = options.out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

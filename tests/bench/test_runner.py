@@ -151,6 +151,7 @@ def test_evs_mode_times_only_the_chosen_levels(tmp_path: Path, fake_engines: Pat
     )  # fmt: skip
     result = runner.run(options)
     assert set(result["levels"]) == {"evs", "off", "aim-tokens+encoder"}
+    assert result["meta"]["settings"]["levels"] == ["evs", "off", "aim-tokens+encoder"]
     assert result["levels"]["aim-tokens+encoder"] == "merge:0.25,prune:3-5,encoder:0.5"
     assert {c["level"] for c in result["cells"]} == {"evs", "off", "aim-tokens+encoder"}
     sent = [json.loads(line) for line in fake_engines.read_text().splitlines()]
